@@ -1,0 +1,38 @@
+"""Amorsize: fault-tolerant parallel map over processes, with a shared dead letter queue."""
+
+from __future__ import annotations
+
+from amorsize.errors import (
+    AmorsizeError,
+    BackendNotFoundError,
+    CheckpointMismatchError,
+    CircuitOpenError,
+    CrashLoopError,
+    DLQCorruptError,
+    DLQError,
+    DLQFileNotFoundError,
+    InvalidArgumentError,
+    InvalidTypeError,
+    PickleNotAllowedError,
+    SharedDLQUnavailableError,
+    TaskFailedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmorsizeError",
+    "BackendNotFoundError",
+    "CheckpointMismatchError",
+    "CircuitOpenError",
+    "CrashLoopError",
+    "DLQCorruptError",
+    "DLQError",
+    "DLQFileNotFoundError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "PickleNotAllowedError",
+    "SharedDLQUnavailableError",
+    "TaskFailedError",
+    "__version__",
+]

@@ -1,0 +1,135 @@
+"""The amorsize exception hierarchy.
+
+Every public error derives from :class:`AmorsizeError`. Validation errors also
+derive from the builtin they stand in for (``ValueError``, ``TypeError``), and
+I/O or process errors from the stdlib error a user would already catch, so
+existing ``except`` clauses keep working (the loky convention).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Iterable
+
+
+class AmorsizeError(Exception):
+    """Root of every error amorsize raises."""
+
+
+class InvalidArgumentError(AmorsizeError, ValueError):
+    """An argument has a value amorsize does not accept."""
+
+
+class InvalidTypeError(AmorsizeError, TypeError):
+    """An argument has a type amorsize does not accept."""
+
+
+def invalid_value(name: str, value: Any, accepted: str) -> InvalidArgumentError:
+    """Build the standard validation error: names the field, the value and what is accepted."""
+    return InvalidArgumentError(f"{name}={value!r} is not valid; expected {accepted}")
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise :class:`InvalidArgumentError` unless ``value`` is one of ``choices``."""
+    options = tuple(choices)
+    if value not in options:
+        raise invalid_value(name, value, "one of " + ", ".join(repr(c) for c in options))
+
+
+# --- dead letter queue -------------------------------------------------------
+
+
+class DLQError(AmorsizeError):
+    """A dead letter queue operation failed."""
+
+
+class DLQFileNotFoundError(DLQError, FileNotFoundError):
+    """``load()`` was pointed at a file that does not exist."""
+
+
+class DLQCorruptError(DLQError, ValueError):
+    """A DLQ file holds a record that cannot be read, before its last line."""
+
+    def __init__(self, path: str, line: int, detail: str) -> None:
+        super().__init__(
+            f"DLQ file {path!r} is corrupt at line {line}: {detail}. "
+            "Open it with strict=False to skip unreadable records (they are counted)."
+        )
+        self.path = path
+        self.line = line
+        self.detail = detail
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.path, self.line, self.detail))
+
+
+class PickleNotAllowedError(DLQError, PermissionError):
+    """Loading a pickled payload was refused because pickle was not opted into."""
+
+
+# --- shared queue and workers -------------------------------------------------
+
+
+class SharedDLQUnavailableError(AmorsizeError, ConnectionError):
+    """The manager process behind a :class:`SharedDeadLetterQueue` cannot be reached.
+
+    ``failure`` carries the failure that was being recorded, if any, so it is never lost.
+    """
+
+    def __init__(self, message: str, address: Any = None, failure: Any = None) -> None:
+        super().__init__(message)
+        self.address = address
+        self.failure = failure
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.args[0], self.address, self.failure))
+
+
+class TaskFailedError(AmorsizeError):
+    """An item failed and the run was asked to raise (``on_failure="raise"``).
+
+    Carries the original exception's type name, message and traceback text, since
+    the exception object itself never crosses a process boundary.
+    """
+
+    def __init__(
+        self,
+        error_type: str,
+        error_message: str,
+        traceback_text: str | None = None,
+        item: Any = None,
+        reason: str = "exception",
+    ) -> None:
+        text = f"{error_type}: {error_message}"
+        if reason != "exception":
+            text = f"[{reason}] {text}"
+        if traceback_text:
+            text += "\n\nWorker traceback:\n" + traceback_text
+        super().__init__(text)
+        self.error_type = error_type
+        self.error_message = error_message
+        self.traceback_text = traceback_text
+        self.item = item
+        self.reason = reason
+
+    def __reduce__(self) -> Any:
+        return (
+            type(self),
+            (self.error_type, self.error_message, self.traceback_text, self.item, self.reason),
+        )
+
+
+class CrashLoopError(AmorsizeError, BrokenProcessPool):
+    """Workers crashed more often than the run's crash budget allows."""
+
+
+class CircuitOpenError(AmorsizeError):
+    """A call was refused because its circuit breaker is open."""
+
+
+class CheckpointMismatchError(AmorsizeError, ValueError):
+    """A checkpoint belongs to another function or another input."""
+
+
+class BackendNotFoundError(AmorsizeError, LookupError):
+    """No execution backend is registered under the requested name."""

@@ -1,0 +1,44 @@
+"""Shared fixtures: every suite that starts processes runs under fork and spawn."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import psutil
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "default",
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+settings.register_profile("ci", parent=settings.get_profile("default"), max_examples=25)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+START_METHODS = [m for m in ("fork", "spawn") if m in multiprocessing.get_all_start_methods()]
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Run the test once per start method we support and test (fork, spawn)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def no_leaked_children():
+    """Fail the test if it leaves child processes of this process behind."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    deadline_children = []
+    for _ in range(50):
+        deadline_children = [
+            p
+            for p in psutil.Process().children(recursive=True)
+            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE
+        ]
+        if not deadline_children:
+            break
+        psutil.wait_procs(deadline_children, timeout=0.1)
+    assert not deadline_children, f"leaked child processes: {deadline_children}"
