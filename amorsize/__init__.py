@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from amorsize.dlq import (
+    DeadLetterQueue,
+    DLQEntry,
+    DLQFormat,
+    DLQPolicy,
+    replay_failed_items,
+)
 from amorsize.errors import (
     AmorsizeError,
     BackendNotFoundError,
@@ -27,12 +34,17 @@ __all__ = [
     "CircuitOpenError",
     "CrashLoopError",
     "DLQCorruptError",
+    "DLQEntry",
     "DLQError",
     "DLQFileNotFoundError",
+    "DLQFormat",
+    "DLQPolicy",
+    "DeadLetterQueue",
     "InvalidArgumentError",
     "InvalidTypeError",
     "PickleNotAllowedError",
     "SharedDLQUnavailableError",
     "TaskFailedError",
     "__version__",
+    "replay_failed_items",
 ]

@@ -1,0 +1,375 @@
+"""The append-only journal behind a persistent dead letter queue.
+
+One JSON record per line in ``<directory>/dlq.jsonl``:
+
+* **O(1) appends.** An add is one ``write(2)`` of one line to a file opened with
+  ``O_APPEND``, so its cost does not depend on the queue's length and the line is
+  in the kernel (safe from SIGKILL) before ``add()`` returns. ``fsync`` policy
+  decides when it also reaches the disk.
+* **Torn-tail recovery.** A crash mid-write leaves a partial last line. Loading
+  skips it with a warning; the next append first cuts it off, so it never
+  hides or corrupts anything written later. A bad line *before* the last one is
+  real corruption: :class:`~amorsize.DLQCorruptError` names file and line.
+* **Compaction by atomic replace.** Removal (clear, prune, remove, replay)
+  rewrites the file: temp file, fsync, ``os.replace``, fsync of the directory.
+* **Several writers.** Appends hold a shared ``flock`` on ``.dlq.lock`` and
+  compaction holds it exclusively; an appender whose file was replaced reopens
+  it. So queues in several threads or processes on one directory never corrupt
+  the journal nor lose each other's appends. Compaction re-reads the file and
+  only drops the ids it was asked to drop.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Set
+
+from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
+from amorsize.errors import DLQCorruptError, DLQFileNotFoundError
+from amorsize.serialization import decode_value, encode_value, short_repr
+
+logger = logging.getLogger("amorsize.dlq")
+
+JOURNAL_FILE_NAME = "dlq.jsonl"
+LOCK_FILE_NAME = ".dlq.lock"
+RECORD_VERSION = 1
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+_ID_PREFIX = b'{"entry_id":"'
+
+
+def encode_entry(entry: DLQEntry, *, pickle_everything: bool) -> bytes:
+    """One journal line (with its newline) for ``entry``."""
+    item_codec, item = encode_value(entry.item, force_pickle=pickle_everything)
+    meta = entry.metadata
+    if meta:
+        meta_codec, meta_payload = encode_value(meta, force_pickle=pickle_everything)
+    else:
+        meta_codec, meta_payload = "json", {}
+    record: Dict[str, Any] = {
+        "entry_id": entry.entry_id,
+        "v": RECORD_VERSION,
+        "error_type": entry.error_type,
+        "error_qualname": entry.error_qualname,
+        "error_message": entry.error_message,
+        "reason": entry.reason,
+        "timestamp": entry.timestamp,
+        "retry_count": entry.retry_count,
+        "item_codec": item_codec,
+        "item": item,
+        "metadata_codec": meta_codec,
+        "metadata": meta_payload,
+        "traceback": entry.traceback,
+    }
+    if item_codec != "json":
+        record["item_repr"] = short_repr(entry.item)
+    return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def decode_record(record: Dict[str, Any], *, allow_pickle: bool) -> DLQEntry:
+    """Inverse of :func:`encode_entry` for a parsed line."""
+    item_repr = record.get("item_repr")
+    item = decode_value(record["item_codec"], record["item"], allow_pickle=allow_pickle,
+                        repr_text=item_repr)
+    metadata = decode_value(record.get("metadata_codec", "json"), record.get("metadata") or {},
+                            allow_pickle=allow_pickle, repr_text="metadata")
+    return DLQEntry(
+        item=item,
+        error_type=record["error_type"],
+        error_message=record["error_message"],
+        timestamp=record["timestamp"],
+        traceback=record.get("traceback"),
+        retry_count=record.get("retry_count", 0),
+        metadata=metadata if isinstance(metadata, dict) else {"_stored": metadata},
+        entry_id=record["entry_id"],
+        reason=record.get("reason", "exception"),
+        error_qualname=record.get("error_qualname"),
+    )
+
+
+@dataclass
+class ReadResult:
+    """What reading a journal found: records in file order and what was skipped."""
+
+    records: List[Dict[str, Any]] = field(default_factory=list)
+    lines: List[bytes] = field(default_factory=list)
+    corrupt_skipped: int = 0
+    torn_tail: bool = False
+
+
+def _record_id(line: bytes) -> Optional[str]:
+    # Fast path for our own lines; compaction reads every record and only needs the id.
+    if line.startswith(_ID_PREFIX):
+        end = line.find(b'"', len(_ID_PREFIX))
+        if end > 0:
+            return line[len(_ID_PREFIX):end].decode("ascii")
+    return None
+
+
+def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadResult:
+    """Read every record of the journal at ``path``.
+
+    Args:
+        strict: raise on a corrupt record before the last line; otherwise skip and count it.
+        parse: parse records into dicts (False: only split lines, for compaction).
+
+    Raises:
+        DLQFileNotFoundError: ``path`` does not exist.
+        DLQCorruptError: a record before the last line is unreadable and ``strict``.
+    """
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise DLQFileNotFoundError(f"DLQ file not found: {path!r}") from None
+    result = ReadResult()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    last = len(lines) - 1
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        record = None
+        if parse or number - 1 == last or _record_id(line) is None:
+            record = _parse_line(line)
+            if record is None:
+                if number - 1 == last:
+                    result.torn_tail = True
+                    warnings.warn(
+                        f"DLQ file {path!r}: skipped a torn last record at line {number} "
+                        "(a write was cut short by a crash); every earlier record was loaded",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                    break
+                if strict:
+                    raise DLQCorruptError(path, number, "the record is not a valid DLQ entry")
+                result.corrupt_skipped += 1
+                logger.warning("DLQ file %r: skipped corrupt record at line %d", path, number)
+                continue
+        if parse:
+            result.records.append(record)  # type: ignore[arg-type]
+        result.lines.append(line + b"\n")
+    return result
+
+
+def _parse_line(line: bytes) -> Optional[Dict[str, Any]]:
+    try:
+        record = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("entry_id"), str):
+        return None
+    if "error_type" not in record or "item_codec" not in record:
+        return None
+    return record
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: str, lines: Iterable[bytes]) -> None:
+    """Write ``lines`` to ``path`` by temp file, fsync and ``os.replace`` (mode 0600)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    ensure_directory(directory)
+    fd, temp_path = tempfile.mkstemp(prefix=".dlq-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for line in lines:
+                handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_path, FILE_MODE)
+        os.replace(temp_path, path)
+    except BaseException:
+        try:
+            os.unlink(temp_path)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def ensure_directory(directory: str) -> None:
+    """Create ``directory`` (and parents) with mode 0700 if it is missing."""
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
+
+
+class Journal:
+    """The on-disk side of one queue. Not thread-safe: the queue's lock guards it."""
+
+    def __init__(self, directory: str, *, fsync: str) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, JOURNAL_FILE_NAME)
+        self.lock_path = os.path.join(directory, LOCK_FILE_NAME)
+        self.fsync = fsync
+        self._fd: Optional[int] = None
+        self._lock_fd: Optional[int] = None
+        self._inode: Optional[int] = None
+        self._last_sync = time.monotonic()
+        self._dirty = False
+
+    # -- file handles ---------------------------------------------------------
+
+    def _lock(self, mode: int) -> int:
+        if self._lock_fd is None:
+            ensure_directory(self.directory)
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fcntl.flock(self._lock_fd, mode)
+        return self._lock_fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _open_for_append(self) -> int:
+        """Open (or reopen, if another writer replaced the file) under the shared lock."""
+        if self._fd is not None:
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == self._inode:
+                return self._fd
+            os.close(self._fd)
+            self._fd = None
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        fd = os.open(self.path, flags, FILE_MODE)
+        self._cut_torn_tail(fd)
+        self._fd = fd
+        self._inode = os.fstat(fd).st_ino
+        return fd
+
+    def _cut_torn_tail(self, fd: int) -> None:
+        # A crash mid-write leaves bytes after the last newline. Appending behind them
+        # would glue the next record to garbage, so cut them off first (or, if they are
+        # a complete record that only lacks its newline, finish it).
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return
+        with open(self.path, "rb") as handle:
+            handle.seek(max(0, size - 1))
+            if handle.read(1) == b"\n":
+                return
+            start = max(0, size - 65536)
+            while True:
+                handle.seek(start)
+                chunk = handle.read(size - start)
+                cut = chunk.rfind(b"\n")
+                if cut >= 0 or start == 0:
+                    break
+                start = max(0, start - (1 << 20))
+            tail = chunk[cut + 1:]
+        if _parse_line(tail) is not None:
+            _write_all(fd, b"\n")
+            return
+        keep = start + cut + 1
+        os.ftruncate(fd, keep)
+        logger.warning("DLQ journal %r: cut a torn last record (%d bytes)", self.path, len(tail))
+
+    # -- operations -----------------------------------------------------------
+
+    def append(self, lines: List[bytes]) -> None:
+        """Append ``lines``; they are in the kernel when this returns.
+
+        Raises:
+            OSError: the write failed (disk full, permission denied, ...).
+        """
+        self._lock(fcntl.LOCK_SH)
+        try:
+            fd = self._open_for_append()
+            _write_all(fd, lines[0] if len(lines) == 1 else b"".join(lines))
+            self._dirty = True
+            self._maybe_sync(fd)
+        finally:
+            self._unlock()
+
+    def _maybe_sync(self, fd: int) -> None:
+        if self.fsync == "always":
+            os.fdatasync(fd)
+            self._dirty = False
+        elif self.fsync == "batch":
+            now = time.monotonic()
+            if now - self._last_sync >= FSYNC_BATCH_INTERVAL_SECONDS:
+                os.fdatasync(fd)
+                self._last_sync = now
+                self._dirty = False
+
+    def compact(self, drop_ids: Set[str], replace: Dict[str, bytes], add: List[bytes]) -> None:
+        """Rewrite the journal without ``drop_ids``, with ``replace``d lines and ``add``ed lines.
+
+        The file is re-read under the exclusive lock, so records other writers
+        appended are kept.
+
+        Raises:
+            OSError: the rewrite failed; the old file is untouched.
+            DLQCorruptError: the journal is corrupt (it is never rewritten then).
+        """
+        self._lock(fcntl.LOCK_EX)
+        try:
+            try:
+                current = read_records(self.path, strict=True, parse=False).lines
+            except DLQFileNotFoundError:
+                current = []
+            kept: List[bytes] = []
+            seen: Set[str] = set()
+            for line in current:
+                entry_id = _record_id(line) or json.loads(line)["entry_id"]
+                if entry_id in drop_ids or entry_id in seen:
+                    continue
+                seen.add(entry_id)
+                kept.append(replace.get(entry_id, line))
+            for entry_id, line in replace.items():
+                if entry_id not in seen:
+                    seen.add(entry_id)
+                    kept.append(line)
+            for line in add:
+                entry_id = _record_id(line)
+                if entry_id not in seen:
+                    kept.append(line)
+            write_atomically(self.path, kept)
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._dirty = False
+        finally:
+            self._unlock()
+
+    def sync(self) -> None:
+        """fsync pending appends (the batch-mode flush)."""
+        if self._fd is not None and self._dirty:
+            os.fdatasync(self._fd)
+            self._dirty = False
+            self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        """fsync and release the file handles."""
+        try:
+            self.sync()
+        finally:
+            for fd in (self._fd, self._lock_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._fd = self._lock_fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

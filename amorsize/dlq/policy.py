@@ -1,0 +1,90 @@
+"""DLQFormat and DLQPolicy: where and how a dead letter queue persists.
+
+Constructing a policy validates it and touches no files.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from amorsize.errors import check_choice, invalid_value
+
+FSYNC_MODES = ("always", "batch", "never")
+
+#: With ``fsync="batch"`` the journal is fsynced at most this often (and on
+#: flush/close), so a power loss can cost at most this window of adds; a process
+#: crash costs nothing because every add reaches the kernel before it returns.
+FSYNC_BATCH_INTERVAL_SECONDS = 1.0
+
+
+class DLQFormat(str, enum.Enum):
+    """How items are stored in the journal.
+
+    ``JSON`` stores JSON-native items as readable JSON and everything else as
+    tagged cloudpickle bytes. ``PICKLE`` stores every item and metadata with
+    cloudpickle, so exact types, lambdas and local classes round-trip.
+    Error fields are readable JSON in both formats.
+    """
+
+    JSON = "json"
+    PICKLE = "pickle"
+
+
+@dataclass(frozen=True)
+class DLQPolicy:
+    """Configuration of a :class:`~amorsize.DeadLetterQueue`.
+
+    Args:
+        directory: where the journal lives (created lazily, mode 0700).
+        format: :class:`DLQFormat` (or ``"json"`` / ``"pickle"``).
+        max_entries: keep at most this many entries, dropping the oldest; 0 means unbounded.
+        include_traceback: record the traceback text of each failure.
+        auto_persist: append each add to the journal as it happens.
+        fsync: ``"always"`` (durable against power loss when ``add()`` returns),
+            ``"batch"`` (default: every add reaches the kernel before ``add()``
+            returns, so a killed process loses nothing; fsync at most once per
+            second and on flush/close), or ``"never"`` (leave it to the OS).
+        allow_pickle: allow loading cloudpickle payloads from disk. Defaults to
+            True only for the ``PICKLE`` format. Only enable it for files you trust.
+        strict: raise :class:`~amorsize.DLQCorruptError` on a corrupt record in the
+            middle of a journal; with False it is skipped and counted.
+
+    Raises:
+        InvalidArgumentError: a field has a value that is not accepted.
+    """
+
+    directory: Union[str, os.PathLike[str]] = ".amorsize_dlq"
+    format: DLQFormat = DLQFormat.JSON
+    max_entries: int = 10000
+    include_traceback: bool = True
+    auto_persist: bool = True
+    fsync: str = "batch"
+    allow_pickle: Optional[bool] = field(default=None)
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.directory, (str, os.PathLike)) or not os.fspath(self.directory):
+            raise invalid_value("directory", self.directory, "a non-empty path (str or PathLike)")
+        try:
+            fmt = DLQFormat(self.format)
+        except ValueError:
+            raise invalid_value("format", self.format, "DLQFormat.JSON or DLQFormat.PICKLE") from None
+        object.__setattr__(self, "format", fmt)
+        if type(self.max_entries) is not int or self.max_entries < 0:
+            raise invalid_value("max_entries", self.max_entries, "an int >= 0 (0 means unbounded)")
+        for name in ("include_traceback", "auto_persist", "strict"):
+            if not isinstance(getattr(self, name), bool):
+                raise invalid_value(name, getattr(self, name), "True or False")
+        check_choice("fsync", self.fsync, FSYNC_MODES)
+        if self.allow_pickle is None:
+            object.__setattr__(self, "allow_pickle", fmt is DLQFormat.PICKLE)
+        elif not isinstance(self.allow_pickle, bool):
+            raise invalid_value("allow_pickle", self.allow_pickle, "True, False or None")
+
+    @property
+    def path(self) -> str:
+        """The directory as a string."""
+        return os.fspath(self.directory)

@@ -1,0 +1,381 @@
+"""DeadLetterQueue: the in-process, thread-safe dead letter queue.
+
+Memory and disk agree: with ``auto_persist`` every add is appended to the
+journal (see :mod:`amorsize.dlq.journal`) before ``add()`` returns, and a queue
+opened on a directory that holds a journal starts with its entries.
+
+A persistence failure never fails ``add()``: the entry stays in memory, is
+counted in ``get_summary()["persist_errors"]``, logged once, and written with
+the next append that succeeds.
+
+Several queues on one directory (threads or processes) never corrupt the
+journal or drop each other's appends; each queue's memory holds what it loaded
+plus what it added, and ``load()`` picks up what others appended since.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import logging
+import os
+import threading
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
+
+from amorsize.dlq.entry import REASONS, DLQEntry
+from amorsize.dlq.journal import (
+    Journal,
+    decode_record,
+    encode_entry,
+    read_records,
+    write_atomically,
+)
+from amorsize.dlq.policy import DLQFormat, DLQPolicy
+from amorsize.errors import InvalidTypeError, check_choice, invalid_value
+
+logger = logging.getLogger("amorsize.dlq")
+
+#: Pruned entries are dropped from memory at once but from the journal in
+#: batches, so pruning stays O(1) per add: compact once this many (or
+#: ``max_entries``, if larger) pruned records have built up on disk.
+PRUNE_COMPACTION_MIN_BATCH = 256
+TOP_MESSAGES = 5
+
+TimeBound = Union[float, int, datetime.datetime, None]
+
+
+def _to_epoch(name: str, value: TimeBound) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise invalid_value(name, value, "None, a POSIX timestamp (float) or a datetime")
+
+
+class DeadLetterQueue:
+    """Keeps items that failed for good, with their errors, for inspection and replay.
+
+    Args:
+        policy: a :class:`DLQPolicy`; defaults to ``DLQPolicy()``.
+    """
+
+    def __init__(self, policy: Optional[DLQPolicy] = None) -> None:
+        if policy is None:
+            policy = DLQPolicy()
+        elif not isinstance(policy, DLQPolicy):
+            raise InvalidTypeError(f"policy={policy!r} is not valid; expected a DLQPolicy or None")
+        self.policy = policy
+        self._lock = threading.RLock()
+        self._entries: collections.OrderedDict[str, DLQEntry] = collections.OrderedDict()
+        self._pruned = 0
+        self._pruned_on_disk: Set[str] = set()
+        self._persist_errors = 0
+        self._corrupt_skipped = 0
+        self._unpersisted: Dict[str, None] = {}
+        self._journal: Optional[Journal] = None
+        self._pickle_everything = policy.format is DLQFormat.PICKLE
+        if policy.auto_persist:
+            self._journal = Journal(policy.path, fsync=policy.fsync)
+            if os.path.exists(self._journal.path):
+                self._merge_from(self._journal.path)
+
+    # -- adding ---------------------------------------------------------------
+
+    def add(
+        self,
+        item: Any,
+        error: BaseException,
+        retry_count: int = 0,
+        metadata: Optional[Dict[str, Any]] = None,
+        *,
+        reason: str = "exception",
+    ) -> DLQEntry:
+        """Record that ``item`` failed with ``error``. Never raises on a persistence failure.
+
+        Returns:
+            The new :class:`DLQEntry`.
+        """
+        if not isinstance(error, BaseException):
+            raise InvalidTypeError(f"error={error!r} is not valid; expected an exception instance")
+        if reason != "exception":
+            check_choice("reason", reason, REASONS)
+        entry = DLQEntry.from_exception(
+            item,
+            error,
+            retry_count=retry_count,
+            metadata=metadata,
+            include_traceback=self.policy.include_traceback,
+            reason=reason,
+        )
+        with self._lock:
+            self._entries[entry.entry_id] = entry
+            if self._journal is not None:
+                self._persist([entry.entry_id])
+            if self.policy.max_entries:
+                self._prune()
+        return entry
+
+    def add_entry(self, entry: DLQEntry) -> DLQEntry:
+        """Add a ready-made entry (an entry already present under its id is replaced)."""
+        self._add_entries([self._checked(entry)])
+        return entry
+
+    def extend(self, entries: Iterable[DLQEntry]) -> int:
+        """Add a batch of entries with one journal write. Returns how many were added."""
+        batch = [self._checked(e) for e in entries]
+        if batch:
+            self._add_entries(batch)
+        return len(batch)
+
+    @staticmethod
+    def _checked(entry: Any) -> DLQEntry:
+        if not isinstance(entry, DLQEntry):
+            raise InvalidTypeError(f"entry={entry!r} is not valid; expected a DLQEntry")
+        return entry
+
+    def _add_entries(self, batch: List[DLQEntry]) -> None:
+        if not self.policy.include_traceback:
+            for entry in batch:
+                entry.traceback = None
+        with self._lock:
+            for entry in batch:
+                self._entries[entry.entry_id] = entry
+            self._persist([e.entry_id for e in batch])
+            self._prune()
+
+    # -- persistence ----------------------------------------------------------
+
+    def _encode(self, entry: DLQEntry) -> bytes:
+        return encode_entry(entry, pickle_everything=self._pickle_everything)
+
+    def _persist(self, entry_ids: List[str]) -> None:
+        if self._journal is None:
+            return
+        backlog = list(self._unpersisted)
+        ids = backlog + entry_ids if backlog else entry_ids
+        lines = [self._encode(self._entries[i]) for i in ids if i in self._entries]
+        if not lines:
+            return
+        try:
+            self._journal.append(lines)
+        except OSError as exc:
+            for i in entry_ids:
+                self._unpersisted[i] = None
+            self._persist_failed("append", exc)
+        else:
+            self._unpersisted.clear()
+
+    def _persist_failed(self, what: str, exc: BaseException) -> None:
+        self._persist_errors += 1
+        log = logger.warning if self._persist_errors == 1 else logger.debug
+        log(
+            "DLQ %s to %r failed (%s: %s); entries stay in memory and are written with the "
+            "next append that succeeds",
+            what,
+            self.policy.path,
+            type(exc).__name__,
+            exc,
+        )
+
+    def _compact(self, drop_ids: Set[str], replace: Optional[List[DLQEntry]] = None) -> None:
+        if self._journal is None:
+            return
+        replace_lines = {e.entry_id: self._encode(e) for e in (replace or [])}
+        add = [self._encode(self._entries[i]) for i in self._unpersisted if i in self._entries]
+        try:
+            self._journal.compact(drop_ids | self._pruned_on_disk, replace_lines, add)
+        except OSError as exc:
+            self._persist_failed("compaction", exc)
+        else:
+            self._pruned_on_disk.clear()
+            self._unpersisted.clear()
+
+    def _prune(self) -> None:
+        limit = self.policy.max_entries
+        if not limit or len(self._entries) <= limit:
+            return
+        dropped = 0
+        while len(self._entries) > limit:
+            entry_id, _ = self._entries.popitem(last=False)
+            self._pruned_on_disk.add(entry_id)
+            self._unpersisted.pop(entry_id, None)
+            dropped += 1
+        self._pruned += dropped
+        if self._pruned == dropped or self._pruned % limit < dropped:
+            logger.info("DLQ at max_entries=%d: dropped %d oldest entries so far", limit, self._pruned)
+        if len(self._pruned_on_disk) >= max(limit, PRUNE_COMPACTION_MIN_BATCH):
+            self._compact(set())
+
+    def save(self, path: Optional[Union[str, os.PathLike[str]]] = None) -> str:
+        """Write every entry to ``path`` atomically (default: the journal). Returns the path."""
+        with self._lock:
+            if path is None and self._journal is not None:
+                self._compact(set())
+                self._journal.sync()
+                return self._journal.path
+            target = os.fspath(path) if path is not None else os.path.join(
+                self.policy.path, "dlq.jsonl"
+            )
+            write_atomically(target, [self._encode(e) for e in self._entries.values()])
+            return target
+
+    def load(self, path: Optional[Union[str, os.PathLike[str]]] = None) -> int:
+        """Merge the entries stored at ``path`` (default: the journal) into this queue.
+
+        Entries already present (same ``entry_id``) are updated in place; the others
+        are appended. Returns the number of entries read from the file.
+
+        Raises:
+            DLQFileNotFoundError: there is no file at ``path`` ("DLQ file not found").
+            DLQCorruptError: a record before the last line is unreadable (policy.strict).
+        """
+        default = self._journal.path if self._journal else os.path.join(self.policy.path, "dlq.jsonl")
+        target = os.fspath(path) if path is not None else default
+        with self._lock:
+            loaded = self._merge_from(target)
+            if self._journal is not None and os.path.abspath(target) != os.path.abspath(
+                self._journal.path
+            ):
+                self._persist(loaded)
+            self._prune()
+            return len(loaded)
+
+    def _merge_from(self, path: str) -> List[str]:
+        result = read_records(path, strict=self.policy.strict)
+        self._corrupt_skipped += result.corrupt_skipped
+        ids = []
+        for record in result.records:
+            entry = decode_record(record, allow_pickle=bool(self.policy.allow_pickle))
+            self._entries[entry.entry_id] = entry
+            ids.append(entry.entry_id)
+        if self.policy.max_entries and len(self._entries) > self.policy.max_entries:
+            self._prune()
+        return ids
+
+    def flush(self) -> None:
+        """Make every add durable on disk now (fsync), whatever the fsync policy."""
+        with self._lock:
+            if self._journal is not None:
+                if self._unpersisted:
+                    self._persist([])
+                self._journal.sync()
+
+    def close(self) -> None:
+        """Flush and release file handles. The queue stays usable (files reopen on demand)."""
+        with self._lock:
+            if self._journal is not None:
+                if self._unpersisted:
+                    self._persist([])
+                self._journal.close()
+
+    def __enter__(self) -> DeadLetterQueue:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------
+
+    def get_entries(self) -> List[DLQEntry]:
+        """A copy of the entries, in insertion order."""
+        with self._lock:
+            return list(self._entries.values())
+
+    def size(self) -> int:
+        """How many entries the queue holds."""
+        return len(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"DeadLetterQueue({len(self)} entries, directory={self.policy.path!r})"
+
+    def filter(
+        self,
+        error_type: Optional[str] = None,
+        reason: Optional[str] = None,
+        since: TimeBound = None,
+        until: TimeBound = None,
+        predicate: Optional[Callable[[DLQEntry], bool]] = None,
+    ) -> List[DLQEntry]:
+        """Entries matching every given condition, in insertion order.
+
+        ``error_type`` matches the short or the module-qualified type name;
+        ``since``/``until`` bound ``timestamp`` (inclusive), as POSIX time or datetime.
+        """
+        if reason is not None:
+            check_choice("reason", reason, REASONS)
+        low, high = _to_epoch("since", since), _to_epoch("until", until)
+        if predicate is not None and not callable(predicate):
+            raise invalid_value("predicate", predicate, "a callable taking a DLQEntry, or None")
+        out = []
+        for entry in self.get_entries():
+            if error_type is not None and error_type not in (entry.error_type, entry.error_qualname):
+                continue
+            if reason is not None and entry.reason != reason:
+                continue
+            if low is not None and entry.timestamp < low:
+                continue
+            if high is not None and entry.timestamp > high:
+                continue
+            if predicate is not None and not predicate(entry):
+                continue
+            out.append(entry)
+        return out
+
+    def get_summary(self) -> Dict[str, Any]:
+        """Counts by error type and reason, retry average, time span, top messages and health."""
+        entries = self.get_entries()
+        error_types = collections.Counter(e.error_type for e in entries)
+        reasons = collections.Counter(e.reason for e in entries)
+        messages = collections.Counter(e.error_message for e in entries)
+        stamps = [e.timestamp for e in entries]
+        return {
+            "total_entries": len(entries),
+            "error_types": dict(error_types),
+            "reasons": dict(reasons),
+            "avg_retry_count": (sum(e.retry_count for e in entries) / len(entries)) if entries else 0.0,
+            "oldest_timestamp": min(stamps) if stamps else None,
+            "newest_timestamp": max(stamps) if stamps else None,
+            "top_messages": messages.most_common(TOP_MESSAGES),
+            "pruned": self._pruned,
+            "persist_errors": self._persist_errors,
+            "corrupt_skipped": self._corrupt_skipped,
+        }
+
+    # -- removing -------------------------------------------------------------
+
+    def clear(self) -> int:
+        """Remove every entry (and compact the journal). Returns how many were removed."""
+        with self._lock:
+            ids = set(self._entries)
+            self._entries.clear()
+            self._unpersisted.clear()
+            self._compact(ids)
+            return len(ids)
+
+    def remove(self, entry_ids: Iterable[str]) -> int:
+        """Remove the entries with these ids (and compact the journal). Returns how many."""
+        return self.update(remove_ids=entry_ids)
+
+    def update(self, entries: Iterable[DLQEntry] = (), remove_ids: Iterable[str] = ()) -> int:
+        """Atomically replace ``entries`` (matched by ``entry_id``) and remove ``remove_ids``.
+
+        One journal compaction covers both, so a crash leaves either the old or the new
+        state. Entries not currently in the queue are added. Returns how many were removed.
+        """
+        if isinstance(remove_ids, str):
+            raise invalid_value("remove_ids", remove_ids, "an iterable of entry ids, not a str")
+        updated = [self._checked(e) for e in entries]
+        with self._lock:
+            removed = {i for i in remove_ids if self._entries.pop(i, None) is not None}
+            for i in removed:
+                self._unpersisted.pop(i, None)
+            for entry in updated:
+                self._entries[entry.entry_id] = entry
+            if removed or updated:
+                self._compact(removed, updated)
+            return len(removed)
