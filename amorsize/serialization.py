@@ -110,9 +110,16 @@ def pack_for_transport(value: Any) -> Any:
 
 
 def unpack_transported(value: Any) -> Any:
-    """Inverse of :func:`pack_for_transport`; an unserializable stand-in stays as it is."""
+    """Inverse of :func:`pack_for_transport`.
+
+    An unserializable stand-in stays as it is; so does a :class:`PickledValue` this
+    process cannot unpickle (its class is not importable here), rather than losing it.
+    """
     if isinstance(value, PickledValue):
-        return value.load()
+        try:
+            return value.load()
+        except Exception:
+            return value
     return value
 
 
@@ -192,11 +199,15 @@ class PickledPayload:
         return f"<pickled item, not loaded: {shown}>"
 
 
-def decode_value(codec: str, payload: Any, *, allow_pickle: bool, repr_text: str | None = None) -> Any:
+def decode_value(
+    codec: str, payload: Any, *, allow_pickle: bool, repr_text: str | None = None, lazy: bool = False
+) -> Any:
     """Inverse of :func:`encode_value`.
 
     Without ``allow_pickle``, pickled payloads come back as :class:`PickledPayload`
-    placeholders instead of being unpickled.
+    placeholders instead of being unpickled. With ``allow_pickle`` and ``lazy`` they
+    come back as :class:`PickledValue` for the reader to unpickle later (the manager
+    process of a shared queue never imports users' classes).
 
     Raises:
         ValueError: the codec is unknown.
@@ -207,6 +218,8 @@ def decode_value(codec: str, payload: Any, *, allow_pickle: bool, repr_text: str
         data = base64.b64decode(payload)
         if not allow_pickle:
             return PickledPayload(data, repr_text)
+        if lazy:
+            return PickledValue(data, "", repr_text or "")
         return pickle.loads(data)
     if codec == CODEC_REPR:
         return UnserializableItem(**payload)

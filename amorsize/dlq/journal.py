@@ -29,12 +29,18 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set, cast
 
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
 from amorsize.errors import DLQCorruptError, DLQFileNotFoundError
-from amorsize.serialization import decode_value, encode_value, short_repr
+from amorsize.serialization import (
+    PickledPayload,
+    PickledValue,
+    decode_value,
+    encode_value,
+    short_repr,
+)
 
 logger = logging.getLogger("amorsize.dlq")
 
@@ -74,13 +80,13 @@ def encode_entry(entry: DLQEntry, *, pickle_everything: bool) -> bytes:
     return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
 
 
-def decode_record(record: Dict[str, Any], *, allow_pickle: bool) -> DLQEntry:
-    """Inverse of :func:`encode_entry` for a parsed line."""
+def decode_record(record: Dict[str, Any], *, allow_pickle: bool, lazy: bool = False) -> DLQEntry:
+    """Inverse of :func:`encode_entry` for a parsed line (``lazy``: see ``decode_value``)."""
     item_repr = record.get("item_repr")
     item = decode_value(record["item_codec"], record["item"], allow_pickle=allow_pickle,
-                        repr_text=item_repr)
+                        repr_text=item_repr, lazy=lazy)
     metadata = decode_value(record.get("metadata_codec", "json"), record.get("metadata") or {},
-                            allow_pickle=allow_pickle, repr_text="metadata")
+                            allow_pickle=allow_pickle, repr_text="metadata", lazy=lazy)
     return DLQEntry(
         item=item,
         error_type=record["error_type"],
@@ -88,7 +94,10 @@ def decode_record(record: Dict[str, Any], *, allow_pickle: bool) -> DLQEntry:
         timestamp=record["timestamp"],
         traceback=record.get("traceback"),
         retry_count=record.get("retry_count", 0),
-        metadata=metadata if isinstance(metadata, dict) else {"_stored": metadata},
+        # A lazily decoded or not-allowed pickle stays a stand-in until a trusted reader loads it.
+        metadata=cast(Dict[str, Any], metadata)
+        if isinstance(metadata, (dict, PickledValue, PickledPayload))
+        else {"_stored": metadata},
         entry_id=record["entry_id"],
         reason=record.get("reason", "exception"),
         error_qualname=record.get("error_qualname"),

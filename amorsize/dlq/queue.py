@@ -61,7 +61,7 @@ class DeadLetterQueue:
         policy: a :class:`DLQPolicy`; defaults to ``DLQPolicy()``.
     """
 
-    def __init__(self, policy: Optional[DLQPolicy] = None) -> None:
+    def __init__(self, policy: Optional[DLQPolicy] = None, *, _lazy_pickle: bool = False) -> None:
         if policy is None:
             policy = DLQPolicy()
         elif not isinstance(policy, DLQPolicy):
@@ -76,6 +76,8 @@ class DeadLetterQueue:
         self._unpersisted: Dict[str, None] = {}
         self._journal: Optional[Journal] = None
         self._pickle_everything = policy.format is DLQFormat.PICKLE
+        # The manager process of a SharedDeadLetterQueue keeps pickled items as bytes.
+        self._lazy_pickle = _lazy_pickle
         if policy.auto_persist:
             self._journal = Journal(policy.path, fsync=policy.fsync)
             if os.path.exists(self._journal.path):
@@ -247,7 +249,9 @@ class DeadLetterQueue:
         self._corrupt_skipped += result.corrupt_skipped
         ids = []
         for record in result.records:
-            entry = decode_record(record, allow_pickle=bool(self.policy.allow_pickle))
+            entry = decode_record(
+                record, allow_pickle=bool(self.policy.allow_pickle), lazy=self._lazy_pickle
+            )
             self._entries[entry.entry_id] = entry
             ids.append(entry.entry_id)
         if self.policy.max_entries and len(self._entries) > self.policy.max_entries:
