@@ -94,8 +94,10 @@ def _exception_types(name: str, value: Any) -> ExceptionTypes:
 
 def _seconds(name: str, value: Any) -> float:
     """Validate a non-negative finite number of seconds and return it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value >= 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value >= 0)
     ):
         raise invalid_value(name, value, "a non-negative finite number of seconds")
     return float(value)
