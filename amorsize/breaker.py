@@ -89,9 +89,9 @@ class BreakerStats:
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if (value is not None or not allow_none) and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
         raise invalid_value(name, value, "an int >= 1" + (" or None" if allow_none else ""))
 
 
@@ -239,8 +239,7 @@ class CircuitBreaker:
         """Give back a trial slot reserved by :meth:`allow` for a call that never finished."""
         with self._lock:
             self._refresh()
-            if self._state is CircuitState.HALF_OPEN and self._trials > self._trial_successes:
-                self._trials -= 1
+            self._give_back_trial()
             fired = self._take_transitions()
         self._notify(fired)
 
@@ -261,8 +260,7 @@ class CircuitBreaker:
         with self._lock:
             self._refresh()
             if verdict is None:
-                if self._state is CircuitState.HALF_OPEN and self._trials > self._trial_successes:
-                    self._trials -= 1
+                self._give_back_trial()
             elif verdict:
                 self._on_failure()
             else:
@@ -345,6 +343,10 @@ class CircuitBreaker:
             self._trial_successes += 1
             if self._trial_successes >= self.half_open_max_calls:
                 self._move(CircuitState.CLOSED)
+
+    def _give_back_trial(self) -> None:
+        if self._state is CircuitState.HALF_OPEN and self._trials > self._trial_successes:
+            self._trials -= 1
 
     def _on_failure(self) -> None:
         self._calls += 1
