@@ -383,7 +383,8 @@ def run_sample(func: Callable[[Any], Any], items: Iterable[Any], sample_size: in
     if isinstance(items, Iterator):
         head = list(itertools.islice(items, sample_size))
         data: Iterable[Any] = itertools.chain(head, items)
-        total = None
+        # An iterator that ran dry inside the sample has a known length after all.
+        total = None if len(head) == sample_size else len(head)
     else:
         head = list(itertools.islice(iter(items), sample_size))
         data = items

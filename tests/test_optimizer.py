@@ -7,21 +7,34 @@ nothing about the numbers beyond their sanity.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import pickle
+import stat
+import threading
+import tracemalloc
+import warnings
+from multiprocessing import resource_tracker as resource_tracker_module
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from amorsize import _costs
+from amorsize.errors import InvalidArgumentError, InvalidTypeError
 from amorsize.optimizer import (
     ASSUMED_UNKNOWN_LENGTH,
     MAX_CHUNKSIZE,
     MIN_SPEEDUP,
     Decision,
+    OptimizationResult,
+    OptimizerWarning,
+    SampleFailure,
     SampleStats,
     StartupCosts,
     decide,
+    optimize,
 )
 
 COSTS = StartupCosts("fork", process_start_seconds=0.01, ipc_round_trip_seconds=1e-4,
@@ -183,3 +196,257 @@ def test_speedup_grows_with_per_item_cost(per_item, factor, total, cores):
     assert best_parallel(costly) >= 0.9 * best_parallel(cheap)
     if not cheap.serial:
         assert not costly.serial
+
+
+# --- sampling through optimize() ------------------------------------------------
+
+
+def boom_on_one(x: int) -> int:
+    if x == 1:
+        raise ValueError("bad item")
+    return x * 10
+
+
+def always_boom(x: int) -> int:
+    raise RuntimeError("nope")
+
+
+def allocate_a_megabyte(x: int) -> int:
+    return len(bytearray(2**20)) + x
+
+
+class Unpicklable:
+    """A callable holding a lock: neither pickle nor cloudpickle can ship it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def __call__(self, x: int) -> int:
+        return x
+
+
+def test_generator_items_all_come_back_in_order(measured):
+    result = optimize(square, (i for i in range(100)))
+    assert list(result.data) == list(range(100))
+    assert result.total_items is None
+    assert list(result.sample_results) == [square(i) for i in range(5)]
+
+
+def test_list_input_is_returned_as_is(measured):
+    items = list(range(50))
+    result = optimize(square, items, sample_size=3)
+    assert result.data is items
+    assert result.total_items == 50
+    assert result.sample_results == (0, 1, 4)
+
+
+def test_func_raising_on_a_sample_keeps_every_item_and_warns(measured):
+    with pytest.warns(OptimizerWarning, match="raised on 1 of 5"):
+        result = optimize(boom_on_one, iter(range(100)))
+    assert list(result.data) == list(range(100))
+    assert any("ValueError: bad item" in w for w in result.warnings)
+    assert result.sample_failures == (SampleFailure(1, "ValueError", "bad item"),)
+    assert isinstance(result.sample_results[1], SampleFailure)
+    assert [result.sample_results[i] for i in (0, 2, 3, 4)] == [0, 20, 30, 40]
+    assert result.per_item_seconds >= 0
+
+
+def test_func_raising_on_every_sample_still_decides(measured):
+    with pytest.warns(OptimizerWarning, match="raised on 5 of 5"):
+        result = optimize(always_boom, range(1000), n_jobs_max=2)
+    assert list(result.data) == list(range(1000))
+    assert result.n_jobs >= 1 and result.chunksize >= 1
+    assert math.isnan(result.per_item_seconds)
+
+
+def test_issued_warnings_match_result_warnings(measured):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = optimize(boom_on_one, range(10))
+    issued = tuple(str(w.message) for w in caught if w.category is OptimizerWarning)
+    assert issued == result.warnings and issued
+
+
+def test_short_and_empty_inputs(measured):
+    assert optimize(square, [3, 4]).sample_results == (9, 16)
+    empty = optimize(square, iter([]))
+    assert empty.serial and list(empty.data) == [] and "no items" in empty.reason
+    short = optimize(square, (i for i in range(3)))
+    assert short.total_items == 3 and list(short.data) == [0, 1, 2]
+
+
+def test_peak_memory_is_measured_without_leaving_tracemalloc_on(measured):
+    result = optimize(allocate_a_megabyte, range(10), sample_size=2)
+    assert result.peak_memory_per_item is not None
+    assert result.peak_memory_per_item >= 2**20
+    assert not tracemalloc.is_tracing()
+
+
+def test_peak_memory_respects_a_users_own_tracing(measured):
+    tracemalloc.start()
+    try:
+        optimize(allocate_a_megabyte, range(10), sample_size=2)
+        assert tracemalloc.is_tracing()
+    finally:
+        tracemalloc.stop()
+
+
+def test_unpicklable_func_or_items_run_serially(measured):
+    with pytest.warns(OptimizerWarning, match="func cannot be pickled"):
+        assert optimize(Unpicklable(), range(100)).serial
+    with pytest.warns(OptimizerWarning, match="cannot be pickled"):
+        assert optimize(id, [threading.Lock() for _ in range(10)]).serial
+
+
+def test_n_jobs_max_one_is_serial(measured):
+    assert optimize(square, range(100), n_jobs_max=1).n_jobs == 1
+
+
+def test_explain_names_the_plan(measured):
+    result = optimize(square, range(100))
+    text = result.explain()
+    assert f"n_jobs={result.n_jobs}" in text and f"chunksize={result.chunksize}" in text
+    assert result.reason in text and len(text.splitlines()) >= 5
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"sample_size": 0}, "sample_size"),
+    ({"sample_size": 2.5}, "sample_size"),
+    ({"sample_size": True}, "sample_size"),
+    ({"target_chunk_duration": 0}, "target_chunk_duration"),
+    ({"target_chunk_duration": -1.0}, "target_chunk_duration"),
+    ({"target_chunk_duration": math.nan}, "target_chunk_duration"),
+    ({"target_chunk_duration": math.inf}, "target_chunk_duration"),
+    ({"target_chunk_duration": "1"}, "target_chunk_duration"),
+    ({"n_jobs_max": 0}, "n_jobs_max"),
+    ({"n_jobs_max": 2.0}, "n_jobs_max"),
+    ({"start_method": "teleport"}, "start_method"),
+])
+def test_invalid_arguments_are_rejected(measured, kwargs, name):
+    with pytest.raises(InvalidArgumentError, match=name):
+        optimize(square, range(10), **kwargs)
+    assert measured == []
+
+
+def test_invalid_types_are_rejected():
+    with pytest.raises(InvalidTypeError, match="func"):
+        optimize(42, range(10))  # type: ignore[arg-type]
+    with pytest.raises(InvalidTypeError, match="items"):
+        optimize(square, 42)  # type: ignore[arg-type]
+
+
+# --- the start-up cost cache ------------------------------------------------------
+
+
+def test_costs_are_measured_once_then_reused(measured):
+    first = _costs.get_startup_costs("fork")
+    assert _costs.get_startup_costs("fork") == first
+    optimize(square, range(10), start_method="fork")
+    assert measured == ["fork"]
+
+
+def test_cache_is_keyed_by_start_method(measured):
+    _costs.get_startup_costs("fork")
+    _costs.get_startup_costs("spawn")
+    _costs.get_startup_costs("spawn", refresh=True)
+    assert measured == ["fork", "spawn", "spawn"]
+
+
+def test_cache_file_is_private_and_written_atomically(measured, cache_dir):
+    _costs.get_startup_costs("spawn")
+    path = _costs.cache_path()
+    assert path == cache_dir / "costs.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.listdir(cache_dir) == ["costs.json"]  # no temp file left behind
+    entry = json.loads(path.read_text())["entries"][_costs.cache_key("spawn")]
+    assert entry["start_method"] == "spawn"
+
+
+@pytest.mark.parametrize("garbage", [
+    b"\x00\xff not json", b"", b"null", b"[1, 2]", b"{}", b'{"format": 1, "entries": []}',
+    b'{"format": 99, "entries": {}}',
+])
+def test_corrupt_cache_warns_is_remeasured_and_rewritten(measured, cache_dir, garbage):
+    cache_dir.mkdir()
+    (cache_dir / "costs.json").write_bytes(garbage)
+    with pytest.warns(OptimizerWarning, match="corrupt"):
+        costs = _costs.get_startup_costs("fork")
+    assert measured == ["fork"]
+    document = json.loads((cache_dir / "costs.json").read_text())
+    assert document["entries"][_costs.cache_key("fork")]["process_start_seconds"] == (
+        costs.process_start_seconds)
+    _costs.get_startup_costs("fork")  # now valid: no warning, no measurement
+    assert measured == ["fork"]
+
+
+def test_bad_cache_entry_is_remeasured(measured, cache_dir):
+    _costs.get_startup_costs("fork")
+    path = cache_dir / "costs.json"
+    document = json.loads(path.read_text())
+    document["entries"][_costs.cache_key("fork")]["seconds_per_byte"] = -1
+    path.write_text(json.dumps(document))
+    with pytest.warns(OptimizerWarning, match="bad entry"):
+        _costs.get_startup_costs("fork")
+    assert measured == ["fork", "fork"]
+
+
+def test_failed_measurement_falls_back_without_caching(monkeypatch, cache_dir):
+    def broken(start_method: str) -> StartupCosts:
+        raise OSError("no processes for you")
+
+    monkeypatch.setattr(_costs, "measure_startup_costs", broken)
+    with pytest.warns(OptimizerWarning, match="no processes for you"):
+        costs = _costs.get_startup_costs("spawn")
+    assert costs.process_start_seconds > 0
+    assert not (cache_dir / "costs.json").exists()
+
+
+def test_unwritable_cache_warns_and_still_answers(measured, tmp_path, monkeypatch):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    monkeypatch.setenv("AMORSIZE_CACHE_DIR", str(not_a_dir))
+    with pytest.warns(OptimizerWarning, match="cannot"):
+        assert _costs.get_startup_costs("fork").start_method == "fork"
+
+
+def test_cache_location_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("AMORSIZE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _costs.cache_path() == tmp_path / "xdg" / "amorsize" / "costs.json"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _costs.cache_path() == tmp_path / "home" / ".cache" / "amorsize" / "costs.json"
+
+
+def test_records_pickle():
+    sample = stats()
+    decision = plan(sample)
+    for record in (COSTS, sample, decision, SampleFailure(1, "ValueError", "x")):
+        assert pickle.loads(pickle.dumps(record)) == record
+
+
+# --- real processes: sanity only, never speed ------------------------------------------
+
+
+@pytest.fixture
+def resource_tracker():
+    """Start multiprocessing's resource tracker: spawn starts it once, to live on."""
+    resource_tracker_module.ensure_running()
+
+
+def test_measure_startup_costs_for_real(start_method, resource_tracker, no_leaked_children):
+    costs = _costs.measure_startup_costs(start_method)
+    assert costs.start_method == start_method
+    assert costs.process_start_seconds > 0
+    for value in (costs.ipc_round_trip_seconds, costs.seconds_per_byte):
+        assert math.isfinite(value) and value >= 0
+
+
+def test_optimize_smoke(no_leaked_children, cache_dir):
+    result = optimize(abs, range(-500, 500), start_method="fork")
+    assert isinstance(result, OptimizationResult)
+    assert result.n_jobs >= 1 and result.chunksize >= 1
+    assert result.data == range(-500, 500) and result.total_items == 1000
+    assert result.costs is not None and result.costs.start_method == "fork"
+    assert (cache_dir / "costs.json").exists()
+    assert "n_jobs=" in result.explain()
