@@ -27,6 +27,7 @@ from amorsize.optimizer import (
     ASSUMED_UNKNOWN_LENGTH,
     MAX_CHUNKSIZE,
     MIN_SPEEDUP,
+    ChunkSizer,
     Decision,
     OptimizationResult,
     OptimizerWarning,
@@ -450,3 +451,103 @@ def test_optimize_smoke(no_leaked_children, cache_dir):
     assert result.costs is not None and result.costs.start_method == "fork"
     assert (cache_dir / "costs.json").exists()
     assert "n_jobs=" in result.explain()
+
+
+# --- ChunkSizer with injected observations ---------------------------------------------
+
+
+def converge(sizer: ChunkSizer, per_item: float, steps: int = 60) -> int:
+    """Feed ``steps`` chunks of constant per-item cost; return the last size."""
+    size = sizer.next_size()
+    for _ in range(steps):
+        sizer.observe(size, size * per_item)
+        size = sizer.next_size()
+    return size
+
+
+@given(per_item=st.floats(1e-7, 1.0), target=st.floats(0.01, 2.0),
+       initial=st.integers(1, 10_000))
+def test_chunk_sizer_converges_to_target(per_item, target, initial):
+    sizer = ChunkSizer(initial, n_jobs=4, target_chunk_duration=target)
+    expected = max(1, min(int(target / per_item), MAX_CHUNKSIZE))
+    size = converge(sizer, per_item)
+    assert abs(size - expected) <= max(1, expected // 100)
+
+
+def test_chunk_sizer_grows_at_most_twice_per_step():
+    sizer = ChunkSizer(1, n_jobs=2)
+    sizes = [sizer.next_size()]
+    for _ in range(20):
+        sizer.observe(sizes[-1], sizes[-1] * 1e-6)
+        sizes.append(sizer.next_size())
+    assert sizes[:5] == [1, 2, 4, 8, 16]
+    assert all(b <= 2 * a for a, b in zip(sizes, sizes[1:]))
+
+
+def test_chunk_sizer_shrinks_at_once_when_items_get_costlier():
+    sizer = ChunkSizer(1, n_jobs=2, target_chunk_duration=0.2)
+    assert converge(sizer, 2e-4) == 1000
+    sizer.observe(1000, 1000 * 2e-2)  # one chunk 100x slower per item
+    assert sizer.next_size() <= 20
+
+
+def test_chunk_sizer_balances_the_tail():
+    sizer = ChunkSizer(1, n_jobs=4, target_chunk_duration=0.2)
+    assert converge(sizer, 2e-3) == 100
+    assert sizer.next_size(remaining=10_000) == 100
+    assert sizer.next_size(remaining=400) == 50  # ceil(400 / (2 * 4))
+    assert sizer.next_size(remaining=9) == 2
+    assert sizer.next_size(remaining=1) == 1
+    assert sizer.next_size(remaining=0) == 0
+
+
+def test_chunk_sizer_counts_down_total_items():
+    sizer = ChunkSizer(10, n_jobs=1, total_items=25, adaptive=False)
+    assert [sizer.next_size() for _ in range(4)] == [10, 10, 5, 0]
+
+
+def test_fixed_chunksize_never_adapts():
+    sizer = ChunkSizer(7, n_jobs=2, adaptive=False)
+    for seconds in (100.0, 1e-9, 5.0):
+        sizer.observe(7, seconds)
+        assert sizer.next_size() == 7
+    assert sizer.next_size(remaining=3) == 3
+    assert sizer.next_size(remaining=1000) == 7  # no tail balancing either
+
+
+@given(
+    initial=st.integers(1, 10**7),
+    n_jobs=st.integers(1, 64),
+    max_chunksize=st.integers(1, 10**6),
+    steps=st.lists(st.tuples(st.none() | st.integers(1, 10**7), st.floats(0.0, 100.0)),
+                   max_size=30),
+)
+def test_chunk_sizer_stays_within_bounds(initial, n_jobs, max_chunksize, steps):
+    sizer = ChunkSizer(initial, n_jobs=n_jobs, max_chunksize=max_chunksize)
+    for remaining, seconds in steps:
+        size = sizer.next_size(remaining)
+        assert 1 <= size <= max_chunksize
+        if remaining is not None:
+            assert size <= remaining
+            assert size <= max(1, math.ceil(remaining / (2 * n_jobs)))
+        sizer.observe(size, seconds)
+    assert sizer.per_item_seconds is None or sizer.per_item_seconds >= 0
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"initial": 0}, {"initial": 1.5}, {"n_jobs": 0}, {"target_chunk_duration": 0.0},
+    {"target_chunk_duration": math.inf}, {"total_items": -1}, {"max_chunksize": 0},
+])
+def test_chunk_sizer_rejects_bad_arguments(kwargs):
+    arguments = {"initial": 1, "n_jobs": 2, **kwargs}
+    with pytest.raises(InvalidArgumentError, match=next(iter(kwargs))):
+        ChunkSizer(**arguments)
+
+
+@pytest.mark.parametrize(("n_items", "seconds"), [(0, 1.0), (1, -1.0), (1, math.nan),
+                                                  (1, math.inf)])
+def test_chunk_sizer_rejects_bad_observations(n_items, seconds):
+    with pytest.raises(InvalidArgumentError):
+        ChunkSizer(1, n_jobs=1).observe(n_items, seconds)
+    with pytest.raises(InvalidArgumentError, match="remaining"):
+        ChunkSizer(1, n_jobs=1).next_size(remaining=-1)
