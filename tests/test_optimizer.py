@@ -391,9 +391,10 @@ def test_bad_cache_entry_is_remeasured(measured, cache_dir):
     assert measured == ["fork", "fork"]
 
 
-def test_failed_measurement_falls_back_without_caching(monkeypatch, cache_dir):
+@pytest.mark.parametrize("error", [OSError, EOFError, RuntimeError, TimeoutError])
+def test_failed_measurement_falls_back_without_caching(monkeypatch, cache_dir, error):
     def broken(start_method: str) -> StartupCosts:
-        raise OSError("no processes for you")
+        raise error("no processes for you")
 
     monkeypatch.setattr(_costs, "measure_startup_costs", broken)
     with pytest.warns(OptimizerWarning, match="no processes for you"):
