@@ -14,7 +14,7 @@
       └─ miss or corrupt → measure_startup_costs(method), written back atomically (0600)
            ├─ start and join a trivial process          → process_start_seconds
            └─ an echo child behind a Pipe: small round trips → ipc_round_trip_seconds,
-              one large round trip                      → seconds_per_byte
+              a few large round trips                   → seconds_per_byte
 
 Start-up costs depend on the machine, not on the workload, so they are measured
 once and cached; a corrupt cache warns and is measured again, never an error.
@@ -273,11 +273,9 @@ def _cgroup_cpu_limit() -> int | None:
     """CPUs allowed by a cgroup v2 quota (containers), or None when unlimited."""
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
         return None
-    if quota == "max":
-        return None
-    return max(1, math.ceil(int(quota) / int(period)))
 
 
 def usable_cores() -> int:

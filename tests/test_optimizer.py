@@ -420,6 +420,18 @@ def test_cache_location_follows_xdg(monkeypatch, tmp_path):
     assert _costs.cache_path() == tmp_path / "home" / ".cache" / "amorsize" / "costs.json"
 
 
+def test_usable_cores_respects_affinity_and_quota(monkeypatch):
+    monkeypatch.setattr(_costs.psutil, "cpu_count", lambda logical=True: 64)
+    monkeypatch.setattr(_costs.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(_costs, "_cgroup_cpu_limit", lambda: None)
+    assert _costs.usable_cores() == 3
+    monkeypatch.setattr(_costs, "_cgroup_cpu_limit", lambda: 2)
+    assert _costs.usable_cores() == 2
+    monkeypatch.setattr(_costs.psutil, "cpu_count", lambda logical=True: None)
+    monkeypatch.setattr(_costs.os, "cpu_count", lambda: 1)
+    assert _costs.usable_cores() == 1
+
+
 def test_records_pickle():
     sample = stats()
     decision = plan(sample)
