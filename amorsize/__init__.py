@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from amorsize.breaker import CircuitBreaker, CircuitState
 from amorsize.dlq import (
     DeadLetterQueue,
     DLQEntry,
@@ -9,6 +10,7 @@ from amorsize.dlq import (
     DLQPolicy,
     replay_failed_items,
 )
+from amorsize.dlq.shared import SharedDeadLetterQueue
 from amorsize.errors import (
     AmorsizeError,
     BackendNotFoundError,
@@ -24,6 +26,9 @@ from amorsize.errors import (
     SharedDLQUnavailableError,
     TaskFailedError,
 )
+from amorsize.failure import Failure, is_failure
+from amorsize.optimizer import OptimizationResult, optimize
+from amorsize.retry import RetryOutcome, RetryPolicy
 
 __version__ = "0.1.0"
 
@@ -31,7 +36,9 @@ __all__ = [
     "AmorsizeError",
     "BackendNotFoundError",
     "CheckpointMismatchError",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitState",
     "CrashLoopError",
     "DLQCorruptError",
     "DLQEntry",
@@ -40,11 +47,18 @@ __all__ = [
     "DLQFormat",
     "DLQPolicy",
     "DeadLetterQueue",
+    "Failure",
     "InvalidArgumentError",
     "InvalidTypeError",
+    "OptimizationResult",
     "PickleNotAllowedError",
+    "RetryOutcome",
+    "RetryPolicy",
     "SharedDLQUnavailableError",
+    "SharedDeadLetterQueue",
     "TaskFailedError",
     "__version__",
+    "is_failure",
+    "optimize",
     "replay_failed_items",
 ]

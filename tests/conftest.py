@@ -26,6 +26,16 @@ def start_method(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def _is_multiprocessing_helper(proc: psutil.Process) -> bool:
+    # The resource tracker and the forkserver are started once per interpreter and
+    # live until it exits, by design; they are not leaks.
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return "resource_tracker" in cmdline or "forkserver" in cmdline
+
+
 @pytest.fixture
 def no_leaked_children():
     """Fail the test if it leaves child processes of this process behind."""
@@ -36,7 +46,9 @@ def no_leaked_children():
         deadline_children = [
             p
             for p in psutil.Process().children(recursive=True)
-            if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE
+            if p.pid not in before
+            and p.status() != psutil.STATUS_ZOMBIE
+            and not _is_multiprocessing_helper(p)
         ]
         if not deadline_children:
             break
