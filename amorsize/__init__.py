@@ -26,6 +26,7 @@ from amorsize.errors import (
     SharedDLQUnavailableError,
     TaskFailedError,
 )
+from amorsize.executor import ItemTimeoutError, WorkerCrashedError, execute, imap
 from amorsize.failure import Failure, is_failure
 from amorsize.optimizer import OptimizationResult, optimize
 from amorsize.retry import RetryOutcome, RetryPolicy
@@ -49,6 +50,7 @@ __all__ = [
     "DeadLetterQueue",
     "Failure",
     "InvalidArgumentError",
+    "ItemTimeoutError",
     "InvalidTypeError",
     "OptimizationResult",
     "PickleNotAllowedError",
@@ -57,7 +59,10 @@ __all__ = [
     "SharedDLQUnavailableError",
     "SharedDeadLetterQueue",
     "TaskFailedError",
+    "WorkerCrashedError",
     "__version__",
+    "execute",
+    "imap",
     "is_failure",
     "optimize",
     "replay_failed_items",

@@ -1,0 +1,248 @@
+"""The local backend: a pool of worker processes, one chunk in flight per worker.
+
+Each worker owns a duplex pipe and a two-slot shared array (the position and the
+start time of the item it is running). One chunk per worker means the parent
+always knows which chunk a dead worker held, and the shared array tells it which
+item: that item alone is dead-lettered, the rest of the chunk runs again
+(pebble's "worker death fails one task, not the pool", narrowed to one item).
+
+Workers ignore SIGINT (the parent handles Ctrl-C and stops them), and die with
+the parent: ``PR_SET_PDEATHSIG`` on Linux, and a check that the parent did not
+vanish before it was set.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any, Dict, List, Optional
+
+import cloudpickle
+
+from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, encode_result, run_chunk
+
+#: After SIGTERM, how long a stopping worker gets before SIGKILL.
+TERMINATE_GRACE_SECONDS = 0.5
+#: How often the parent checks running items against the timeout.
+TIMEOUT_POLL_SECONDS = 0.05
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class ChunkDone:
+    """A worker finished ``task``."""
+
+    task: ChunkTask
+    result: ChunkResult
+
+
+@dataclass
+class ChunkLost:
+    """``task`` did not finish: its worker died (``worker_crash``) or overran (``timeout``).
+
+    ``position`` is the index within the task of the item that was running, or None
+    when the backend cannot tell (the dispatcher then bisects).
+    """
+
+    task: ChunkTask
+    position: Optional[int]
+    reason: str
+    detail: Dict[str, Any] = field(default_factory=dict)
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _worker_main(conn: Any, progress: Any, spec_bytes: bytes) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    spec: ChunkSpec = pickle.loads(spec_bytes)
+    recv, send = conn.recv_bytes, conn.send_bytes
+    while True:
+        try:
+            data = recv()
+        except (EOFError, OSError):
+            return
+        if not data:
+            return
+        task = pickle.loads(data)
+        send(encode_result(run_chunk(spec, task, progress), spec))
+
+
+def describe_exit(exitcode: Optional[int]) -> str:
+    """A human explanation of a worker's exit code, naming the likely cause."""
+    if exitcode is None:
+        return "the worker vanished"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hints = {
+            "SIGKILL": "killed, often by the out-of-memory killer or kill -9",
+            "SIGSEGV": "a segmentation fault in native code",
+            "SIGBUS": "a bus error in native code",
+            "SIGABRT": "an abort in native code",
+            "SIGTERM": "terminated by another process",
+        }
+        return f"the worker was killed by {name} ({hints.get(name, 'a fatal signal')})"
+    return f"the worker exited with code {exitcode} (os._exit or sys.exit inside the function?)"
+
+
+class _Worker:
+    def __init__(self, ctx: Any, spec_bytes: bytes) -> None:
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.progress = ctx.RawArray("d", 2)
+        self.process = ctx.Process(
+            target=_worker_main, args=(child_conn, self.progress, spec_bytes),
+            name="amorsize-worker", daemon=True,
+        )
+        self.process.start()
+        child_conn.close()
+        self.task: Optional[ChunkTask] = None
+
+    def send(self, task: ChunkTask) -> None:
+        try:
+            data = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            data = cloudpickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+        self.progress[0] = 0
+        self.progress[1] = time.monotonic()
+        self.task = task
+        self.conn.send_bytes(data)
+
+    def stop(self, *, kill: bool) -> None:
+        if self.process.is_alive() and not kill:
+            try:
+                self.conn.send_bytes(b"")
+            except OSError:
+                pass
+            self.process.join(TERMINATE_GRACE_SECONDS)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(TERMINATE_GRACE_SECONDS)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+class LocalProcessPool:
+    """Worker processes on this machine; see the module docstring."""
+
+    def __init__(
+        self, spec: ChunkSpec, *, n_jobs: int, start_method: Optional[str], timeout: Optional[float]
+    ) -> None:
+        self._ctx = multiprocessing.get_context(start_method)
+        self._spec_bytes = cloudpickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+        self._timeout = timeout
+        self._workers: List[_Worker] = [self._new_worker() for _ in range(n_jobs)]
+
+    def _new_worker(self) -> _Worker:
+        return _Worker(self._ctx, self._spec_bytes)
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    def idle_count(self) -> int:
+        return sum(1 for w in self._workers if w.task is None)
+
+    def busy_count(self) -> int:
+        return sum(1 for w in self._workers if w.task is not None)
+
+    def submit(self, task: ChunkTask) -> None:
+        """Send ``task`` to an idle worker (the caller checks ``idle_count()`` first)."""
+        worker = next(w for w in self._workers if w.task is None)
+        try:
+            worker.send(task)
+        except OSError:
+            # The worker died between tasks; the next wait() reports the loss.
+            pass
+
+    def wait(self, timeout: Optional[float]) -> List[Any]:
+        """Block until a chunk finishes or is lost (or ``timeout`` passes); return events."""
+        busy = [w for w in self._workers if w.task is not None]
+        if not busy:
+            return []
+        if self._timeout is not None:
+            timeout = TIMEOUT_POLL_SECONDS if timeout is None else min(timeout, TIMEOUT_POLL_SECONDS)
+        handles: Dict[Any, _Worker] = {}
+        for w in busy:
+            handles[w.conn] = w
+            handles[w.process.sentinel] = w
+        ready = wait(list(handles), timeout)
+        events: List[Any] = []
+        seen = set()
+        for handle in ready:
+            worker = handles[handle]
+            if id(worker) in seen:
+                continue
+            seen.add(id(worker))
+            events.append(self._collect(worker))
+        if self._timeout is not None:
+            events.extend(self._enforce_timeout([w for w in busy if id(w) not in seen]))
+        return events
+
+    def _collect(self, worker: _Worker) -> Any:
+        task = worker.task
+        assert task is not None
+        try:
+            if worker.conn.poll():
+                data = worker.conn.recv_bytes()
+                worker.task = None
+                return ChunkDone(task, pickle.loads(data))
+        except (EOFError, OSError):
+            pass
+        # No result: the worker died while running the task.
+        return self._replace(worker, "worker_crash")
+
+    def _enforce_timeout(self, workers: List[_Worker]) -> List[Any]:
+        assert self._timeout is not None
+        now = time.monotonic()
+        return [
+            self._replace(w, "timeout")
+            for w in workers
+            if w.task is not None and now - w.progress[1] > self._timeout
+        ]
+
+    def _replace(self, worker: _Worker, reason: str) -> ChunkLost:
+        task = worker.task
+        assert task is not None
+        position = min(int(worker.progress[0]), len(task.items) - 1)
+        pid = worker.process.pid
+        worker.stop(kill=True)
+        exitcode = worker.process.exitcode
+        detail: Dict[str, Any] = {"pid": pid, "exitcode": exitcode}
+        if reason == "timeout":
+            detail["timeout_seconds"] = self._timeout
+        else:
+            detail["cause"] = describe_exit(exitcode)
+            if exitcode is not None and exitcode < 0:
+                detail["signal"] = signal.Signals(-exitcode).name if -exitcode in _SIGNALS else -exitcode
+        index = self._workers.index(worker)
+        self._workers[index] = self._new_worker()
+        return ChunkLost(task, position, reason, detail)
+
+    def close(self, *, kill: bool = False) -> None:
+        """Stop every worker: politely, or at once with ``kill``; leaves no process behind."""
+        for worker in self._workers:
+            worker.stop(kill=kill or worker.task is not None)
+        self._workers = []
+
+
+_SIGNALS = {int(s) for s in signal.Signals}

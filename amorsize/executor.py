@@ -1,0 +1,411 @@
+"""execute() and imap(): a parallel map that keeps every item, whatever goes wrong.
+
+Data flow::
+
+ parent process                                   | worker processes
+                                                  |
+ items ──► chunker ──► in-flight table ──submit──►| run_chunk(task):
+ (lazy iterator;       (one chunk per worker:     |   for each item:
+  bounded look-ahead)   items, position, start)   |     retry policy around func(item)
+                                                  |     ok   → value
+ results ◄── reorder ◄── ChunkResult ◄────────────|     fail → DLQEntry (type, message,
+   (ordered or                │                   |            traceback text, attempts); the
+    completion order)         ▼                   |            exception object never crosses
+                        dlq.extend(failures)      |
+                        (DeadLetterQueue or       |
+                         SharedDeadLetterQueue)   |
+ watchdog: a worker died or an item ran past its timeout
+   → the item it was running is dead-lettered (reason worker_crash / timeout),
+     the rest of its chunk is dispatched again, and the worker is replaced.
+
+**Chunker.** Reads the input lazily. Chunk sizes come from a ChunkSizer that
+aims each chunk at ``target_chunk_duration`` of work, from measured in-worker
+compute time, and shrinks chunks near the end so the tail balances. New chunks
+are only cut when a worker is idle and the reorder buffer is not too far ahead,
+so memory stays bounded for endless generators.
+
+**In-flight table.** Lives in the backend (:mod:`amorsize._workers`): one chunk
+per worker, so a dead worker's chunk is known exactly.
+
+**Reorder.** Every chunk is a contiguous run of positions (a split chunk too:
+it is cut around the poison item), so ordering costs one dict operation per chunk.
+
+**Failures.** Item errors come back as DLQ entries inside the chunk result;
+the parent routes them to the DLQ (one batch per chunk), to an ``on_failure``
+callable, or raises (``on_failure="raise"``) after a clean shutdown.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, finish_in_parent, run_chunk
+from amorsize._workers import ChunkDone, ChunkLost
+from amorsize.backends import LocalBackend, resolve_backend
+from amorsize.dlq.entry import DLQEntry
+from amorsize.errors import CrashLoopError, InvalidTypeError, TaskFailedError, invalid_value
+from amorsize.failure import Failure
+from amorsize.hook import failure_of, function_name, hostname
+from amorsize.optimizer import ChunkSizer
+
+#: Chunks whose results may wait in the reorder buffer per worker before the
+#: dispatcher stops cutting new chunks (bounds memory when one chunk is slow).
+REORDER_CHUNKS_PER_WORKER = 4
+#: Crash-loop guard default: stop after this many worker crashes, plus
+#: ``CRASH_BUDGET_FRACTION`` of the items finished so far.
+CRASH_BUDGET_BASE = 10
+CRASH_BUDGET_FRACTION = 0.01
+#: Target seconds of work per chunk for adaptive chunking.
+TARGET_CHUNK_SECONDS = 0.2
+ON_FAILURE_MODES = ("dlq", "raise")
+
+
+class WorkerCrashedError(Exception):
+    """Recorded in the DLQ for an item whose worker process died while running it."""
+
+
+class ItemTimeoutError(TimeoutError):
+    """Recorded in the DLQ for an item that ran past the per-item timeout."""
+
+
+def execute(func: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> List[Any]:
+    """Run ``func`` over ``items`` in worker processes; return results aligned with ``items``.
+
+    A failed item's position holds a falsy :class:`~amorsize.Failure`; the item and its
+    error are in the DLQ. Accepts the same options as :func:`imap` (``ordered`` is
+    always True here).
+    """
+    options["ordered"] = True
+    out: List[Any] = []
+    for _start, values in _Run(func, items, **options).chunks():
+        out.extend(values)
+    return out
+
+
+def imap(func: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> Iterator[Any]:
+    """Lazily yield ``func(item)`` for each item, in input order or (``ordered=False``)
+    as chunks complete.
+
+    Args:
+        func: a callable of one argument; lambdas and closures work (cloudpickle).
+        items: any iterable, read lazily with bounded look-ahead.
+        n_jobs: worker processes; None lets the optimizer choose. ``n_jobs=1`` without
+            a timeout runs in this process.
+        chunksize: items per chunk; None adapts it while running.
+        retry: a :class:`~amorsize.RetryPolicy` applied to each item in the worker.
+        dlq: a DeadLetterQueue or SharedDeadLetterQueue receiving failed items.
+        timeout: seconds an item may run before its worker is killed.
+        on_failure: ``"dlq"`` (default with a dlq), ``"raise"`` (default without),
+            or a callable receiving each failure's DLQEntry.
+        ordered: yield in input order (True) or completion order (False).
+        progress: show a tqdm progress bar (needs the ``progress`` extra).
+        on_progress: callable ``(done, total)`` called after each chunk.
+        start_method: multiprocessing start method for the workers.
+        max_crashes: crash-loop guard; None means 10 + 1% of the items done so far.
+        backend: None (local processes), a name registered under the entry-point group
+            ``amorsize.backends`` (``"dask"`` with the amorsize-dask plugin), or a backend
+            object such as ``DaskBackend(address=...)``.
+
+    Raises:
+        TaskFailedError: an item failed and ``on_failure="raise"``.
+        CrashLoopError: workers crashed more often than ``max_crashes`` (the DLQ is
+            flushed first).
+    """
+    run = _Run(func, items, **options)
+    for _start, values in run.chunks():
+        yield from values
+
+
+class _Run:
+    """One execute()/imap() call: validation, dispatch loop and failure routing."""
+
+    def __init__(
+        self,
+        func: Callable[[Any], Any],
+        items: Iterable[Any],
+        *,
+        n_jobs: Optional[int] = None,
+        chunksize: Optional[int] = None,
+        retry: Any = None,
+        dlq: Any = None,
+        timeout: Optional[float] = None,
+        on_failure: Any = None,
+        ordered: bool = True,
+        progress: bool = False,
+        on_progress: Optional[Callable[[int, Optional[int]], Any]] = None,
+        start_method: Optional[str] = None,
+        max_crashes: Optional[int] = None,
+        target_chunk_duration: float = TARGET_CHUNK_SECONDS,
+        backend: Any = None,
+    ) -> None:
+        if not callable(func):
+            raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
+        try:
+            self.total: Optional[int] = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            self.total = None
+        self.source = iter(items)
+        self.func = func
+        _check_optional_int("n_jobs", n_jobs, 1)
+        _check_optional_int("chunksize", chunksize, 1)
+        _check_optional_int("max_crashes", max_crashes, 0)
+        if timeout is not None and (
+            not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0
+        ):
+            raise invalid_value("timeout", timeout, "None or a number of seconds > 0")
+        if retry is not None and not callable(getattr(retry, "run", None)):
+            raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
+        if dlq is not None and not callable(getattr(dlq, "extend", None)):
+            raise InvalidTypeError(
+                f"dlq={dlq!r} is not valid; expected a DeadLetterQueue, SharedDeadLetterQueue or None"
+            )
+        if on_failure is None:
+            on_failure = "dlq" if dlq is not None else "raise"
+        if not callable(on_failure):
+            if on_failure not in ON_FAILURE_MODES:
+                raise invalid_value("on_failure", on_failure, "'dlq', 'raise' or a callable(entry)")
+            if on_failure == "dlq" and dlq is None:
+                raise invalid_value("on_failure", on_failure, "'raise' or a callable when dlq is None")
+        if on_progress is not None and not callable(on_progress):
+            raise invalid_value("on_progress", on_progress, "None or a callable(done, total)")
+        self.retry, self.dlq, self.timeout = retry, dlq, timeout
+        self.backend = resolve_backend(backend)
+        self.on_failure = on_failure
+        self.ordered = ordered
+        self.on_progress = on_progress
+        self.start_method = start_method
+        self.max_crashes = max_crashes
+        self.progress_bar = _progress_bar(self.total) if progress else None
+        include_traceback = getattr(getattr(dlq, "policy", None), "include_traceback", True)
+        self.spec = ChunkSpec(func, retry, include_traceback, function_name(func))
+        self.n_jobs, initial = self._plan(n_jobs, chunksize, target_chunk_duration)
+        self._initial_chunksize = initial
+        self._target_chunk_duration = target_chunk_duration
+        self._adaptive = chunksize is None
+        self.pending: Deque[ChunkTask] = collections.deque()
+        self.reorder: Dict[int, List[Any]] = {}
+        self.chunk_ids = itertools.count()
+        self.next_start = 0
+        self.exhausted = False
+        self.done = 0
+        self.failed = 0
+        self.crashes = 0
+
+    def _plan(
+        self, n_jobs: Optional[int], chunksize: Optional[int], target: float
+    ) -> Tuple[int, int]:
+        from amorsize._costs import usable_cores
+
+        if n_jobs is None and not isinstance(self.backend, LocalBackend):
+            return 0, chunksize or 1  # the backend chooses its own width
+        if n_jobs is None:
+            n_jobs = usable_cores()
+            if self.total is not None:
+                n_jobs = max(1, min(n_jobs, self.total))
+        return n_jobs, chunksize or 1
+
+    # -- chunking -------------------------------------------------------------
+
+    def _next_task(self) -> Optional[ChunkTask]:
+        if self.pending:
+            return self.pending.popleft()
+        if self.exhausted or len(self.reorder) >= REORDER_CHUNKS_PER_WORKER * self.n_jobs:
+            return None
+        remaining = None if self.total is None else self.total - self.next_start
+        size = self.sizer.next_size(remaining)
+        chunk = list(itertools.islice(self.source, max(size, 1)))
+        if not chunk:
+            self.exhausted = True
+            return None
+        task = ChunkTask(next(self.chunk_ids), self.next_start, chunk)
+        self.next_start += len(chunk)
+        if len(chunk) < size:
+            self.exhausted = True
+        return task
+
+    # -- the loop -------------------------------------------------------------
+
+    def chunks(self) -> Iterator[Tuple[int, List[Any]]]:
+        """Yield ``(start, values)`` per finished run of positions, ordered if asked."""
+        reorder = self.reorder
+        expected = 0
+        try:
+            for start, values in self._completed():
+                if not self.ordered:
+                    yield start, values
+                    continue
+                reorder[start] = values
+                while expected in reorder:
+                    values = reorder.pop(expected)
+                    yield expected, values
+                    expected += len(values)
+            if reorder:  # cannot happen unless a position was lost: never drop data silently
+                raise AssertionError(f"positions never completed before {min(reorder)}")
+        finally:
+            self._finish()
+
+    def _start_sizer(self, n_jobs: int) -> None:
+        self.n_jobs = max(1, n_jobs)
+        self.sizer = ChunkSizer(
+            self._initial_chunksize, n_jobs=self.n_jobs, total_items=self.total,
+            target_chunk_duration=self._target_chunk_duration, adaptive=self._adaptive,
+        )
+
+    def _completed(self) -> Iterator[Tuple[int, List[Any]]]:
+        if self.n_jobs == 1 and self.timeout is None and isinstance(self.backend, LocalBackend):
+            self._start_sizer(1)
+            yield from self._run_in_process()
+            return
+        self.pool = self.backend.open(
+            self.spec, n_jobs=self.n_jobs or None, timeout=self.timeout,
+            start_method=self.start_method,
+        )
+        self._start_sizer(getattr(self.pool, "size", self.n_jobs))
+        try:
+            while True:
+                while self.pool.idle_count():
+                    task = self._next_task()
+                    if task is None:
+                        break
+                    self.pool.submit(task)
+                if not self.pool.busy_count():
+                    break
+                for event in self.pool.wait(None):
+                    if isinstance(event, ChunkDone):
+                        yield from self._accept(event.task, event.result)
+                    else:
+                        yield from self._lost(event)
+        except BaseException:
+            self.pool.close(kill=True)
+            raise
+        self.pool.close()
+
+    def _run_in_process(self) -> Iterator[Tuple[int, List[Any]]]:
+        while True:
+            task = self._next_task()
+            if task is None:
+                return
+            yield from self._accept(task, run_chunk(self.spec, task))
+
+    def _accept(self, task: ChunkTask, result: ChunkResult) -> Iterator[Tuple[int, List[Any]]]:
+        finish_in_parent(result, task.items)
+        self.sizer.observe(len(task.items), result.compute_seconds)
+        if result.failures:
+            self._route(result.failures)
+        self._advance(len(task.items), len(result.failures))
+        yield task.start, result.values
+
+    def _lost(self, event: ChunkLost) -> Iterator[Tuple[int, List[Any]]]:
+        task, position = event.task, event.position
+        if position is None:
+            if len(task.items) > 1:  # the backend cannot tell which item: bisect
+                half = len(task.items) // 2
+                self.pending.extendleft(
+                    [self._subtask(task, half, len(task.items)), self._subtask(task, 0, half)]
+                )
+                self._count_crash()
+                return
+            position = 0
+        entry = self._lost_entry(task, position, event)
+        before, after = self._subtask(task, 0, position), self._subtask(task, position + 1, None)
+        for sub in (after, before):
+            if sub.items:
+                self.pending.appendleft(sub)
+        self._route([entry])
+        self._advance(1, 1)
+        self._count_crash()
+        yield task.start + position, [failure_of(entry)]
+
+    def _subtask(self, task: ChunkTask, begin: int, end: Optional[int]) -> ChunkTask:
+        return ChunkTask(next(self.chunk_ids), task.start + begin, task.items[begin:end])
+
+    def _lost_entry(self, task: ChunkTask, position: int, event: ChunkLost) -> DLQEntry:
+        detail = event.detail
+        if event.reason == "timeout":
+            error: Exception = ItemTimeoutError(
+                f"the item ran longer than timeout={detail.get('timeout_seconds')}s; its worker "
+                f"(pid {detail.get('pid')}) was terminated"
+            )
+        else:
+            error = WorkerCrashedError(
+                f"{detail.get('cause', 'the worker died')} while running this item "
+                f"(pid {detail.get('pid')}, exit code {detail.get('exitcode')})"
+            )
+        metadata = dict(detail)
+        metadata.update(index=task.start + position, function=self.spec.function_name,
+                        host=hostname())
+        return DLQEntry.from_exception(
+            task.items[position], error, metadata=metadata, reason=event.reason,
+            include_traceback=False,
+        )
+
+    def _count_crash(self) -> None:
+        self.crashes += 1
+        budget = self.max_crashes
+        if budget is None:
+            budget = CRASH_BUDGET_BASE + int(CRASH_BUDGET_FRACTION * self.done)
+        if self.crashes > budget:
+            self._flush_dlq()
+            raise CrashLoopError(
+                f"{self.crashes} worker crashes exceed the crash budget of {budget} "
+                f"(max_crashes={self.max_crashes}); stopping the run. {self.done} items "
+                f"finished, {self.failed} of them failed and are in the DLQ; items not yet "
+                "run were not started. A function that crashes its process on most items "
+                "(native code, memory) is the likely cause."
+            )
+
+    # -- failures and progress -------------------------------------------------
+
+    def _route(self, entries: List[DLQEntry]) -> None:
+        self.failed += len(entries)
+        if self.on_failure == "raise":
+            first = entries[0]
+            raise TaskFailedError(
+                first.error_type, first.error_message, first.traceback, first.item, first.reason
+            )
+        if self.dlq is not None:
+            self.dlq.extend(entries)
+        if callable(self.on_failure):
+            for entry in entries:
+                self.on_failure(entry)
+
+    def _advance(self, n_items: int, n_failed: int) -> None:
+        self.done += n_items
+        if self.progress_bar is not None:
+            self.progress_bar.update(n_items)
+            if n_failed:
+                self.progress_bar.set_postfix(failed=self.failed, refresh=False)
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+
+    def _flush_dlq(self) -> None:
+        flush = getattr(self.dlq, "flush", None)
+        if flush is not None:
+            flush()
+
+    def _finish(self) -> None:
+        try:
+            self._flush_dlq()
+        finally:
+            if self.progress_bar is not None:
+                self.progress_bar.close()
+
+
+def _check_optional_int(name: str, value: Any, minimum: int) -> None:
+    if value is not None and (type(value) is not int or value < minimum):
+        raise invalid_value(name, value, f"None or an int >= {minimum}")
+
+
+def _progress_bar(total: Optional[int]) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise invalid_value(
+            "progress", True, "False, or install the extra: pip install 'amorsize[progress]'"
+        ) from None
+    return tqdm(total=total, unit="item", dynamic_ncols=True)
+
+
+__all__ = ["Failure", "ItemTimeoutError", "WorkerCrashedError", "execute", "imap"]
