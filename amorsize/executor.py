@@ -39,16 +39,18 @@ from __future__ import annotations
 
 import collections
 import itertools
+import warnings
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, finish_in_parent, run_chunk
+from amorsize._costs import SampleFailure, usable_cores
 from amorsize._workers import ChunkDone, ChunkLost
 from amorsize.backends import LocalBackend, resolve_backend
 from amorsize.dlq.entry import DLQEntry
 from amorsize.errors import CrashLoopError, InvalidTypeError, TaskFailedError, invalid_value
 from amorsize.failure import Failure
 from amorsize.hook import failure_of, function_name, hostname
-from amorsize.optimizer import ChunkSizer
+from amorsize.optimizer import ChunkSizer, OptimizationResult, OptimizerWarning, optimize
 
 #: Chunks whose results may wait in the reorder buffer per worker before the
 #: dispatcher stops cutting new chunks (bounds memory when one chunk is slow).
@@ -91,9 +93,13 @@ def imap(func: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> It
     Args:
         func: a callable of one argument; lambdas and closures work (cloudpickle).
         items: any iterable, read lazily with bounded look-ahead.
-        n_jobs: worker processes; None lets the optimizer choose. ``n_jobs=1`` without
-            a timeout runs in this process.
-        chunksize: items per chunk; None adapts it while running.
+        n_jobs: worker processes. With ``n_jobs`` and ``chunksize`` both None (and no
+            timeout) a dry run of the first few items in this process chooses them,
+            and may choose to run serially; their results are kept. ``n_jobs=1``
+            without a timeout runs in this process.
+        chunksize: items per chunk; None adapts it while running from measured times.
+        dry_run: set False to skip the optimizer's in-process dry run (every call of
+            ``func`` then happens in a worker process).
         retry: a :class:`~amorsize.RetryPolicy` applied to each item in the worker.
         dlq: a DeadLetterQueue or SharedDeadLetterQueue receiving failed items.
         timeout: seconds an item may run before its worker is killed.
@@ -139,6 +145,7 @@ class _Run:
         max_crashes: Optional[int] = None,
         target_chunk_duration: float = TARGET_CHUNK_SECONDS,
         backend: Any = None,
+        dry_run: bool = True,
     ) -> None:
         if not callable(func):
             raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
@@ -180,14 +187,17 @@ class _Run:
         self.progress_bar = _progress_bar(self.total) if progress else None
         include_traceback = getattr(getattr(dlq, "policy", None), "include_traceback", True)
         self.spec = ChunkSpec(func, retry, include_traceback, function_name(func))
+        self.pending: Deque[ChunkTask] = collections.deque()
+        self.precomputed: List[Tuple[int, Any]] = []
+        self.chunk_ids = itertools.count()
+        self.next_start = 0
+        self.dry_run = dry_run
+        self.optimization: Optional[OptimizationResult] = None
         self.n_jobs, initial = self._plan(n_jobs, chunksize, target_chunk_duration)
         self._initial_chunksize = initial
         self._target_chunk_duration = target_chunk_duration
         self._adaptive = chunksize is None
-        self.pending: Deque[ChunkTask] = collections.deque()
         self.reorder: Dict[int, List[Any]] = {}
-        self.chunk_ids = itertools.count()
-        self.next_start = 0
         self.exhausted = False
         self.done = 0
         self.failed = 0
@@ -196,15 +206,37 @@ class _Run:
     def _plan(
         self, n_jobs: Optional[int], chunksize: Optional[int], target: float
     ) -> Tuple[int, int]:
-        from amorsize._costs import usable_cores
-
+        """Choose n_jobs and the first chunk size; run the optimizer's dry run if asked."""
         if n_jobs is None and not isinstance(self.backend, LocalBackend):
             return 0, chunksize or 1  # the backend chooses its own width
+        if n_jobs is None and chunksize is None and self.timeout is None and self.dry_run:
+            return self._plan_from_dry_run(target)
         if n_jobs is None:
             n_jobs = usable_cores()
             if self.total is not None:
                 n_jobs = max(1, min(n_jobs, self.total))
         return n_jobs, chunksize or 1
+
+    def _plan_from_dry_run(self, target: float) -> Tuple[int, int]:
+        # The sample runs in this process (no timeout can be enforced there, hence
+        # skipped when one is set). Its successful results are kept, so no item runs
+        # twice; sampled items that raised run again in workers, under the retry policy.
+        with warnings.catch_warnings():
+            # A sampled item that raises is routine here: it runs again under the retry
+            # policy and, if it still fails, lands in the DLQ like any other.
+            warnings.simplefilter("ignore", OptimizerWarning)
+            plan = optimize(self.func, self.source, target_chunk_duration=target,
+                            start_method=self.start_method)
+        self.optimization = plan
+        self.source = iter(plan.data)
+        sampled = list(itertools.islice(self.source, len(plan.sample_results)))
+        for index, (item, value) in enumerate(zip(sampled, plan.sample_results)):
+            if isinstance(value, SampleFailure):
+                self.pending.append(ChunkTask(next(self.chunk_ids), index, [item]))
+            else:
+                self.precomputed.append((index, value))
+        self.next_start = len(sampled)
+        return plan.n_jobs, plan.chunksize
 
     # -- chunking -------------------------------------------------------------
 
@@ -254,6 +286,9 @@ class _Run:
         )
 
     def _completed(self) -> Iterator[Tuple[int, List[Any]]]:
+        for index, value in self.precomputed:
+            self._advance(1, 0)
+            yield index, [value]
         if self.n_jobs == 1 and self.timeout is None and isinstance(self.backend, LocalBackend):
             self._start_sizer(1)
             yield from self._run_in_process()
