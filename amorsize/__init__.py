@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from amorsize.breaker import CircuitBreaker, CircuitState
+from amorsize.checkpoint import Checkpoint
 from amorsize.dlq import (
     DeadLetterQueue,
     DLQEntry,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AmorsizeError",
     "BackendNotFoundError",
+    "Checkpoint",
     "CheckpointMismatchError",
     "CircuitBreaker",
     "CircuitOpenError",

@@ -186,6 +186,26 @@ class CircuitBreaker:
                 self._calls, self._successes, self._failures, self._rejections, self._opens
             )
 
+    @property
+    def failures_until_open(self) -> int | None:
+        """While CLOSED, how many more counted failures in a row would open the circuit.
+
+        0 when not CLOSED; None when only a failure rate (no consecutive threshold) applies.
+        A dispatcher keeps at most this many calls in flight, so the circuit opens
+        after exactly ``failure_threshold`` failing calls, not more.
+        """
+        with self._lock:
+            self._refresh()
+            fired = self._take_transitions()
+            if self._state is not CircuitState.CLOSED:
+                headroom: int | None = 0
+            elif self.failure_threshold is None:
+                headroom = None
+            else:
+                headroom = max(1, self.failure_threshold - self._consecutive)
+        self._notify(fired)
+        return headroom
+
     def time_until_retry(self) -> float:
         """Seconds until an OPEN circuit admits a trial call; 0.0 when it is not OPEN."""
         with self._lock:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 import warnings
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -46,8 +47,17 @@ from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, finish_in_parent,
 from amorsize._costs import SampleFailure, usable_cores
 from amorsize._workers import ChunkDone, ChunkLost
 from amorsize.backends import LocalBackend, resolve_backend
+from amorsize.breaker import CircuitBreaker, CircuitState
+from amorsize.checkpoint import Checkpoint
 from amorsize.dlq.entry import DLQEntry
-from amorsize.errors import CrashLoopError, InvalidTypeError, TaskFailedError, invalid_value
+from amorsize.errors import (
+    CircuitOpenError,
+    CrashLoopError,
+    InvalidTypeError,
+    TaskFailedError,
+    check_choice,
+    invalid_value,
+)
 from amorsize.failure import Failure
 from amorsize.hook import failure_of, function_name, hostname
 from amorsize.optimizer import ChunkSizer, OptimizationResult, OptimizerWarning, optimize
@@ -62,6 +72,8 @@ CRASH_BUDGET_FRACTION = 0.01
 #: Target seconds of work per chunk for adaptive chunking.
 TARGET_CHUNK_SECONDS = 0.2
 ON_FAILURE_MODES = ("dlq", "raise")
+ON_OPEN_MODES = ("dead_letter", "wait")
+_REJECT = -1  # gate verdict: the circuit is open, dead-letter instead of calling
 
 
 class WorkerCrashedError(Exception):
@@ -110,6 +122,12 @@ def imap(func: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> It
         on_progress: callable ``(done, total)`` called after each chunk.
         start_method: multiprocessing start method for the workers.
         max_crashes: crash-loop guard; None means 10 + 1% of the items done so far.
+        circuit_breaker: a :class:`~amorsize.CircuitBreaker` whose state the dispatcher
+            decides from every worker's failures; while CLOSED at most as many items are
+            in flight as failures it takes to open it.
+        on_open: while the circuit is open, ``"dead_letter"`` items without calling
+            ``func`` (reason ``circuit_open``) or ``"wait"`` until it half-opens.
+        checkpoint: a :class:`~amorsize.Checkpoint`; a killed run resumes from it.
         backend: None (local processes), a name registered under the entry-point group
             ``amorsize.backends`` (``"dask"`` with the amorsize-dask plugin), or a backend
             object such as ``DaskBackend(address=...)``.
@@ -146,6 +164,9 @@ class _Run:
         target_chunk_duration: float = TARGET_CHUNK_SECONDS,
         backend: Any = None,
         dry_run: bool = True,
+        circuit_breaker: Optional[CircuitBreaker] = None,
+        on_open: str = "dead_letter",
+        checkpoint: Optional[Checkpoint] = None,
     ) -> None:
         if not callable(func):
             raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
@@ -177,6 +198,15 @@ class _Run:
                 raise invalid_value("on_failure", on_failure, "'raise' or a callable when dlq is None")
         if on_progress is not None and not callable(on_progress):
             raise invalid_value("on_progress", on_progress, "None or a callable(done, total)")
+        if circuit_breaker is not None and not isinstance(circuit_breaker, CircuitBreaker):
+            raise InvalidTypeError(
+                f"circuit_breaker={circuit_breaker!r} is not valid; expected a CircuitBreaker or None"
+            )
+        check_choice("on_open", on_open, ON_OPEN_MODES)
+        if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+            raise InvalidTypeError(f"checkpoint={checkpoint!r} is not valid; expected a Checkpoint")
+        self.breaker, self.on_open, self.checkpoint = circuit_breaker, on_open, checkpoint
+        self.inflight_items = 0
         self.retry, self.dlq, self.timeout = retry, dlq, timeout
         self.backend = resolve_backend(backend)
         self.on_failure = on_failure
@@ -188,16 +218,21 @@ class _Run:
         include_traceback = getattr(getattr(dlq, "policy", None), "include_traceback", True)
         self.spec = ChunkSpec(func, retry, include_traceback, function_name(func))
         self.pending: Deque[ChunkTask] = collections.deque()
-        self.precomputed: List[Tuple[int, Any]] = []
+        self.precomputed: List[Tuple[int, List[Any]]] = []
         self.chunk_ids = itertools.count()
         self.next_start = 0
-        self.dry_run = dry_run
+        self.dry_run = dry_run and checkpoint is None
         self.optimization: Optional[OptimizationResult] = None
+        self.skip: Deque[Tuple[int, int]] = collections.deque()
+        self.known_failures: Dict[int, DLQEntry] = {}
+        if checkpoint is not None:
+            self._resume(checkpoint)
         self.n_jobs, initial = self._plan(n_jobs, chunksize, target_chunk_duration)
         self._initial_chunksize = initial
         self._target_chunk_duration = target_chunk_duration
         self._adaptive = chunksize is None
         self.reorder: Dict[int, List[Any]] = {}
+        self.waiting_precomputed = 0  # precomputed segments parked in the reorder buffer
         self.exhausted = False
         self.done = 0
         self.failed = 0
@@ -234,19 +269,43 @@ class _Run:
             if isinstance(value, SampleFailure):
                 self.pending.append(ChunkTask(next(self.chunk_ids), index, [item]))
             else:
-                self.precomputed.append((index, value))
+                self.precomputed.append((index, [value]))
         self.next_start = len(sampled)
         return plan.n_jobs, plan.chunksize
 
+    def _resume(self, checkpoint: Checkpoint) -> None:
+        self.source = checkpoint.bind(self.func, self.source, self.total)
+        for start, values in checkpoint.finished():
+            self.precomputed.append((start, values))
+            self.skip.append((start, start + len(values)))
+        if self.dlq is not None:
+            run = checkpoint.fingerprint
+            for entry in self.dlq.filter(predicate=lambda e: e.metadata.get("run") == run):
+                self.known_failures[entry.metadata.get("index")] = entry
+
     # -- chunking -------------------------------------------------------------
 
-    def _next_task(self) -> Optional[ChunkTask]:
+    def _next_task(self, limit: Optional[int] = None) -> Optional[ChunkTask]:
         if self.pending:
-            return self.pending.popleft()
-        if self.exhausted or len(self.reorder) >= REORDER_CHUNKS_PER_WORKER * self.n_jobs:
+            task = self.pending.popleft()
+            if limit is not None and len(task.items) > limit:
+                self.pending.appendleft(self._subtask(task, limit, None))
+                task = self._subtask(task, 0, limit)
+            return task
+        backlog = len(self.reorder) - self.waiting_precomputed
+        if self.exhausted or backlog >= REORDER_CHUNKS_PER_WORKER * self.n_jobs:
             return None
+        while self.skip and self.skip[0][0] <= self.next_start:
+            _begin, end = self.skip.popleft()  # finished by a previous run: read past it
+            for _ in itertools.islice(self.source, end - self.next_start):
+                pass
+            self.next_start = end
         remaining = None if self.total is None else self.total - self.next_start
         size = self.sizer.next_size(remaining)
+        if self.skip:
+            size = min(size, self.skip[0][0] - self.next_start)
+        if limit is not None:
+            size = min(size, limit)
         chunk = list(itertools.islice(self.source, max(size, 1)))
         if not chunk:
             self.exhausted = True
@@ -263,20 +322,34 @@ class _Run:
         """Yield ``(start, values)`` per finished run of positions, ordered if asked."""
         reorder = self.reorder
         expected = 0
+        ok = False
         try:
-            for start, values in self._completed():
-                if not self.ordered:
+            for start, values in self.precomputed:  # from the dry run or a checkpoint
+                self._advance(len(values), 0)
+                if self.ordered:
+                    reorder[start] = values
+                else:
                     yield start, values
+            precomputed_starts = set(reorder)
+            self.waiting_precomputed = len(precomputed_starts)
+            for start, values in itertools.chain([(-1, [])], self._completed()):
+                if not self.ordered:
+                    if start >= 0:
+                        yield start, values
                     continue
-                reorder[start] = values
+                if start >= 0:
+                    reorder[start] = values
                 while expected in reorder:
                     values = reorder.pop(expected)
+                    if expected in precomputed_starts:
+                        self.waiting_precomputed -= 1
                     yield expected, values
                     expected += len(values)
             if reorder:  # cannot happen unless a position was lost: never drop data silently
                 raise AssertionError(f"positions never completed before {min(reorder)}")
+            ok = True
         finally:
-            self._finish()
+            self._finish(ok)
 
     def _start_sizer(self, n_jobs: int) -> None:
         self.n_jobs = max(1, n_jobs)
@@ -286,9 +359,6 @@ class _Run:
         )
 
     def _completed(self) -> Iterator[Tuple[int, List[Any]]]:
-        for index, value in self.precomputed:
-            self._advance(1, 0)
-            yield index, [value]
         if self.n_jobs == 1 and self.timeout is None and isinstance(self.backend, LocalBackend):
             self._start_sizer(1)
             yield from self._run_in_process()
@@ -300,14 +370,30 @@ class _Run:
         self._start_sizer(getattr(self.pool, "size", self.n_jobs))
         try:
             while True:
+                hold = None
                 while self.pool.idle_count():
-                    task = self._next_task()
+                    limit = self._gate()
+                    if limit == _REJECT:
+                        task = self._next_task()
+                        if task is None:
+                            break
+                        yield from self._reject(task)
+                        continue
+                    if limit == 0:
+                        hold = self._hold_seconds()
+                        break
+                    task = self._next_task(limit)
                     if task is None:
                         break
+                    self.inflight_items += len(task.items)
                     self.pool.submit(task)
                 if not self.pool.busy_count():
-                    break
-                for event in self.pool.wait(None):
+                    if hold is None:
+                        break
+                    time.sleep(hold)  # circuit open, on_open="wait": nothing else to do
+                    continue
+                for event in self.pool.wait(hold):
+                    self.inflight_items -= len(event.task.items)
                     if isinstance(event, ChunkDone):
                         yield from self._accept(event.task, event.result)
                     else:
@@ -319,18 +405,77 @@ class _Run:
 
     def _run_in_process(self) -> Iterator[Tuple[int, List[Any]]]:
         while True:
-            task = self._next_task()
+            limit = self._gate()
+            if limit == 0:
+                time.sleep(self._hold_seconds())
+                continue
+            task = self._next_task(None if limit == _REJECT else limit)
             if task is None:
                 return
-            yield from self._accept(task, run_chunk(self.spec, task))
+            if limit == _REJECT:
+                yield from self._reject(task)
+            else:
+                yield from self._accept(task, run_chunk(self.spec, task))
+
+    # -- circuit breaker -------------------------------------------------------
+
+    def _gate(self) -> Optional[int]:
+        """How many items the next chunk may hold: None (no limit), 0 (hold) or _REJECT."""
+        breaker = self.breaker
+        if breaker is None:
+            return None
+        headroom = breaker.failures_until_open
+        if headroom is None:
+            return None
+        if headroom > 0:  # CLOSED: never more calls in flight than failures it takes to open
+            return max(0, headroom - self.inflight_items)
+        if breaker.state is CircuitState.HALF_OPEN:
+            if self.inflight_items == 0 and breaker.allow():
+                return 1  # one trial call at a time
+            return 0
+        return _REJECT if self.on_open == "dead_letter" else 0
+
+    def _hold_seconds(self) -> float:
+        assert self.breaker is not None
+        return min(max(self.breaker.time_until_retry(), 0.001), 1.0)
+
+    def _reject(self, task: ChunkTask) -> Iterator[Tuple[int, List[Any]]]:
+        """Dead-letter a chunk without calling func: the circuit is open."""
+        error = CircuitOpenError(
+            "not called: the circuit breaker was open; replay this item once the service is back"
+        )
+        entries = [
+            DLQEntry.from_exception(
+                item, error, reason="circuit_open", include_traceback=False,
+                metadata={"index": task.start + pos, "function": self.spec.function_name},
+            )
+            for pos, item in enumerate(task.items)
+        ]
+        values: List[Any] = [failure_of(e) for e in entries]
+        self._route(entries, values, task.start, count_in_breaker=False)
+        self._advance(len(task.items), len(entries))
+        self._record(task.start, values)
+        yield task.start, values
+
+    def _record(self, start: int, values: List[Any]) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint.record(start, values)
 
     def _accept(self, task: ChunkTask, result: ChunkResult) -> Iterator[Tuple[int, List[Any]]]:
         finish_in_parent(result, task.items)
         self.sizer.observe(len(task.items), result.compute_seconds)
+        values = result.values
+        if self.breaker is not None:
+            for value in values:
+                if isinstance(value, Failure):
+                    self.breaker.record_failure(value.error_type)
+                else:
+                    self.breaker.record_success()
         if result.failures:
-            self._route(result.failures)
+            self._route(result.failures, values, task.start)
         self._advance(len(task.items), len(result.failures))
-        yield task.start, result.values
+        self._record(task.start, values)
+        yield task.start, values
 
     def _lost(self, event: ChunkLost) -> Iterator[Tuple[int, List[Any]]]:
         task, position = event.task, event.position
@@ -348,10 +493,14 @@ class _Run:
         for sub in (after, before):
             if sub.items:
                 self.pending.appendleft(sub)
-        self._route([entry])
+        if self.breaker is not None:
+            self.breaker.record_failure(entry.error_type)
+        values: List[Any] = [failure_of(entry)]
+        self._route([entry], values, task.start + position)
         self._advance(1, 1)
+        self._record(task.start + position, values)
         self._count_crash()
-        yield task.start + position, [failure_of(entry)]
+        yield task.start + position, values
 
     def _subtask(self, task: ChunkTask, begin: int, end: Optional[int]) -> ChunkTask:
         return ChunkTask(next(self.chunk_ids), task.start + begin, task.items[begin:end])
@@ -393,18 +542,38 @@ class _Run:
 
     # -- failures and progress -------------------------------------------------
 
-    def _route(self, entries: List[DLQEntry]) -> None:
+    def _route(
+        self, entries: List[DLQEntry], values: List[Any], start: int, count_in_breaker: bool = True
+    ) -> None:
+        """Send failures where the run was asked to; ``values`` holds their Failure stand-ins."""
         self.failed += len(entries)
         if self.on_failure == "raise":
             first = entries[0]
             raise TaskFailedError(
                 first.error_type, first.error_message, first.traceback, first.item, first.reason
             )
-        if self.dlq is not None:
+        if self.checkpoint is not None:
+            entries = self._drop_known(entries, values, start)
+        if self.dlq is not None and entries:
             self.dlq.extend(entries)
         if callable(self.on_failure):
             for entry in entries:
                 self.on_failure(entry)
+
+    def _drop_known(self, entries: List[DLQEntry], values: List[Any], start: int) -> List[DLQEntry]:
+        # A resumed run may redo items whose failure the killed run had already
+        # dead-lettered (after its last checkpoint save): keep the existing entry.
+        assert self.checkpoint is not None
+        fresh = []
+        for entry in entries:
+            index = entry.metadata["index"]
+            known = self.known_failures.get(index)
+            if known is not None:
+                values[index - start] = failure_of(known)
+                continue
+            entry.metadata["run"] = self.checkpoint.fingerprint
+            fresh.append(entry)
+        return fresh
 
     def _advance(self, n_items: int, n_failed: int) -> None:
         self.done += n_items
@@ -420,9 +589,16 @@ class _Run:
         if flush is not None:
             flush()
 
-    def _finish(self) -> None:
+    def _finish(self, ok: bool) -> None:
         try:
             self._flush_dlq()
+            if self.checkpoint is not None:
+                # Saved only after the DLQ is durable, so the file never claims a failure
+                # whose entry could still be lost.
+                if ok:
+                    self.checkpoint.complete()
+                else:
+                    self.checkpoint.save()
         finally:
             if self.progress_bar is not None:
                 self.progress_bar.close()
