@@ -239,10 +239,26 @@ class LocalProcessPool:
         return ChunkLost(task, position, reason, detail)
 
     def close(self, *, kill: bool = False) -> None:
-        """Stop every worker: politely, or at once with ``kill``; leaves no process behind."""
-        for worker in self._workers:
-            worker.stop(kill=kill or worker.task is not None)
-        self._workers = []
+        """Stop every worker: politely, or at once with ``kill``; leaves no process behind.
+
+        All workers are signalled first and joined after, so stopping takes one grace
+        period, not one per worker (Ctrl-C must be over within 2 seconds).
+        """
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            if kill or worker.task is not None:
+                if worker.process.is_alive():
+                    worker.process.terminate()
+            else:
+                try:
+                    worker.conn.send_bytes(b"")
+                except OSError:
+                    pass
+        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        for worker in workers:
+            worker.stop(kill=True)
 
 
 _SIGNALS = {int(s) for s in signal.Signals}
