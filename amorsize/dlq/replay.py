@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from amorsize.dlq.entry import DLQEntry, error_message, format_traceback, qualified_type_name
 from amorsize.errors import InvalidTypeError, PickleNotAllowedError
@@ -28,15 +28,45 @@ def retried_entry(entry: DLQEntry, error: BaseException, *, include_traceback: b
     )
 
 
+def failed_again(entry: DLQEntry, failure: DLQEntry) -> DLQEntry:
+    """``entry`` after a replay attempt that failed with ``failure`` (a fresh entry's error)."""
+    metadata = dict(entry.metadata)
+    metadata["last_replay_at"] = time.time()
+    return replace(
+        entry,
+        error_type=failure.error_type,
+        error_qualname=failure.error_qualname,
+        error_message=failure.error_message,
+        traceback=failure.traceback,
+        retry_count=entry.retry_count + 1,
+        metadata=metadata,
+        reason=failure.reason,
+    )
+
+
 def replay_failed_items(
-    dlq: Any, func: Callable[[Any], Any], clear_on_success: bool = True
+    dlq: Any,
+    func: Callable[[Any], Any],
+    clear_on_success: bool = True,
+    *,
+    n_jobs: int = 1,
+    retry: Any = None,
+    entries: Optional[List[DLQEntry]] = None,
 ) -> Tuple[List[Any], List[DLQEntry]]:
-    """Call ``func`` on every item in ``dlq``, serially, in DLQ order.
+    """Call ``func`` on every item in ``dlq`` (or on ``entries`` of it), in DLQ order.
 
     Items that succeed leave the queue (unless ``clear_on_success`` is False);
     items that fail again stay, with ``retry_count + 1`` and their new error.
     Entries added to the queue while the replay runs are left untouched.
     Works with a :class:`DeadLetterQueue` and a :class:`SharedDeadLetterQueue`.
+
+    With ``n_jobs`` other than 1 the items run through :func:`amorsize.execute` in
+    worker processes (a crash or timeout then fails one item, not the replay).
+
+    Args:
+        n_jobs: 1 to replay serially in this process; None or > 1 for worker processes.
+        retry: a RetryPolicy applied to each replayed item.
+        entries: replay only these entries (default: all of them).
 
     Returns:
         ``(results, still_failed)``: results of the recovered items in DLQ order,
@@ -47,7 +77,7 @@ def replay_failed_items(
     """
     if not callable(func):
         raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
-    snapshot = dlq.get_entries()
+    snapshot = dlq.get_entries() if entries is None else list(entries)
     locked = [e.entry_id for e in snapshot if isinstance(e.item, PickledPayload)]
     if locked:
         raise PickleNotAllowedError(
@@ -59,13 +89,37 @@ def replay_failed_items(
     results: List[Any] = []
     recovered: List[str] = []
     still_failed: List[DLQEntry] = []
-    for entry in snapshot:
-        try:
-            value = func(entry.item)
-        except Exception as exc:
-            still_failed.append(retried_entry(entry, exc, include_traceback=include_traceback))
-        else:
+    if n_jobs == 1:
+        for entry in snapshot:
+            if retry is None:
+                try:
+                    value = func(entry.item)
+                except Exception as exc:
+                    still_failed.append(retried_entry(entry, exc, include_traceback=include_traceback))
+                    continue
+            else:
+                outcome = retry.run(func, entry.item)
+                if not outcome.ok:
+                    still_failed.append(
+                        retried_entry(entry, outcome.error, include_traceback=include_traceback)
+                    )
+                    continue
+                value = outcome.value
             results.append(value)
             recovered.append(entry.entry_id)
+    else:
+        from amorsize.executor import execute
+
+        failures: Dict[int, DLQEntry] = {}
+        values = execute(
+            func, [e.item for e in snapshot], n_jobs=n_jobs, retry=retry, dry_run=False,
+            on_failure=lambda failure: failures.__setitem__(failure.metadata["index"], failure),
+        )
+        for index, (entry, value) in enumerate(zip(snapshot, values)):
+            if index in failures:
+                still_failed.append(failed_again(entry, failures[index]))
+            else:
+                results.append(value)
+                recovered.append(entry.entry_id)
     dlq.update(still_failed, remove_ids=recovered if clear_on_success else ())
     return results, still_failed
