@@ -18,7 +18,7 @@ def _fixed(x):
 
 
 @pytest.mark.timeout(60)
-def test_parallel_replay_updates_queue(tmp_path, start_method, no_leaked_children):
+def test_parallel_replay_updates_queue(tmp_path, no_leaked_children):
     dlq = DeadLetterQueue(DLQPolicy(directory=str(tmp_path)))
     for i in range(12):
         dlq.add(i, ValueError(f"first failure {i}"), retry_count=2)
