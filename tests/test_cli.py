@@ -17,7 +17,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import pytest
 
@@ -46,6 +46,27 @@ def run_cli(*args, cwd=None, columns: int = 120, timeout: float = TIMEOUT):
         [sys.executable, "-m", "amorsize", *map(str, args)],
         cwd=cwd, env=cli_env(columns), capture_output=True, text=True, timeout=timeout,
     )
+
+
+def run_main(capsys, *args) -> Tuple[int, str, str]:
+    """The same command line in this process: ``(exit code, stdout, stderr)``.
+
+    For the wide matrices (filters, bad values); every feature also runs once
+    through a real process above or below.
+    """
+    from amorsize.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def _columns(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")  # for run_main; subprocesses get it from cli_env
 
 
 def entry_for(item, error: BaseException, *, timestamp=None, reason="exception", retry_count=0,
@@ -149,48 +170,58 @@ def test_python_m_amorsize_usage():
 # --- summary, empty and missing directories, corruption -------------------------------
 
 
-def test_summary_both_formats(tmp_path, fmt):
+def test_summary_both_formats(tmp_path, capsys, fmt):
     sample(tmp_path / "q", fmt)
     done = run_cli("dlq", "summary", tmp_path / "q")
     assert done.returncode == 0, done.stderr
     assert "entries:        5" in done.stdout
     assert "ValueError 2" in done.stdout and "timeout 1" in done.stdout
     assert "2024-05-01T01:00:00Z" in done.stdout and "--allow-pickle" in done.stdout
-    summary = json.loads(run_cli("dlq", "summary", tmp_path / "q", "--json").stdout)
+    summary = json.loads(run_main(capsys, "dlq", "summary", tmp_path / "q", "--json")[1])
     assert summary["total_entries"] == 5
     assert summary["error_types"] == {"ValueError": 2, "KeyError": 1, "ParseError": 1,
                                       "TypeError": 1}
     assert summary["pickled_not_loaded"] == (5 if fmt is DLQFormat.PICKLE else 1)
     assert summary["oldest_time"] == "2024-05-01T01:00:00Z"
-    loaded = json.loads(run_cli("dlq", "summary", tmp_path / "q", "--json", "--allow-pickle").stdout)
+    loaded = json.loads(run_main(capsys, "dlq", "summary", tmp_path / "q", "--json", "--allow-pickle")[1])
     assert loaded["pickled_not_loaded"] == 0
 
 
-def test_empty_directory_is_an_empty_dlq(tmp_path):
+def test_empty_directory_is_an_empty_dlq(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     done = run_cli("dlq", "summary", empty)
     assert done.returncode == 0 and "entries:        0" in done.stdout
-    assert json.loads(run_cli("dlq", "summary", empty, "--json").stdout)["total_entries"] == 0
-    done = run_cli("dlq", "list", empty)
-    assert done.returncode == 0 and "the DLQ is empty" in done.stdout
-    assert run_cli("dlq", "list", empty, "--json").stdout == ""
+    assert json.loads(run_main(capsys, "dlq", "summary", empty, "--json")[1])["total_entries"] == 0
+    assert run_main(capsys, "dlq", "list", empty) == (0, "the DLQ is empty\n", "")
+    assert run_main(capsys, "dlq", "list", empty, "--json") == (0, "", "")
+    assert run_main(capsys, "dlq", "export", empty, "--to", tmp_path / "e.jsonl")[0] == 0
+    assert (tmp_path / "e.jsonl").read_text() == ""
     assert os.listdir(empty) == []  # read commands create nothing
 
 
-@pytest.mark.parametrize("command", [
+MISSING_DIR_COMMANDS = [
     ["summary"], ["list"], ["show", "abcd"], ["export", "--to", "out.jsonl"], ["purge", "--yes"],
-    ["replay", "--func", "json:dumps"],
-])
-def test_missing_directory_exits_3_and_creates_nothing(tmp_path, command):
+    ["replay", "--func", "json:dumps"], ["replay", "--func", "json:dumps", "--dry-run"],
+]
+
+
+def test_missing_directory_exits_3_and_creates_nothing(tmp_path, capsys, monkeypatch):
     missing = tmp_path / "nope"
-    done = run_cli("dlq", command[0], missing, *command[1:], cwd=tmp_path)
-    assert done.returncode == 3, done.stderr
-    assert f"no DLQ at {missing}" in done.stderr
-    assert not missing.exists() and not (tmp_path / "out.jsonl").exists()
+    monkeypatch.chdir(tmp_path)
+    for command in MISSING_DIR_COMMANDS:
+        code, _, err = run_main(capsys, "dlq", command[0], missing, *command[1:])
+        assert code == 3, (command, err)
+        assert f"no DLQ at {missing}" in err
+    done = run_cli("dlq", "summary", missing)
+    assert done.returncode == 3 and f"no DLQ at {missing}: the directory does not exist" in done.stderr
+    assert os.listdir(tmp_path) == []  # nothing created: no directory, no export file
+    (tmp_path / "file").write_text("")
+    code, _, err = run_main(capsys, "dlq", "list", tmp_path / "file")
+    assert code == 3 and "not a directory" in err
 
 
-def test_corrupt_journal_names_file_and_line(tmp_path):
+def test_corrupt_journal_names_file_and_line(tmp_path, capsys):
     queue_dir = tmp_path / "q"
     sample(queue_dir)
     journal = queue_dir / "dlq.jsonl"
@@ -198,18 +229,23 @@ def test_corrupt_journal_names_file_and_line(tmp_path):
     lines[1] = b"this is not json\n"
     journal.write_bytes(b"".join(lines))
     before = journal.read_bytes()
-    for command in (["summary"], ["list"], ["export", "--to", tmp_path / "x.csv"]):
-        done = run_cli("dlq", command[0], queue_dir, *command[1:])
-        assert done.returncode == 3, (command, done.stderr)
-        assert str(journal) in done.stderr and "line 2" in done.stderr
-        assert "--no-strict" in done.stderr
+    done = run_cli("dlq", "summary", queue_dir)
+    assert done.returncode == 3, done.stderr
+    assert f"corrupt DLQ: {journal}, line 2" in done.stderr and "--no-strict" in done.stderr
+    for command in (["list"], ["show", "0"], ["export", "--to", tmp_path / "x.csv"], ["purge"],
+                    ["replay", "--func", "json:dumps", "--dry-run"]):
+        code, _, err = run_main(capsys, "dlq", command[0], queue_dir, *command[1:])
+        assert code == 3, (command, err)
+        assert f"{journal}, line 2" in err
     done = run_cli("dlq", "summary", queue_dir, "--no-strict")
     assert done.returncode == 0, done.stderr
     assert "entries:        4" in done.stdout and "corrupt records skipped: 1" in done.stdout
     # Rewriting the file would drop the unreadable record for good: refused.
-    done = run_cli("dlq", "purge", queue_dir, "--no-strict", "--yes")
-    assert done.returncode == 3 and "refused" in done.stderr
+    for command in (["purge", "--yes"], ["replay", "--func", "json:dumps"]):
+        code, _, err = run_main(capsys, "dlq", command[0], queue_dir, "--no-strict", *command[1:])
+        assert code == 3 and "refused" in err, err
     assert journal.read_bytes() == before
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_torn_last_record_is_a_warning(tmp_path):
@@ -224,15 +260,15 @@ def test_torn_last_record_is_a_warning(tmp_path):
 # --- list -------------------------------------------------------------------------
 
 
-def test_list_filters(tmp_path):
+def test_list_filters(tmp_path, capsys):
     e = sample(tmp_path / "q")
     q = tmp_path / "q"
+    names = {entry.entry_id: name for name, entry in e.items()}
 
     def listed(*filters) -> List[str]:
-        done = run_cli("dlq", "list", q, "--json", *filters)
-        assert done.returncode == 0, done.stderr
-        names = {entry.entry_id: name for name, entry in e.items()}
-        return [names[i] for i in ids_of(done.stdout)]
+        code, out, err = run_main(capsys, "dlq", "list", q, "--json", *filters)
+        assert code == 0, err
+        return [names[i] for i in ids_of(out)]
 
     assert listed() == ["e1", "e2", "e3", "e4", "e5"]
     assert listed("--error-type", "ValueError") == ["e1", "e5"]
@@ -243,6 +279,7 @@ def test_list_filters(tmp_path):
     assert listed("--since", "2024-05-01T04:00:00+02:00", "--until", "2024-05-01T03:00:00Z") == [
         "e2", "e3"]  # inclusive bounds, any offset
     assert listed("--since", "1d") == []  # an age; the sample is from 2024
+    assert listed("--until", "90s") == ["e1", "e2", "e3", "e4", "e5"]
     assert listed("--grep", "needle") == ["e5"]
     assert listed("--grep", "NEEDLE") == []
     assert listed("--grep", "NEEDLE", "-i") == ["e5"]
@@ -251,17 +288,29 @@ def test_list_filters(tmp_path):
     assert listed("--grep", "raise error") == ["e1", "e2", "e3", "e4", "e5"]  # in the traceback
     assert listed("--limit", "2") == ["e1", "e2"]
     assert listed("--error-type", "ValueError", "--limit", "1") == ["e1"]
+    # The same through the real console script, filters combined.
+    done = run_cli("dlq", "list", q, "--json", "--error-type", "ValueError", "--since",
+                   "2024-05-01T02:00:00Z", "--grep", "needle", "--limit", "5")
+    assert done.returncode == 0, done.stderr
+    assert ids_of(done.stdout) == [e["e5"].entry_id]
 
 
 @pytest.mark.parametrize("bad", [
     ["--reason", "nope"], ["--since", "yesterday"], ["--until", "2024-13-01"], ["--limit", "0"],
     ["--limit", "x"],
 ])
-def test_list_bad_values_exit_2(tmp_path, bad):
+def test_list_bad_values_exit_2(tmp_path, capsys, bad):
     sample(tmp_path / "q")
-    done = run_cli("dlq", "list", tmp_path / "q", *bad)
+    code, _, err = run_main(capsys, "dlq", "list", tmp_path / "q", *bad)
+    assert code == 2
+    assert "usage:" in err
+
+
+def test_a_bad_value_exits_2_from_the_real_script(tmp_path):
+    sample(tmp_path / "q")
+    done = run_cli("dlq", "list", tmp_path / "q", "--since", "yesterday")
     assert done.returncode == 2
-    assert "usage:" in done.stderr
+    assert "is not an ISO 8601 time" in done.stderr and done.stdout == ""
 
 
 def test_list_json_items_as_stored(tmp_path, fmt):

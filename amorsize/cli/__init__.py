@@ -123,19 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _CLIFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"amorsize: {record.levelname.lower()}: {record.getMessage()}"
+class _StderrHandler(logging.Handler):
+    """Library log lines as ``amorsize: warning: ...`` on the current sys.stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"amorsize: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
 
 
 def _setup_output() -> None:
-    logger = logging.getLogger("amorsize")
-    if not any(getattr(h, "_amorsize_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(_CLIFormatter())
-        handler._amorsize_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.setLevel(logging.WARNING)
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
@@ -152,6 +147,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         which.print_help(sys.stderr)
         return EXIT_USAGE
     _setup_output()
+    log_handler = _StderrHandler(logging.WARNING)
+    logging.getLogger("amorsize").addHandler(log_handler)
     try:
         return int(handler(args))
     except CLIError as exc:
@@ -167,3 +164,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + 13
+    finally:
+        logging.getLogger("amorsize").removeHandler(log_handler)
