@@ -41,6 +41,15 @@ __all__ = ["build_parser", "main"]
 
 _RAW = argparse.RawDescriptionHelpFormatter
 
+REPLAY_HELP = """\
+Recovered entries leave the DLQ; entries that fail again stay, with the new
+error and retry_count + 1; both in one atomic rewrite of the journal. Only one
+replay or purge runs on a DIR at a time. Ctrl-C finishes the item in progress,
+saves what is done and exits 130; a second Ctrl-C stops at once (the item in
+progress stays in the DLQ as it was).
+
+"""
+
 
 def _subcommand(sub: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=summary, description=summary, epilog=EXIT_CODES_HELP,
@@ -113,12 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show what would be replayed; call and change nothing (the module "
                    "of --func is still imported, to check it)")
     p.set_defaults(handler=cmd_replay)
-    p.epilog = (
-        "Recovered entries leave the DLQ; entries that fail again stay, with the new error and "
-        "retry_count + 1. Both are committed in one atomic rewrite. Ctrl-C finishes the item in "
-        "progress, commits what is done and exits 130; a second Ctrl-C stops at once.\n\n"
-        + EXIT_CODES_HELP
-    )
+    p.epilog = REPLAY_HELP + EXIT_CODES_HELP
     parser.set_defaults(parsers={"": parser, "dlq": dlq})
     return parser
 

@@ -152,7 +152,8 @@ def add_filter_options(parser: argparse.ArgumentParser) -> None:
         "--error-type", metavar="T",
         help="error type, short (ValueError) or qualified (mypkg.errors.ParseError)",
     )
-    group.add_argument("--reason", choices=REASONS, help="why the item was dead-lettered")
+    group.add_argument("--reason", choices=REASONS, metavar="R",
+                       help="why the item was dead-lettered: " + ", ".join(REASONS))
     group.add_argument("--since", type=parse_time, metavar="TIME", help="failed at or after TIME")
     group.add_argument("--until", type=parse_time, metavar="TIME", help="failed at or before TIME")
     group.add_argument(
