@@ -19,8 +19,9 @@ import signal
 import sys
 import time
 import warnings
-from typing import Any, Callable, Iterable, Iterator, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional
 
+from amorsize.cli.render import item_repr
 from amorsize.dlq.entry import REASONS, DLQEntry
 from amorsize.dlq.journal import JOURNAL_FILE_NAME
 from amorsize.dlq.policy import DLQPolicy
@@ -219,19 +220,12 @@ def open_queue(args: argparse.Namespace) -> DeadLetterQueue:
     return queue
 
 
-def item_text(item: Any) -> str:
-    """The text --grep searches in an item: JSON for JSON values, else the (stored) repr."""
-    from amorsize.cli.render import item_repr
-
-    return item_repr(item, limit=None)
-
-
 def _grep(text: str, ignore_case: bool) -> Callable[[DLQEntry], bool]:
     needle = text.casefold() if ignore_case else text
 
     def matches(entry: DLQEntry) -> bool:
         fields = (entry.error_type, entry.error_qualname or "", entry.error_message,
-                  item_text(entry.item), entry.traceback or "")
+                  item_repr(entry.item, limit=None), entry.traceback or "")
         return any(needle in (f.casefold() if ignore_case else f) for f in fields)
 
     return matches

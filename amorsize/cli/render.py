@@ -221,6 +221,11 @@ def _indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 
 
+def _continued(text: str) -> str:
+    """Indent the lines after the first one under a ``label:      `` column."""
+    return text.replace("\n", "\n" + " " * 14)
+
+
 def entry_details(entry: DLQEntry) -> str:
     """Every field of one entry, with its traceback (``show``)."""
     error = entry.error_type
@@ -241,7 +246,7 @@ def entry_details(entry: DLQEntry) -> str:
         f"time (UTC):   {iso_utc(entry.timestamp, 'microseconds')}",
         f"reason:       {entry.reason}",
         f"error type:   {clean(error)}",
-        f"message:      {clean(entry.error_message, multiline=True)}",
+        f"message:      {_continued(clean(entry.error_message, multiline=True))}",
         f"retry_count:  {entry.retry_count}",
         f"item:         {item}",
         f"metadata:     {clean(metadata)}",

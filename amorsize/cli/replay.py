@@ -340,7 +340,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 commit(queue, still, [e.entry_id for e in recovered])
         _report(args, entries, recovered, still, all_ids, cancel.signum)
     if cancel.signum is not None:
-        return 128 + int(cancel.signum) if cancel.signum != signal.SIGINT else EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED - signal.SIGINT + int(cancel.signum)  # 130 for SIGINT, 143 for SIGTERM
     return EXIT_STILL_FAILING if still else EXIT_OK
 
 
