@@ -99,7 +99,7 @@ def jsonable(value: Any) -> Any:
 def item_repr(item: Any, *, limit: Optional[int] = 2000) -> str:
     """Readable one-line text of an item: JSON for JSON values, else its (stored) repr."""
     if isinstance(item, PickledPayload):
-        text = "[pickled, not loaded] " + (item.repr or f"{len(item.data)} bytes")
+        text = "[pickled] " + (item.repr or f"{len(item.data)} bytes")
     elif isinstance(item, UnserializableItem):
         text = f"<unserializable {item.type_name}: {item.repr}>"
     elif is_json_native(item):
@@ -153,13 +153,14 @@ def format_table(
     flexible: Sequence[int] = (),
     droppable: Sequence[int] = (),
     minimum: int = 10,
+    comfortable: int = 10,
     columns: Optional[int] = None,
 ) -> str:
     """Left-aligned columns two spaces apart, fitted to ``columns`` (the terminal).
 
     The ``flexible`` columns shrink (the widest first, not below ``minimum``) and
-    their cells are cut with ``...``; if that is not enough, the ``droppable``
-    columns are left out, in that order.
+    their cells are cut with ``...``. While they would get less than
+    ``comfortable`` characters, the ``droppable`` columns are left out, in order.
     """
     total = terminal_columns() if columns is None else columns
     cells = [[clean(str(c)) for c in row] for row in rows]
@@ -167,8 +168,10 @@ def format_table(
     floors = {i: min(widths[i], max(minimum, len(headers[i]))) for i in flexible}
     shown = list(range(len(headers)))
 
+    wanted = {i: min(widths[i], max(comfortable, floors[i])) for i in flexible}
+
     def narrowest() -> int:
-        return sum(floors.get(i, widths[i]) for i in shown) + 2 * (len(shown) - 1)
+        return sum(wanted.get(i, widths[i]) for i in shown) + 2 * (len(shown) - 1)
 
     for i in droppable:
         if narrowest() <= total:
@@ -207,7 +210,8 @@ def entries_table(entries: Sequence[DLQEntry], *, all_ids: Sequence[str] = ()) -
         ]
         for e in entries
     ]
-    return format_table(headers, rows, flexible=[5, 6, 3], droppable=[2, 4])
+    return format_table(headers, rows, flexible=[5, 6, 3], droppable=[2, 4],
+                        comfortable=20)
 
 
 def more_rows(total: int, shown: int) -> str:
