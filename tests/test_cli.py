@@ -65,8 +65,10 @@ def run_main(capsys, *args) -> Tuple[int, str, str]:
 
 
 @pytest.fixture(autouse=True)
-def _columns(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "120")  # for run_main; subprocesses get it from cli_env
+def _isolated_main(monkeypatch):
+    """For run_main: a known width, and sys.path restored (--func adds the cwd to it)."""
+    monkeypatch.setenv("COLUMNS", "120")  # subprocesses get it from cli_env
+    monkeypatch.setattr(sys, "path", list(sys.path))
 
 
 def entry_for(item, error: BaseException, *, timestamp=None, reason="exception", retry_count=0,

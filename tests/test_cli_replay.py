@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from test_cli import (
+from test_cli import (  # noqa: F401 (_isolated_main: the autouse fixture, here too)
     TIMEOUT,
+    _isolated_main,
     cli_env,
     entry_for,
     hold_replay_lock,
@@ -115,7 +116,6 @@ def project(tmp_path) -> Path:
 def in_project(project, monkeypatch) -> Path:
     """For run_main: work in ``project``; its modules are imported afresh and forgotten after."""
     monkeypatch.chdir(project)
-    monkeypatch.setattr(sys, "path", list(sys.path))
     for name in ("fix", "broken"):
         sys.modules.pop(name, None)
     yield project
