@@ -326,11 +326,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         outcomes: List[Outcome] = []
         with _Cancel() as cancel:
             try:
+                # No break on cancel here: _run_items starts nothing new once cancel is set, and
+                # every outcome it still yields is an item that ran, so it must be committed.
                 for outcome in _run_items(func, [e.item for e in entries], n_jobs=args.n_jobs,
                                           retries=args.retries, rate=args.rate, stop=cancel.is_set):
                     outcomes.append(outcome)
-                    if cancel.is_set():
-                        break
             except KeyboardInterrupt:
                 cancel.signum = cancel.signum or signal.SIGINT
             with signals_deferred():  # from here on, a Ctrl-C waits until the commit is done
