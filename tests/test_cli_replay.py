@@ -433,3 +433,19 @@ def test_a_failed_commit_exits_3_and_changes_nothing(tmp_path, capsys, monkeypat
     assert (tmp_path / "q" / "dlq.jsonl").read_bytes() == before
     assert json.loads(run_main(capsys, "dlq", "summary", tmp_path / "q", "--json")[1])[
         "total_entries"] == 3
+
+
+def test_ctrl_c_during_execute_commits_every_result_it_returns(in_project, capsys, monkeypatch):
+    entries = ints(in_project / "q", 4)
+
+    def fake_execute(func, items, *, n_jobs, retry, dlq, on_failure):
+        items = list(items)  # an execute() that takes all its input up front
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the items run
+        return [func(item) for item in items]
+
+    monkeypatch.setattr(amorsize, "execute", fake_execute, raising=False)
+    code, out, err = run_main(capsys, "dlq", "replay", in_project / "q", "--func", "fix:slow",
+                              "--n-jobs", "2")
+    assert code == 130, err
+    assert "recovered:     4" in out  # all four ran, so all four are committed
+    assert read_dlq(in_project / "q") == [] and len(side(in_project)) == len(entries)
