@@ -44,6 +44,11 @@ def failed_again(entry: DLQEntry, failure: DLQEntry) -> DLQEntry:
     )
 
 
+def is_pickle_locked(entry: DLQEntry) -> bool:
+    """Whether ``entry`` holds a pickled item or metadata that was not loaded (no allow_pickle)."""
+    return isinstance(entry.item, PickledPayload) or isinstance(entry.metadata, PickledPayload)
+
+
 def replay_failed_items(
     dlq: Any,
     func: Callable[[Any], Any],
@@ -78,12 +83,14 @@ def replay_failed_items(
     if not callable(func):
         raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
     snapshot = dlq.get_entries() if entries is None else list(entries)
-    locked = [e.entry_id for e in snapshot if isinstance(e.item, PickledPayload)]
+    # Checked before anything runs: a pickled item cannot be passed to func, and an entry
+    # whose metadata is pickled cannot be updated (retried_entry copies the metadata dict).
+    locked = [e.entry_id for e in snapshot if is_pickle_locked(e)]
     if locked:
         raise PickleNotAllowedError(
-            f"{len(locked)} DLQ item(s) are stored as cloudpickle bytes and were not loaded "
-            f"(first entry_id: {locked[0]}); open the queue with DLQPolicy(allow_pickle=True) "
-            "to replay them"
+            f"{len(locked)} DLQ entries have their item or metadata stored as cloudpickle bytes "
+            f"that were not loaded (first entry_id: {locked[0]}); open the queue with "
+            "DLQPolicy(allow_pickle=True) to replay them"
         )
     include_traceback = dlq.policy.include_traceback
     results: List[Any] = []

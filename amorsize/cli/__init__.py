@@ -1,0 +1,172 @@
+"""The ``amorsize`` console script (also ``python -m amorsize``).
+
+```
+amorsize dlq summary DIR [--json]
+amorsize dlq list    DIR [filters] [--json]
+amorsize dlq show    DIR ENTRY_ID [--json]
+amorsize dlq export  DIR --to FILE.jsonl|FILE.csv [filters]
+amorsize dlq purge   DIR [filters] [--yes]
+amorsize dlq replay  DIR --func module:function [filters] [--n-jobs N] [--retries N]
+                     [--rate N/s] [--dry-run]
+```
+
+Modules: :mod:`.common` (exit codes, opening a queue read-only, filters, the
+lock, the one-compaction commit), :mod:`.render` (tables, JSON records),
+:mod:`.commands` (the read commands and purge), :mod:`.replay`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from amorsize.cli.commands import cmd_export, cmd_list, cmd_purge, cmd_show, cmd_summary, export_path
+from amorsize.cli.common import (
+    EXIT_CODES_HELP,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CLIError,
+    add_common_options,
+    add_filter_options,
+    non_negative_int,
+    parse_rate,
+    positive_int,
+)
+from amorsize.cli.replay import cmd_replay
+
+__all__ = ["build_parser", "main"]
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+REPLAY_HELP = """\
+Recovered entries leave the DLQ; entries that fail again stay, with the new
+error and retry_count + 1; both in one atomic rewrite of the journal. Only one
+replay or purge runs on a DIR at a time. Ctrl-C finishes the item in progress,
+saves what is done and exits 130; a second Ctrl-C stops at once (the item in
+progress stays in the DLQ as it was).
+
+"""
+
+
+def _subcommand(sub: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=summary, description=summary, epilog=EXIT_CODES_HELP,
+                            formatter_class=_RAW)
+    add_common_options(parser)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the whole command line."""
+    from amorsize import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="amorsize",
+        description="Amorsize: fault-tolerant parallel map. Inspect and replay dead letter queues.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=_RAW,
+    )
+    parser.add_argument("--version", action="version", version=f"amorsize {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    dlq = commands.add_parser(
+        "dlq", help="inspect, export, purge and replay a dead letter queue on disk",
+        description="Inspect, export, purge and replay the dead letter queue in DIR "
+        "(DIR/dlq.jsonl). summary, list, show and export never change anything.",
+        epilog=EXIT_CODES_HELP, formatter_class=_RAW,
+    )
+    sub = dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND")
+
+    p = _subcommand(sub, "summary", "counts by error type and reason, time span, top messages")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(handler=cmd_summary)
+
+    p = _subcommand(sub, "list", "a table of entries (times in UTC), or JSON lines")
+    add_filter_options(p)
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line; items as stored: the JSON value, or "
+                   '{"codec": "cloudpickle", "repr": ...} for a pickled item that is not loaded')
+    p.set_defaults(handler=cmd_list)
+
+    p = _subcommand(sub, "show", "one entry in full, with its traceback")
+    p.add_argument("entry_id", metavar="ENTRY_ID", help="the id, or a prefix that only it has")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(handler=cmd_show)
+
+    p = _subcommand(sub, "export", "write the (filtered) entries to a .jsonl or .csv file")
+    p.add_argument("--to", required=True, type=export_path, metavar="FILE",
+                   help="FILE.jsonl or FILE.csv (the extension picks the format); written "
+                   "atomically with mode 0600, replacing FILE")
+    add_filter_options(p)
+    p.set_defaults(handler=cmd_export)
+
+    p = _subcommand(sub, "purge", "remove the (filtered) entries; without --yes only shows them")
+    add_filter_options(p)
+    p.add_argument("--yes", action="store_true",
+                   help="really remove them (one atomic rewrite of the journal)")
+    p.set_defaults(handler=cmd_purge)
+
+    p = _subcommand(sub, "replay", "run the (filtered) entries' items again with a fixed function")
+    p.add_argument("--func", required=True, metavar="MODULE:FUNCTION",
+                   help="the function to call on each item, like mypkg.etl:parse_record or "
+                   "mymod:Parser.parse; the current directory is searched first, like python -m")
+    add_filter_options(p)
+    p.add_argument("--n-jobs", type=positive_int, default=1, metavar="N",
+                   help="worker processes (default 1: serially, in this process)")
+    p.add_argument("--retries", type=non_negative_int, default=0, metavar="N",
+                   help="retries per item after the first attempt, with backoff (default 0)")
+    p.add_argument("--rate", type=parse_rate, metavar="N/s",
+                   help="start at most N items per second (10/s, 10, 0.5/s); runs serially")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what would be replayed; call and change nothing (the module "
+                   "of --func is still imported, to check it)")
+    p.set_defaults(handler=cmd_replay)
+    p.epilog = REPLAY_HELP + EXIT_CODES_HELP
+    parser.set_defaults(parsers={"": parser, "dlq": dlq})
+    return parser
+
+
+class _StderrHandler(logging.Handler):
+    """Library log lines as ``amorsize: warning: ...`` on the current sys.stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"amorsize: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+def _setup_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit code (argparse exits 2 on bad usage itself)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        which = args.parsers["dlq" if args.command == "dlq" else ""]
+        which.print_help(sys.stderr)
+        return EXIT_USAGE
+    _setup_output()
+    log_handler = _StderrHandler(logging.WARNING)
+    logging.getLogger("amorsize").addHandler(log_handler)
+    try:
+        return int(handler(args))
+    except CLIError as exc:
+        print(f"amorsize: error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("amorsize: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`amorsize dlq list DIR | head`): stop quietly, as `cat` does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13
+    finally:
+        logging.getLogger("amorsize").removeHandler(log_handler)
