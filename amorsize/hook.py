@@ -215,17 +215,25 @@ class CapturedFunction:
         try:
             _client(self.address, self._authkey).call("add_entries", [entry])
         except SharedDLQUnavailableError as exc:
-            raise SharedDLQUnavailableError(str(exc), self.address, failure=entry) from None
+            # Connecting failed (nothing listens, or the authkey was refused).
+            raise self._unavailable(entry, str(exc)) from None
         except (EOFError, OSError) as exc:
+            # The connection this worker kept broke: the manager died or was closed.
             with _clients_lock:
                 _clients.pop(self.address, None)
-            raise SharedDLQUnavailableError(
-                f"could not record a failure of {self.function_name} in the shared DLQ at "
-                f"{self.address!r} ({type(exc).__name__}: {exc}); the manager is gone. "
-                f"The failure: {entry.error_type}: {entry.error_message}",
-                self.address,
-                failure=entry,
+            raise self._unavailable(
+                entry, f"{type(exc).__name__}: {exc}; the manager is gone"
             ) from None
+
+    def _unavailable(self, entry: DLQEntry, cause: str) -> SharedDLQUnavailableError:
+        # Whichever way the manager was lost, the message names the address, the
+        # cause and the failure itself, so nothing about the failed item is lost.
+        return SharedDLQUnavailableError(
+            f"could not record a failure of {self.function_name} in the shared DLQ at "
+            f"{self.address!r} ({cause}). The failure: {entry.error_type}: {entry.error_message}",
+            self.address,
+            failure=entry,
+        )
 
 
 def _rebuild(
