@@ -121,23 +121,30 @@ def _get_server_queue() -> _ServerQueue:
     return _server_queue
 
 
-def _init_server(policy: DLQPolicy) -> None:
-    """Runs in the manager process before it serves: builds the queue, watches the parent."""
+def _init_server(policy: DLQPolicy, socket_dir: Optional[str] = None, owner_pid: int = 0) -> None:
+    """Runs in the manager process before it serves: builds the queue, watches the parent.
+
+    ``owner_pid`` is the pid of the process that started us, passed in rather than read
+    with ``getppid()`` here, so an owner that died while we were starting is noticed too.
+    """
     global _server_queue
     _server_queue = _ServerQueue(policy)
     threading.Thread(
-        target=_watch_parent, args=(os.getppid(), _server_queue), name="amorsize-parent-watch",
-        daemon=True,
+        target=_watch_parent, args=(owner_pid or os.getppid(), _server_queue, socket_dir),
+        name="amorsize-parent-watch", daemon=True,
     ).start()
 
 
-def _watch_parent(parent_pid: int, served: _ServerQueue) -> None:
-    # The process that started us died without closing us: flush, then leave no orphan.
+def _watch_parent(parent_pid: int, served: _ServerQueue, socket_dir: Optional[str]) -> None:
+    # The process that started us died without closing us: flush, remove the private
+    # socket directory it would have removed, then leave no orphan.
     while os.getppid() == parent_pid:
         time.sleep(PARENT_WATCH_INTERVAL_SECONDS)
     try:
         served.close()
     finally:
+        if socket_dir is not None:
+            shutil.rmtree(socket_dir, ignore_errors=True)
         os._exit(0)
 
 
@@ -228,7 +235,7 @@ class SharedDeadLetterQueue:
             address=address, authkey=self._authkey, ctx=ctx
         )
         try:
-            self._manager.start(initializer=_init_server, initargs=(policy,))
+            self._manager.start(initializer=_init_server, initargs=(policy, self._socket_dir, os.getpid()))
         except BaseException:
             self._remove_socket_dir()
             raise
