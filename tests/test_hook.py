@@ -363,3 +363,99 @@ def test_journal_survives_close(tmp_path: Any) -> None:
     reopened = DeadLetterQueue(DLQPolicy(directory=tmp_path))
     assert sorted(e.item for e in reopened.get_entries()) == [-3, -2, -1]
     assert all(e.metadata["function"].endswith("double") for e in reopened.get_entries())
+
+
+# --- traceback text -------------------------------------------------------------
+
+
+def _nested(depth: int) -> None:
+    if depth == 0:
+        raise KeyError("deep")
+    _nested(depth - 1)
+
+
+def _recurse(n: int) -> int:
+    return _recurse(n + 1)
+
+
+def _with_cause() -> None:
+    try:
+        _nested(2)
+    except KeyError as exc:
+        raise RuntimeError("wrapped") from exc
+
+
+def _with_context() -> None:
+    try:
+        {}["missing"]
+    except KeyError:
+        raise ValueError("while handling")  # noqa: B904 - the implicit context is the point
+
+
+def _suppressed() -> None:
+    try:
+        {}["missing"]
+    except KeyError:
+        raise ValueError("clean") from None
+
+
+def _empty_message() -> None:
+    raise RuntimeError()
+
+
+def _with_notes() -> None:
+    error = ValueError("noted")
+    if hasattr(error, "add_note"):
+        error.add_note("first note\nsecond line")
+    raise error
+
+
+def _broken_str() -> None:
+    raise BrokenStr()
+
+
+def _module_class() -> None:
+    raise TwoArgError(1, "custom")
+
+
+def _caught(func: Any) -> BaseException:
+    try:
+        func()
+    except BaseException as exc:
+        return exc
+    raise AssertionError("did not raise")
+
+
+def _without_markers(text: str) -> str:
+    # Python 3.11+ adds lines of ^ and ~ under the failing expression; 3.9 and 3.10 do not.
+    kept = [line for line in text.splitlines(True) if line.strip(" ^~\n") or not line.strip()]
+    return "".join(kept)
+
+
+@pytest.mark.parametrize("func", [
+    lambda: _nested(3), lambda: _recurse(0), _with_cause, _with_context, _suppressed,
+    _empty_message, _with_notes, _broken_str, _module_class, lambda: 1 / 0,
+])
+def test_traceback_text_matches_the_stdlib_without_markers(func: Any) -> None:
+    import traceback
+
+    from amorsize.hook import traceback_text
+
+    error = _caught(func)
+    expected = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    assert traceback_text(error) == _without_markers(expected)
+
+
+def test_traceback_text_of_syntax_errors_and_unraised_errors() -> None:
+    import traceback
+
+    from amorsize.hook import traceback_text
+
+    error = _caught(lambda: compile("x = (", "<bad>", "exec"))
+    expected = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    assert traceback_text(error) == expected
+    assert traceback_text(ValueError("never raised")) is None
+    cyclic = _caught(_with_cause)
+    assert cyclic.__cause__ is not None
+    cyclic.__cause__.__context__ = cyclic  # a cycle must not loop forever
+    assert "RuntimeError: wrapped" in (traceback_text(cyclic) or "")
