@@ -416,3 +416,17 @@ def test_connected_handle_sees_the_same_queue(dlq: SharedDeadLetterQueue) -> Non
     finally:
         other.close()
     assert dlq.size() == 2
+
+
+@pytest.mark.timeout(30)
+def test_journal_shows_the_item_repr_of_pickled_items(tmp_path: Any) -> None:
+    with SharedDeadLetterQueue(DLQPolicy(directory=tmp_path)) as queue:
+        queue.add((1, "a"), ValueError("x"))
+        queue.capture(parse)(frozenset({3}))
+    reopened = DeadLetterQueue(DLQPolicy(directory=tmp_path))  # pickle not allowed: placeholders
+    shown = [repr(e.item) for e in reopened.get_entries()]
+    assert shown == [
+        "<pickled item, not loaded: (1, 'a')>", "<pickled item, not loaded: frozenset({3})>",
+    ]
+    trusted = DeadLetterQueue(DLQPolicy(directory=tmp_path, allow_pickle=True))
+    assert [e.item for e in trusted.get_entries()] == [(1, "a"), frozenset({3})]
