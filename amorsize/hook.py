@@ -14,21 +14,21 @@ failure and keeps that connection for the rest of its life.
 
 from __future__ import annotations
 
-import builtins
-import linecache
 import os
 import pickle
 import socket
 import threading
-import traceback
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from multiprocessing import AuthenticationError
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import cloudpickle
 
 from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.ingest import IngestClient, IngestError
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
 from amorsize.failure import Failure
 from amorsize.serialization import UnserializableItem, dumps, pack_for_transport
+from amorsize.tracebacks import traceback_text
 
 #: Loaded functions cached per process, keyed by their cloudpickle bytes, so a pool
 #: that unpickles the hook once per task does not unpickle the function each time.
@@ -36,6 +36,7 @@ _FUNCTION_CACHE_SIZE = 64
 
 _functions: Dict[bytes, Callable[[Any], Any]] = {}
 _clients: Dict[Any, Any] = {}
+_lanes: Dict[Any, IngestClient] = {}
 _clients_lock = threading.Lock()
 _hostname: Optional[str] = None
 
@@ -44,6 +45,7 @@ def _forget_parent_state() -> None:
     # A forked child must open its own connections: sharing a socket with the parent
     # would interleave their messages.
     _clients.clear()
+    _lanes.clear()
 
 
 os.register_at_fork(after_in_child=_forget_parent_state)
@@ -118,107 +120,6 @@ def failure_entry(
     return entry
 
 
-# --- traceback text -------------------------------------------------------------
-#
-# ``traceback.format_exception`` costs about 100 us per failure on Python 3.11+ (it
-# re-parses every source line to place its ^^^ markers, and stats every file), more
-# than everything else a failure costs together. The text below is what it prints
-# without the markers (the Python 3.10 format): same frames, source lines, chained
-# causes and contexts, repeated-frame folding, exception line and notes.
-
-_RECURSIVE_CUTOFF = 3
-_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
-_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
-_GROUP: Any = getattr(builtins, "BaseExceptionGroup", None)  # Python 3.11+
-
-
-def traceback_text(error: BaseException) -> Optional[str]:
-    """The traceback text of ``error`` with chained exceptions, without column markers.
-
-    Returns None for an exception that was never raised and has no cause or context.
-    """
-    if error.__traceback__ is None and error.__cause__ is None and error.__context__ is None:
-        return None
-    chain: List[Tuple[Optional[str], BaseException]] = []
-    seen = set()
-    current: Optional[BaseException] = error
-    while current is not None:
-        seen.add(id(current))
-        if isinstance(current, SyntaxError) or (_GROUP is not None and isinstance(current, _GROUP)):
-            # Rare layouts (carets under a syntax error, nested groups): the stdlib's text.
-            return "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        cause, context = current.__cause__, current.__context__
-        if cause is not None and id(cause) not in seen:
-            chain.append((_CAUSE, current))
-            current = cause
-        elif context is not None and not current.__suppress_context__ and id(context) not in seen:
-            chain.append((_CONTEXT, current))
-            current = context
-        else:
-            chain.append((None, current))
-            current = None
-    out: List[str] = []
-    for message, exc in reversed(chain):
-        if message is not None:
-            out.append(message)
-        if exc.__traceback__ is not None:
-            out.append("Traceback (most recent call last):\n")
-            _format_frames(exc.__traceback__, out)
-        _format_exception_line(exc, out)
-    return "".join(out)
-
-
-def _format_frames(tb: Any, out: List[str]) -> None:
-    last: Optional[Tuple[str, int, str]] = None
-    count = 0
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        key = (code.co_filename, tb.tb_lineno, code.co_name)
-        if key != last:
-            _note_repeats(count, out)
-            last, count = key, 0
-        count += 1
-        if count <= _RECURSIVE_CUTOFF:
-            out.append(f'  File "{key[0]}", line {key[1]}, in {key[2]}\n')
-            line = linecache.getline(key[0], key[1] or 0, tb.tb_frame.f_globals).strip()
-            if line:
-                out.append(f"    {line}\n")
-        tb = tb.tb_next
-    _note_repeats(count, out)
-
-
-def _note_repeats(count: int, out: List[str]) -> None:
-    if count > _RECURSIVE_CUTOFF:
-        extra = count - _RECURSIVE_CUTOFF
-        out.append(f"  [Previous line repeated {extra} more time{'s' if extra > 1 else ''}]\n")
-
-
-def _format_exception_line(exc: BaseException, out: List[str]) -> None:
-    kind = type(exc)
-    name = kind.__qualname__
-    module = kind.__module__
-    if module not in ("__main__", "builtins"):
-        name = f"{module if isinstance(module, str) else '<unknown>'}.{name}"
-    try:
-        text = str(exc)
-    except Exception:
-        text = "<exception str() failed>"
-    out.append(f"{name}: {text}\n" if text else f"{name}\n")
-    notes = getattr(exc, "__notes__", None)
-    if isinstance(notes, (list, tuple)):
-        for note in notes:
-            try:
-                note_text = str(note)
-            except Exception:
-                note_text = "<note str() failed>"
-            out.extend(line + "\n" for line in note_text.split("\n"))
-    elif notes is not None:
-        try:
-            out.append(f"{notes!r}\n")
-        except Exception:
-            out.append("<__notes__ repr() failed>\n")
-
-
 def failure_of(entry: DLQEntry) -> Failure:
     """The :class:`Failure` stand-in for ``entry``."""
     return Failure(entry.entry_id, entry.error_type, entry.error_message, entry.reason)
@@ -256,6 +157,14 @@ def _client(address: Any, authkey: bytes) -> Any:
         return proxy
 
 
+def _lane(address: Any, authkey: bytes) -> IngestClient:
+    with _clients_lock:
+        lane = _lanes.get(address)
+        if lane is None:
+            lane = _lanes[address] = IngestClient(address, authkey)
+        return lane
+
+
 class CapturedFunction:
     """A picklable wrapper of ``func`` that records final failures in a shared DLQ.
 
@@ -277,6 +186,7 @@ class CapturedFunction:
         authkey: bytes,
         include_traceback: bool = True,
         reraise: bool = False,
+        ingest_address: Any = None,
     ) -> None:
         if not callable(func):
             raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
@@ -290,12 +200,14 @@ class CapturedFunction:
         self._authkey = authkey
         self.include_traceback = include_traceback
         self.reraise = reraise
+        #: The manager's fast lane for failures (None: record through a proxy call).
+        self.ingest_address = ingest_address
 
     def __reduce__(self) -> Any:
         return (
             _rebuild,
             (self._func_bytes, self.function_name, self.retry, self.address, self._authkey,
-             self.include_traceback, self.reraise),
+             self.include_traceback, self.reraise, self.ingest_address),
         )
 
     def __repr__(self) -> str:
@@ -319,6 +231,34 @@ class CapturedFunction:
 
     def record(self, entry: DLQEntry) -> None:
         """Send ``entry`` to the shared queue now (before the caller returns)."""
+        if self.ingest_address is None:
+            self._record_by_proxy(entry)
+            return
+        try:
+            lane = _lane(self.ingest_address, self._authkey)
+        except AuthenticationError as exc:
+            raise self._unavailable(
+                entry, f"the manager refused the connection: wrong authkey ({exc})"
+            ) from None
+        except OSError as exc:
+            raise self._unavailable(
+                entry, f"no shared DLQ is reachable ({type(exc).__name__}: {exc}); the manager is gone"
+            ) from None
+        try:
+            lane.send([entry])
+        except (EOFError, OSError) as exc:
+            # The connection this worker kept broke: the manager died or was closed.
+            with _clients_lock:
+                if _lanes.get(self.ingest_address) is lane:
+                    del _lanes[self.ingest_address]
+            lane.close()
+            raise self._unavailable(
+                entry, f"{type(exc).__name__}: {exc}; the manager is gone"
+            ) from None
+        except IngestError as exc:
+            raise self._unavailable(entry, str(exc)) from None
+
+    def _record_by_proxy(self, entry: DLQEntry) -> None:
         try:
             _client(self.address, self._authkey).call("add_entries", [entry])
         except SharedDLQUnavailableError as exc:
@@ -345,7 +285,7 @@ class CapturedFunction:
 
 def _rebuild(
     func_bytes: bytes, name: str, retry: Any, address: Any, authkey: bytes,
-    include_traceback: bool, reraise: bool,
+    include_traceback: bool, reraise: bool, ingest_address: Any = None,
 ) -> CapturedFunction:
     hook = CapturedFunction.__new__(CapturedFunction)
     hook._func_bytes = func_bytes
@@ -356,4 +296,5 @@ def _rebuild(
     hook._authkey = authkey
     hook.include_traceback = include_traceback
     hook.reraise = reraise
+    hook.ingest_address = ingest_address
     return hook

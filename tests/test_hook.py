@@ -12,7 +12,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, List, Optional
 
 import pytest
 
@@ -439,7 +439,7 @@ def _without_markers(text: str) -> str:
 def test_traceback_text_matches_the_stdlib_without_markers(func: Any) -> None:
     import traceback
 
-    from amorsize.hook import traceback_text
+    from amorsize.tracebacks import traceback_text
 
     error = _caught(func)
     expected = "".join(traceback.format_exception(type(error), error, error.__traceback__))
@@ -449,7 +449,7 @@ def test_traceback_text_matches_the_stdlib_without_markers(func: Any) -> None:
 def test_traceback_text_of_syntax_errors_and_unraised_errors() -> None:
     import traceback
 
-    from amorsize.hook import traceback_text
+    from amorsize.tracebacks import traceback_text
 
     error = _caught(lambda: compile("x = (", "<bad>", "exec"))
     expected = "".join(traceback.format_exception(type(error), error, error.__traceback__))
@@ -459,3 +459,163 @@ def test_traceback_text_of_syntax_errors_and_unraised_errors() -> None:
     assert cyclic.__cause__ is not None
     cyclic.__cause__.__context__ = cyclic  # a cycle must not loop forever
     assert "RuntimeError: wrapped" in (traceback_text(cyclic) or "")
+
+
+# --- the workers' fast lane (amorsize.dlq.ingest) ----------------------------------
+
+
+class _Lane:
+    """An IngestServer in this process, storing into a list (or failing on demand)."""
+
+    def __init__(self, tmp_path: Any, authkey: bytes = b"k" * 32) -> None:
+        from amorsize.dlq.ingest import IngestServer
+
+        self.stored: List[Any] = []
+        self.fail_with: Optional[Exception] = None
+        self.server = IngestServer(str(tmp_path / "lane.sock"), authkey, self.store)
+        self.server.start()
+        self.address = self.server.address
+
+    def store(self, entries: List[Any]) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.stored.extend(entries)
+
+
+@pytest.fixture
+def make_lane(tmp_path: Any) -> Iterator[Any]:
+    made: List[_Lane] = []
+
+    def make(authkey: bytes = b"k" * 32) -> _Lane:
+        made.append(_Lane(tmp_path, authkey))
+        return made[-1]
+
+    yield make
+    for lane in made:
+        lane.server.close()
+
+
+def _entries(n: int, size: int = 10) -> List[Any]:
+    from amorsize.dlq.entry import DLQEntry
+
+    return [DLQEntry.from_exception("x" * size + str(i), ValueError(i), metadata={"i": i}) for i in range(n)]
+
+
+def test_lane_stores_entries_exactly(make_lane: Any, tmp_path: Any) -> None:
+    from amorsize.dlq.ingest import IngestClient
+
+    lane = make_lane()
+    client = IngestClient(lane.address, b"k" * 32)
+    sent = _entries(3)
+    client.send(sent[:1])
+    client.send(sent[1:])
+    assert lane.stored == sent  # stored before send() returned
+    big = _entries(1, size=3 << 20)  # bigger than one read
+    client.send(big)
+    assert lane.stored[-1] == big[0]
+    client.close()
+
+
+def test_lane_handles_split_and_pipelined_frames(make_lane: Any, tmp_path: Any) -> None:
+    from amorsize.dlq.ingest import ACK, IngestClient, encode_entries
+
+    lane = make_lane()
+    client = IngestClient(lane.address, b"k" * 32)
+    sock = client._sock
+    first, second = encode_entries(_entries(1)), encode_entries(_entries(2))
+    sock.sendall(first[:5])
+    time.sleep(0.05)
+    sock.sendall(first[5:] + second)  # the rest of one frame and a whole second one
+    assert client._recv_exactly(2) == ACK * 2
+    assert len(lane.stored) == 3
+    client.close()
+
+
+def test_lane_refuses_garbage_and_storage_errors_but_keeps_serving(make_lane: Any, tmp_path: Any) -> None:
+    from amorsize.dlq.ingest import HEADER, NACK, IngestClient, IngestError
+
+    lane = make_lane()
+    client = IngestClient(lane.address, b"k" * 32)
+    client._sock.sendall(HEADER.pack(3) + b"bad")
+    assert client._recv_exactly(1) == NACK
+    (size,) = HEADER.unpack(client._recv_exactly(HEADER.size))
+    assert "could not decode" in client._recv_exactly(size).decode()
+    lane.fail_with = OSError("disk on fire")
+    with pytest.raises(IngestError, match="disk on fire"):
+        client.send(_entries(1))
+    lane.fail_with = None
+    client.send(_entries(2))
+    assert len(lane.stored) == 2
+    client.close()
+
+
+def test_lane_refuses_a_wrong_authkey(make_lane: Any, tmp_path: Any) -> None:
+    import multiprocessing
+
+    from amorsize.dlq.ingest import IngestClient
+
+    lane = make_lane()
+    with pytest.raises(multiprocessing.AuthenticationError):
+        IngestClient(lane.address, b"x" * 32)
+    IngestClient(lane.address, b"k" * 32).send(_entries(1))
+    assert len(lane.stored) == 1
+
+
+def test_lane_replaces_a_stale_socket_file(make_lane: Any, tmp_path: Any) -> None:
+    path = tmp_path / "lane.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: what a SIGKILLed manager leaves
+    lane = make_lane()
+    from amorsize.dlq.ingest import IngestClient
+
+    IngestClient(lane.address, b"k" * 32).send(_entries(1))
+    assert len(lane.stored) == 1
+
+
+def test_hook_uses_the_lane_and_the_proxy_path_alike(dlq: SharedDeadLetterQueue) -> None:
+    lane_hook = dlq.capture(double)
+    assert lane_hook.ingest_address is not None
+    proxy_hook = CapturedFunction(double, address=dlq.address, authkey=dlq.authkey)
+    assert proxy_hook.ingest_address is None
+    assert not lane_hook(-1) and not proxy_hook(-2)
+    first, second = dlq.get_entries()
+    assert (first.item, second.item) == (-1, -2)
+    assert first.metadata.keys() == second.metadata.keys()
+    assert (first.error_type, first.retry_count) == (second.error_type, second.retry_count)
+
+
+def test_hook_lane_with_wrong_authkey(dlq: SharedDeadLetterQueue) -> None:
+    hook = CapturedFunction(
+        double, address=dlq.address, authkey=b"x" * 32, ingest_address=dlq.capture(double).ingest_address
+    )
+    with pytest.raises(SharedDLQUnavailableError, match="authkey") as info:
+        hook(-1)
+    assert info.value.failure.item == -1 and dlq.address in str(info.value)
+
+
+def test_hook_is_thread_safe(dlq: SharedDeadLetterQueue) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    hook = dlq.capture(double)
+    with ThreadPoolExecutor(8) as threads:
+        results = list(threads.map(hook, range(-200, 200)))
+    assert sum(isinstance(r, Failure) for r in results) == 200
+    assert sorted(e.item for e in dlq.get_entries()) == list(range(-200, 0))
+
+
+def test_lane_close_stops_its_threads(tmp_path: Any) -> None:
+    from amorsize.dlq.ingest import IngestClient
+
+    lane = _Lane(tmp_path)
+    client = IngestClient(lane.address, b"k" * 32)
+    client.send(_entries(1))
+    before = {t for t in threading.enumerate() if t.name.startswith("amorsize-ingest")}
+    assert len(before) >= 2
+    lane.server.close()
+    for thread in before:
+        thread.join(5)
+    assert not any(t.is_alive() for t in before)
+    with pytest.raises((EOFError, OSError)):
+        client.send(_entries(1))
+    assert not os.path.exists(lane.address)
