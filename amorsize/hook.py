@@ -30,11 +30,11 @@ from amorsize.failure import Failure
 from amorsize.serialization import UnserializableItem, dumps, pack_for_transport
 from amorsize.tracebacks import traceback_text
 
-#: Loaded functions cached per process, keyed by their cloudpickle bytes, so a pool
-#: that unpickles the hook once per task does not unpickle the function each time.
+#: Loaded (function, retry policy) pairs cached per process, keyed by their cloudpickle
+#: bytes, so a pool that unpickles the hook once per task does not unpickle them each time.
 _FUNCTION_CACHE_SIZE = 64
 
-_functions: Dict[bytes, Callable[[Any], Any]] = {}
+_functions: Dict[bytes, Tuple[Callable[[Any], Any], Any]] = {}
 _clients: Dict[Any, Any] = {}
 _lanes: Dict[Any, IngestClient] = {}
 _clients_lock = threading.Lock()
@@ -137,14 +137,14 @@ def picklable_error(error: BaseException, entry: DLQEntry) -> BaseException:
         return TaskFailedError(entry.error_type, entry.error_message, entry.traceback)
 
 
-def _load_function(data: bytes) -> Callable[[Any], Any]:
-    func = _functions.get(data)
-    if func is None:
-        func = cloudpickle.loads(data)
+def _load_function(data: bytes) -> Tuple[Callable[[Any], Any], Any]:
+    loaded = _functions.get(data)
+    if loaded is None:
+        loaded = cloudpickle.loads(data)
         if len(_functions) >= _FUNCTION_CACHE_SIZE:
             _functions.clear()
-        _functions[data] = func
-    return func
+        _functions[data] = loaded
+    return loaded
 
 
 def _client(address: Any, authkey: bytes) -> Any:
@@ -192,10 +192,12 @@ class CapturedFunction:
             raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
         if retry is not None and not callable(getattr(retry, "run", None)):
             raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
-        self._func_bytes = dumps(func)
-        self._func: Optional[Callable[[Any], Any]] = func
+        # The function and the policy travel in ONE cloudpickle payload: a class both
+        # refer to (an exception in retry_on, defined in __main__ or locally, so carried
+        # by value) must come out as one class in the worker, or retry_on never matches.
+        self._func_bytes = dumps((func, retry))
+        self._loaded: Optional[Tuple[Callable[[Any], Any], Any]] = (func, retry)
         self.function_name = function_name(func)
-        self.retry = retry
         self.address = address
         self._authkey = authkey
         self.include_traceback = include_traceback
@@ -206,18 +208,27 @@ class CapturedFunction:
     def __reduce__(self) -> Any:
         return (
             _rebuild,
-            (self._func_bytes, self.function_name, self.retry, self.address, self._authkey,
+            (self._func_bytes, self.function_name, self.address, self._authkey,
              self.include_traceback, self.reraise, self.ingest_address),
         )
 
     def __repr__(self) -> str:
         return f"<captured {self.function_name} → shared DLQ at {self.address!r}>"
 
+    @property
+    def retry(self) -> Any:
+        """The :class:`~amorsize.RetryPolicy` (or None) each call runs under."""
+        loaded = self._loaded
+        if loaded is None:
+            loaded = self._loaded = _load_function(self._func_bytes)
+        return loaded[1]
+
     def __call__(self, item: Any) -> Any:
-        func = self._func
-        if func is None:
-            func = self._func = _load_function(self._func_bytes)
-        ok, value, attempts = call_item(func, item, self.retry)
+        loaded = self._loaded
+        if loaded is None:
+            loaded = self._loaded = _load_function(self._func_bytes)
+        func, retry = loaded
+        ok, value, attempts = call_item(func, item, retry)
         if ok:
             return value
         entry = failure_entry(
@@ -284,14 +295,13 @@ class CapturedFunction:
 
 
 def _rebuild(
-    func_bytes: bytes, name: str, retry: Any, address: Any, authkey: bytes,
+    func_bytes: bytes, name: str, address: Any, authkey: bytes,
     include_traceback: bool, reraise: bool, ingest_address: Any = None,
 ) -> CapturedFunction:
     hook = CapturedFunction.__new__(CapturedFunction)
     hook._func_bytes = func_bytes
-    hook._func = None
+    hook._loaded = None
     hook.function_name = name
-    hook.retry = retry
     hook.address = address
     hook._authkey = authkey
     hook.include_traceback = include_traceback

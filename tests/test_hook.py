@@ -619,3 +619,22 @@ def test_lane_close_stops_its_threads(tmp_path: Any) -> None:
     with pytest.raises((EOFError, OSError)):
         client.send(_entries(1))
     assert not os.path.exists(lane.address)
+
+
+def test_hook_carries_a_policy_std_pickle_could_not() -> None:
+    """The policy travels with the function in cloudpickle: an injected lambda sleep works."""
+    slept: List[float] = []
+    failures = {"left": 2}
+
+    def flaky(x: int) -> int:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise TimeoutError("try again")
+        return x
+
+    policy = RetryPolicy(max_retries=3, initial_delay=0.5, jitter=False, sleep=lambda s: slept.append(s))
+    hook = CapturedFunction(flaky, retry=policy, address=NOWHERE, authkey=b"k" * 32)
+    copy = pickle.loads(pickle.dumps(hook))
+    assert copy.retry.max_retries == 3 and copy.retry.initial_delay == 0.5
+    assert copy(7) == 7  # two failures, then success: no manager needed
+    assert hook.retry is policy

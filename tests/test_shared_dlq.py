@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from typing import Any, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import psutil
 import pytest
@@ -430,3 +430,26 @@ def test_journal_shows_the_item_repr_of_pickled_items(tmp_path: Any) -> None:
     ]
     trusted = DeadLetterQueue(DLQPolicy(directory=tmp_path, allow_pickle=True))
     assert [e.item for e in trusted.get_entries()] == [(1, "a"), frozenset({3})]
+
+
+@pytest.mark.timeout(60)
+def test_retry_on_a_class_carried_by_value(pools: Any, dlq: SharedDeadLetterQueue) -> None:
+    """A local exception class travels by value (cloudpickle) in the function and in
+    the retry policy; in the worker both must be the same class, or retry_on never matches."""
+    pool, executor = pools
+
+    class Transient(Exception):
+        pass
+
+    seen: Dict[int, int] = {}
+
+    def flaky(x: int) -> int:
+        seen[x] = seen.get(x, 0) + 1
+        if seen[x] == 1:
+            raise Transient(x)
+        return x
+
+    hook = dlq.capture(flaky, RetryPolicy(max_retries=1, initial_delay=0.0, retry_on=Transient))
+    assert pool.map(hook, range(6), chunksize=2) == list(range(6))
+    assert list(executor.map(hook, range(10, 14))) == list(range(10, 14))
+    assert dlq.size() == 0
