@@ -638,3 +638,22 @@ def test_hook_carries_a_policy_std_pickle_could_not() -> None:
     assert copy.retry.max_retries == 3 and copy.retry.initial_delay == 0.5
     assert copy(7) == 7  # two failures, then success: no manager needed
     assert hook.retry is policy
+
+
+def test_lane_failing_loop_closes_connections_instead_of_hanging(
+    make_lane: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from amorsize.dlq.ingest import IngestClient, IngestServer
+
+    lane = make_lane()
+    client = IngestClient(lane.address, b"k" * 32)
+    client.send(_entries(1))
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("a bug in the loop")
+
+    monkeypatch.setattr(IngestServer, "_read", broken)
+    started = time.monotonic()
+    with pytest.raises((EOFError, OSError)):
+        client.send(_entries(1))
+    assert time.monotonic() - started < 5

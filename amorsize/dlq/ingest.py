@@ -113,6 +113,13 @@ class IngestServer:
     def close(self) -> None:
         """Stop accepting and serving, and close every connection (the manager just exits)."""
         self._closed = True
+        self._stop_listening()
+        try:
+            self._wake_w.send(b"w")
+        except OSError:
+            pass  # the serving loop already ended
+
+    def _stop_listening(self) -> None:
         try:
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept thread
         except OSError:
@@ -120,7 +127,6 @@ class IngestServer:
         self._sock.close()
         if isinstance(self.address, str):
             _unlink_quietly(self.address)
-        self._wake_w.send(b"w")
 
     # accepting --------------------------------------------------------------------
 
@@ -156,6 +162,14 @@ class IngestServer:
     # serving ----------------------------------------------------------------------
 
     def _serve_forever(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # a bug here must not leave workers waiting for acks forever
+            logger.exception("DLQ ingest: the serving loop failed; closing every connection")
+        finally:
+            self._shut_down()
+
+    def _serve(self) -> None:
         while True:
             acks: Dict[socket.socket, List[Optional[str]]] = {}
             batch: List[DLQEntry] = []
@@ -163,7 +177,6 @@ class IngestServer:
             for key, _ in self._selector.select():
                 if key.data is None:
                     if self._closed:
-                        self._shut_down()
                         return
                     self._admit_arrivals()
                 else:
@@ -179,6 +192,9 @@ class IngestServer:
                 self._reply(sock, results)
 
     def _shut_down(self) -> None:
+        """Close the listening socket and every connection: waiting workers see EOF."""
+        self._closed = True
+        self._stop_listening()
         for key in list(self._selector.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
         self._selector.close()
