@@ -271,3 +271,34 @@ def test_socket_dir_stays_private_whatever_the_umask(tmp_path: Any) -> None:
             assert stat.S_IMODE(os.stat(tmp_path / "d" / "dlq.jsonl").st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def _fail_all(x: int) -> int:
+    raise ValueError(f"bad {x}")
+
+
+@pytest.mark.timeout(60)
+def test_many_workers_failing_at_once(queue: SharedDeadLetterQueue, start_method: str) -> None:
+    with multiprocessing.get_context(start_method).Pool(4) as pool:
+        results = pool.map(queue.capture(_fail_all), range(2000), chunksize=5)
+        pool.close()
+        pool.join()
+    assert all(isinstance(r, Failure) for r in results)
+    assert sorted(e.item for e in queue.get_entries()) == list(range(2000))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_many_workers_failing_at_once_soak(tmp_path: Any, start_method: str) -> None:
+    policy = DLQPolicy(directory=tmp_path, max_entries=0)
+    with SharedDeadLetterQueue(policy, start_method=start_method) as queue:
+        with multiprocessing.get_context(start_method).Pool(8) as pool:
+            for round_ in range(5):
+                items = range(round_ * 20_000, (round_ + 1) * 20_000)
+                results = pool.map(queue.capture(_fail_all), items, chunksize=1 + round_ * 7)
+                assert all(isinstance(r, Failure) for r in results)
+            pool.close()
+            pool.join()
+        assert queue.size() == 100_000
+    reopened = DeadLetterQueue(DLQPolicy(directory=tmp_path, max_entries=0))
+    assert sorted(e.item for e in reopened.get_entries()) == list(range(100_000))

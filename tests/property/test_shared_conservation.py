@@ -126,3 +126,30 @@ def test_every_input_ends_exactly_once(
             if not isinstance(result, Failure):
                 assert result == (item, item * item)
     assert all(e.retry_count == (1 if retry else 0) for e in entries)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@settings(max_examples=150)
+@given(
+    items=st.lists(st.integers(min_value=0, max_value=60), max_size=400),
+    failing=st.frozensets(st.integers(min_value=0, max_value=60)),
+    chunksize=st.integers(min_value=1, max_value=50),
+)
+def test_every_input_ends_exactly_once_soak(
+    pool_and_dlq: Tuple[Any, SharedDeadLetterQueue],
+    items: List[int],
+    failing: FrozenSet[int],
+    chunksize: int,
+) -> None:
+    pool, dlq = pool_and_dlq
+    dlq.clear()
+    results = pool.map(dlq.capture(make_func(failing, frozenset())), items, chunksize=chunksize)
+    entries = dlq.get_entries()
+    assert collections.Counter(e.item for e in entries) == collections.Counter(
+        x for x in items if x in failing
+    )
+    assert [isinstance(r, Failure) for r in results] == [x in failing for x in items]
+    assert sorted(r.entry_id for r in results if isinstance(r, Failure)) == sorted(
+        e.entry_id for e in entries
+    )
