@@ -312,6 +312,13 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
               f"{ratio:>11.2f}x{cpu_ratio:>6.2f}x{vs_naive:>11.2f}x{cpu_vs_naive:>6.2f}x"
               f"{rate:>13,.0f}{naive_rate:>14,.0f}  {target}")
     print()
+    print("CPU per recorded failure (parent + workers + manager, minus the plain run's CPU):")
+    for r in rows:
+        if r["failures"]:
+            ours = (r["ours"][1] - r["plain"][1]) / r["failures"] * 1e6
+            naive = (r["naive"][1] - r["plain"][1]) / r["failures"] * 1e6
+            print(f"  {r['f']:<8}{r['percent']:>4}% failing: ours {ours:6.0f} us, naive {naive:6.0f} us")
+    print()
     print(f"{sum(verdicts)}/{len(verdicts)} rows met their target")
 
 
