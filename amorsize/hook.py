@@ -157,6 +157,16 @@ def _client(address: Any, authkey: bytes) -> Any:
         return proxy
 
 
+def forget_connections(*addresses: Any) -> None:
+    """Close this process's kept connections to these addresses (a queue was closed)."""
+    with _clients_lock:
+        lanes = [_lanes.pop(a) for a in addresses if a in _lanes]
+        for address in addresses:
+            _clients.pop(address, None)
+    for lane in lanes:
+        lane.close()
+
+
 def _lane(address: Any, authkey: bytes) -> IngestClient:
     with _clients_lock:
         lane = _lanes.get(address)

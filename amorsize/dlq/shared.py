@@ -349,6 +349,9 @@ class SharedDeadLetterQueue:
                     pass  # already dead: nothing left to flush
         finally:
             self._closed = True
+            from amorsize.hook import forget_connections
+
+            forget_connections(self._address, self._ingest_address)
             if self._manager is not None:
                 self._manager.shutdown()
                 self._manager = None
