@@ -557,7 +557,9 @@ def test_lane_refuses_a_wrong_authkey(make_lane: Any, tmp_path: Any) -> None:
     lane = make_lane()
     with pytest.raises(multiprocessing.AuthenticationError):
         IngestClient(lane.address, b"x" * 32)
-    IngestClient(lane.address, b"k" * 32).send(_entries(1))
+    client = IngestClient(lane.address, b"k" * 32)
+    client.send(_entries(1))
+    client.close()
     assert len(lane.stored) == 1
 
 
@@ -569,7 +571,9 @@ def test_lane_replaces_a_stale_socket_file(make_lane: Any, tmp_path: Any) -> Non
     lane = make_lane()
     from amorsize.dlq.ingest import IngestClient
 
-    IngestClient(lane.address, b"k" * 32).send(_entries(1))
+    client = IngestClient(lane.address, b"k" * 32)
+    client.send(_entries(1))
+    client.close()
     assert len(lane.stored) == 1
 
 
@@ -618,6 +622,7 @@ def test_lane_close_stops_its_threads(tmp_path: Any) -> None:
     assert not any(t.is_alive() for t in before)
     with pytest.raises((EOFError, OSError)):
         client.send(_entries(1))
+    client.close()
     assert not os.path.exists(lane.address)
 
 
@@ -656,4 +661,5 @@ def test_lane_failing_loop_closes_connections_instead_of_hanging(
     started = time.monotonic()
     with pytest.raises((EOFError, OSError)):
         client.send(_entries(1))
+    client.close()
     assert time.monotonic() - started < 5
