@@ -18,21 +18,25 @@ import os
 import pickle
 import socket
 import threading
+from multiprocessing import AuthenticationError
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import cloudpickle
 
 from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.ingest import IngestClient, IngestError
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
 from amorsize.failure import Failure
 from amorsize.serialization import UnserializableItem, dumps, pack_for_transport
+from amorsize.tracebacks import traceback_text
 
-#: Loaded functions cached per process, keyed by their cloudpickle bytes, so a pool
-#: that unpickles the hook once per task does not unpickle the function each time.
+#: Loaded (function, retry policy) pairs cached per process, keyed by their cloudpickle
+#: bytes, so a pool that unpickles the hook once per task does not unpickle them each time.
 _FUNCTION_CACHE_SIZE = 64
 
-_functions: Dict[bytes, Callable[[Any], Any]] = {}
+_functions: Dict[bytes, Tuple[Callable[[Any], Any], Any]] = {}
 _clients: Dict[Any, Any] = {}
+_lanes: Dict[Any, IngestClient] = {}
 _clients_lock = threading.Lock()
 _hostname: Optional[str] = None
 
@@ -41,6 +45,7 @@ def _forget_parent_state() -> None:
     # A forked child must open its own connections: sharing a socket with the parent
     # would interleave their messages.
     _clients.clear()
+    _lanes.clear()
 
 
 os.register_at_fork(after_in_child=_forget_parent_state)
@@ -102,14 +107,17 @@ def failure_entry(
         metadata["item_unserializable"] = True
     if extra:
         metadata.update(extra)
-    return DLQEntry.from_exception(
+    entry = DLQEntry.from_exception(
         packed,
         error,
         retry_count=max(0, attempts - 1),
         metadata=metadata,
-        include_traceback=include_traceback,
+        include_traceback=False,
         reason=reason,
     )
+    if include_traceback:
+        entry.traceback = traceback_text(error)
+    return entry
 
 
 def failure_of(entry: DLQEntry) -> Failure:
@@ -129,14 +137,14 @@ def picklable_error(error: BaseException, entry: DLQEntry) -> BaseException:
         return TaskFailedError(entry.error_type, entry.error_message, entry.traceback)
 
 
-def _load_function(data: bytes) -> Callable[[Any], Any]:
-    func = _functions.get(data)
-    if func is None:
-        func = cloudpickle.loads(data)
+def _load_function(data: bytes) -> Tuple[Callable[[Any], Any], Any]:
+    loaded = _functions.get(data)
+    if loaded is None:
+        loaded = cloudpickle.loads(data)
         if len(_functions) >= _FUNCTION_CACHE_SIZE:
             _functions.clear()
-        _functions[data] = func
-    return func
+        _functions[data] = loaded
+    return loaded
 
 
 def _client(address: Any, authkey: bytes) -> Any:
@@ -147,6 +155,24 @@ def _client(address: Any, authkey: bytes) -> Any:
         if proxy is None:
             proxy = _clients[address] = connect_proxy(address, authkey)
         return proxy
+
+
+def forget_connections(*addresses: Any) -> None:
+    """Close this process's kept connections to these addresses (a queue was closed)."""
+    with _clients_lock:
+        lanes = [_lanes.pop(a) for a in addresses if a in _lanes]
+        for address in addresses:
+            _clients.pop(address, None)
+    for lane in lanes:
+        lane.close()
+
+
+def _lane(address: Any, authkey: bytes) -> IngestClient:
+    with _clients_lock:
+        lane = _lanes.get(address)
+        if lane is None:
+            lane = _lanes[address] = IngestClient(address, authkey)
+        return lane
 
 
 class CapturedFunction:
@@ -170,35 +196,49 @@ class CapturedFunction:
         authkey: bytes,
         include_traceback: bool = True,
         reraise: bool = False,
+        ingest_address: Any = None,
     ) -> None:
         if not callable(func):
             raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
         if retry is not None and not callable(getattr(retry, "run", None)):
             raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
-        self._func_bytes = dumps(func)
-        self._func: Optional[Callable[[Any], Any]] = func
+        # The function and the policy travel in ONE cloudpickle payload: a class both
+        # refer to (an exception in retry_on, defined in __main__ or locally, so carried
+        # by value) must come out as one class in the worker, or retry_on never matches.
+        self._func_bytes = dumps((func, retry))
+        self._loaded: Optional[Tuple[Callable[[Any], Any], Any]] = (func, retry)
         self.function_name = function_name(func)
-        self.retry = retry
         self.address = address
         self._authkey = authkey
         self.include_traceback = include_traceback
         self.reraise = reraise
+        #: The manager's fast lane for failures (None: record through a proxy call).
+        self.ingest_address = ingest_address
 
     def __reduce__(self) -> Any:
         return (
             _rebuild,
-            (self._func_bytes, self.function_name, self.retry, self.address, self._authkey,
-             self.include_traceback, self.reraise),
+            (self._func_bytes, self.function_name, self.address, self._authkey,
+             self.include_traceback, self.reraise, self.ingest_address),
         )
 
     def __repr__(self) -> str:
         return f"<captured {self.function_name} → shared DLQ at {self.address!r}>"
 
+    @property
+    def retry(self) -> Any:
+        """The :class:`~amorsize.RetryPolicy` (or None) each call runs under."""
+        loaded = self._loaded
+        if loaded is None:
+            loaded = self._loaded = _load_function(self._func_bytes)
+        return loaded[1]
+
     def __call__(self, item: Any) -> Any:
-        func = self._func
-        if func is None:
-            func = self._func = _load_function(self._func_bytes)
-        ok, value, attempts = call_item(func, item, self.retry)
+        loaded = self._loaded
+        if loaded is None:
+            loaded = self._loaded = _load_function(self._func_bytes)
+        func, retry = loaded
+        ok, value, attempts = call_item(func, item, retry)
         if ok:
             return value
         entry = failure_entry(
@@ -212,33 +252,69 @@ class CapturedFunction:
 
     def record(self, entry: DLQEntry) -> None:
         """Send ``entry`` to the shared queue now (before the caller returns)."""
+        if self.ingest_address is None:
+            self._record_by_proxy(entry)
+            return
+        try:
+            lane = _lane(self.ingest_address, self._authkey)
+        except AuthenticationError as exc:
+            raise self._unavailable(
+                entry, f"the manager refused the connection: wrong authkey ({exc})"
+            ) from None
+        except OSError as exc:
+            raise self._unavailable(
+                entry, f"no shared DLQ is reachable ({type(exc).__name__}: {exc}); the manager is gone"
+            ) from None
+        try:
+            lane.send([entry])
+        except (EOFError, OSError) as exc:
+            # The connection this worker kept broke: the manager died or was closed.
+            with _clients_lock:
+                if _lanes.get(self.ingest_address) is lane:
+                    del _lanes[self.ingest_address]
+            lane.close()
+            raise self._unavailable(
+                entry, f"{type(exc).__name__}: {exc}; the manager is gone"
+            ) from None
+        except IngestError as exc:
+            raise self._unavailable(entry, str(exc)) from None
+
+    def _record_by_proxy(self, entry: DLQEntry) -> None:
         try:
             _client(self.address, self._authkey).call("add_entries", [entry])
         except SharedDLQUnavailableError as exc:
-            raise SharedDLQUnavailableError(str(exc), self.address, failure=entry) from None
+            # Connecting failed (nothing listens, or the authkey was refused).
+            raise self._unavailable(entry, str(exc)) from None
         except (EOFError, OSError) as exc:
+            # The connection this worker kept broke: the manager died or was closed.
             with _clients_lock:
                 _clients.pop(self.address, None)
-            raise SharedDLQUnavailableError(
-                f"could not record a failure of {self.function_name} in the shared DLQ at "
-                f"{self.address!r} ({type(exc).__name__}: {exc}); the manager is gone. "
-                f"The failure: {entry.error_type}: {entry.error_message}",
-                self.address,
-                failure=entry,
+            raise self._unavailable(
+                entry, f"{type(exc).__name__}: {exc}; the manager is gone"
             ) from None
+
+    def _unavailable(self, entry: DLQEntry, cause: str) -> SharedDLQUnavailableError:
+        # Whichever way the manager was lost, the message names the address, the
+        # cause and the failure itself, so nothing about the failed item is lost.
+        return SharedDLQUnavailableError(
+            f"could not record a failure of {self.function_name} in the shared DLQ at "
+            f"{self.address!r} ({cause}). The failure: {entry.error_type}: {entry.error_message}",
+            self.address,
+            failure=entry,
+        )
 
 
 def _rebuild(
-    func_bytes: bytes, name: str, retry: Any, address: Any, authkey: bytes,
-    include_traceback: bool, reraise: bool,
+    func_bytes: bytes, name: str, address: Any, authkey: bytes,
+    include_traceback: bool, reraise: bool, ingest_address: Any = None,
 ) -> CapturedFunction:
     hook = CapturedFunction.__new__(CapturedFunction)
     hook._func_bytes = func_bytes
-    hook._func = None
+    hook._loaded = None
     hook.function_name = name
-    hook.retry = retry
     hook.address = address
     hook._authkey = authkey
     hook.include_traceback = include_traceback
     hook.reraise = reraise
+    hook.ingest_address = ingest_address
     return hook

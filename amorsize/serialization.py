@@ -39,7 +39,14 @@ _repr.maxlong = 100
 
 
 def short_repr(value: Any) -> str:
-    """A bounded-cost, bounded-length repr that never raises."""
+    """A bounded-cost, bounded-length repr that never raises.
+
+    A value still in its pickled form (:class:`PickledValue`, :class:`PickledPayload`)
+    is shown by the repr of the value it holds, not by its bytes.
+    """
+    held = getattr(value, "repr", None) if isinstance(value, (PickledValue, PickledPayload)) else None
+    if isinstance(held, str) and held:
+        return held
     try:
         return _repr.repr(value)
     except Exception as exc:  # a broken __repr__ must not lose the item

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import multiprocessing
 import os
 import secrets
@@ -30,12 +31,15 @@ from multiprocessing.managers import BaseManager, BaseProxy
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union, cast
 
 from amorsize.dlq.entry import REASONS, DLQEntry
+from amorsize.dlq.ingest import IngestServer, ingest_address_for
 from amorsize.dlq.policy import DLQPolicy
 from amorsize.dlq.queue import DeadLetterQueue, TimeBound
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, check_choice, invalid_value
 from amorsize.serialization import pack_for_transport, unpack_transported
 
 Address = Union[str, Tuple[str, int]]
+
+logger = logging.getLogger("amorsize.dlq")
 
 #: How often the manager process checks that the process that started it is alive.
 PARENT_WATCH_INTERVAL_SECONDS = 0.5
@@ -72,6 +76,9 @@ class _ServerQueue:
     def add_entries(self, entries: List[DLQEntry]) -> int:
         return self.queue.extend(entries)
 
+    def ingest_address(self) -> Optional[Address]:
+        return _ingest_address
+
     def entries(self) -> List[DLQEntry]:
         return self.queue.get_entries()
 
@@ -105,8 +112,8 @@ class _ServerQueue:
 
 class _QueueProxy(BaseProxy):
     _exposed_ = (
-        "policy", "add_entries", "entries", "size", "clear", "save", "load", "summary", "select",
-        "update", "flush", "close",
+        "policy", "add_entries", "ingest_address", "entries", "size", "clear", "save", "load",
+        "summary", "select", "update", "flush", "close",
     )
 
     def call(self, name: str, *args: Any) -> Any:
@@ -114,6 +121,7 @@ class _QueueProxy(BaseProxy):
 
 
 _server_queue: Optional[_ServerQueue] = None
+_ingest_address: Optional[Address] = None
 
 
 def _get_server_queue() -> _ServerQueue:
@@ -121,23 +129,46 @@ def _get_server_queue() -> _ServerQueue:
     return _server_queue
 
 
-def _init_server(policy: DLQPolicy) -> None:
-    """Runs in the manager process before it serves: builds the queue, watches the parent."""
-    global _server_queue
+def _init_server(
+    policy: DLQPolicy,
+    socket_dir: Optional[str] = None,
+    owner_pid: int = 0,
+    address: Optional[Address] = None,
+    authkey: Optional[bytes] = None,
+) -> None:
+    """Runs in the manager process before it serves: builds the queue, opens the
+    workers' fast lane (:mod:`amorsize.dlq.ingest`) next to ``address``, and watches
+    the owner.
+
+    ``owner_pid`` is the pid of the process that started us, passed in rather than read
+    with ``getppid()`` here, so an owner that died while we were starting is noticed too.
+    """
+    global _server_queue, _ingest_address
     _server_queue = _ServerQueue(policy)
+    if address is not None and authkey is not None:
+        try:
+            lane = IngestServer(ingest_address_for(address), authkey, _server_queue.add_entries)
+        except OSError as exc:  # hooks fall back to proxy calls
+            logger.warning("DLQ manager: no fast lane for workers (%s: %s)", type(exc).__name__, exc)
+        else:
+            lane.start()
+            _ingest_address = lane.address
     threading.Thread(
-        target=_watch_parent, args=(os.getppid(), _server_queue), name="amorsize-parent-watch",
-        daemon=True,
+        target=_watch_parent, args=(owner_pid or os.getppid(), _server_queue, socket_dir),
+        name="amorsize-parent-watch", daemon=True,
     ).start()
 
 
-def _watch_parent(parent_pid: int, served: _ServerQueue) -> None:
-    # The process that started us died without closing us: flush, then leave no orphan.
+def _watch_parent(parent_pid: int, served: _ServerQueue, socket_dir: Optional[str]) -> None:
+    # The process that started us died without closing us: flush, remove the private
+    # socket directory it would have removed, then leave no orphan.
     while os.getppid() == parent_pid:
         time.sleep(PARENT_WATCH_INTERVAL_SECONDS)
     try:
         served.close()
     finally:
+        if socket_dir is not None:
+            shutil.rmtree(socket_dir, ignore_errors=True)
         os._exit(0)
 
 
@@ -228,13 +259,17 @@ class SharedDeadLetterQueue:
             address=address, authkey=self._authkey, ctx=ctx
         )
         try:
-            self._manager.start(initializer=_init_server, initargs=(policy,))
+            self._manager.start(
+                initializer=_init_server,
+                initargs=(policy, self._socket_dir, os.getpid(), address, self._authkey),
+            )
         except BaseException:
             self._remove_socket_dir()
             raise
         self._address: Address = cast(Address, self._manager.address)
         self._proxy: _QueueProxy = self._manager.get_queue()  # type: ignore[attr-defined]
         self._closed = False
+        self._ingest_address: Optional[Address] = self._call("ingest_address")
 
     @classmethod
     def connect(cls, address: Address, authkey: bytes) -> SharedDeadLetterQueue:
@@ -253,6 +288,7 @@ class SharedDeadLetterQueue:
         handle._proxy = connect_proxy(address, authkey)
         handle._closed = False
         handle.policy = handle._call("policy")
+        handle._ingest_address = handle._call("ingest_address")
         return handle
 
     # -- plumbing -------------------------------------------------------------
@@ -298,6 +334,7 @@ class SharedDeadLetterQueue:
             authkey=self._authkey,
             include_traceback=self.policy.include_traceback,
             reraise=reraise,
+            ingest_address=self._ingest_address,
         )
 
     def close(self) -> None:
@@ -312,6 +349,9 @@ class SharedDeadLetterQueue:
                     pass  # already dead: nothing left to flush
         finally:
             self._closed = True
+            from amorsize.hook import forget_connections
+
+            forget_connections(self._address, self._ingest_address)
             if self._manager is not None:
                 self._manager.shutdown()
                 self._manager = None
