@@ -28,7 +28,6 @@ from amorsize.dlq.ingest import IngestClient, IngestError
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
 from amorsize.failure import Failure
 from amorsize.serialization import UnserializableItem, dumps, pack_for_transport
-from amorsize.tracebacks import traceback_text
 
 #: Loaded (function, retry policy) pairs cached per process, keyed by their cloudpickle
 #: bytes, so a pool that unpickles the hook once per task does not unpickle them each time.
@@ -107,17 +106,14 @@ def failure_entry(
         metadata["item_unserializable"] = True
     if extra:
         metadata.update(extra)
-    entry = DLQEntry.from_exception(
+    return DLQEntry.from_exception(
         packed,
         error,
         retry_count=max(0, attempts - 1),
         metadata=metadata,
-        include_traceback=False,
+        include_traceback=include_traceback,
         reason=reason,
     )
-    if include_traceback:
-        entry.traceback = traceback_text(error)
-    return entry
 
 
 def failure_of(entry: DLQEntry) -> Failure:

@@ -6,9 +6,10 @@ import itertools
 import os
 import secrets
 import time
-import traceback as traceback_module
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
+
+from amorsize.tracebacks import traceback_text
 
 REASONS = ("exception", "timeout", "worker_crash", "circuit_open", "unpicklable_result")
 
@@ -54,11 +55,10 @@ def format_traceback(error: BaseException) -> Optional[str]:
     """The traceback text of ``error`` from its own ``__traceback__``, with chained causes.
 
     Works outside an ``except`` block. Returns None for an exception that was never raised
-    and has no cause or context.
+    and has no cause or context. Written by :func:`amorsize.tracebacks.traceback_text`,
+    which skips the column markers that make the stdlib's version cost ~100 us.
     """
-    if error.__traceback__ is None and error.__cause__ is None and error.__context__ is None:
-        return None
-    return "".join(traceback_module.format_exception(type(error), error, error.__traceback__))
+    return traceback_text(error)
 
 
 def error_message(error: BaseException) -> str:
