@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
-import itertools
 import time
 import traceback as traceback_module
 from dataclasses import dataclass, field
