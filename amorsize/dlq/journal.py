@@ -12,11 +12,15 @@ One JSON record per line in ``<directory>/dlq.jsonl``:
   real corruption: :class:`~amorsize.DLQCorruptError` names file and line.
 * **Compaction by atomic replace.** Removal (clear, prune, remove, replay)
   rewrites the file: temp file, fsync, ``os.replace``, fsync of the directory.
-* **Several writers.** Appends hold a shared ``flock`` on ``.dlq.lock`` and
-  compaction holds it exclusively; an appender whose file was replaced reopens
-  it. So queues in several threads or processes on one directory never corrupt
-  the journal nor lose each other's appends. Compaction re-reads the file and
-  only drops the ids it was asked to drop.
+* **Several writers.** Appends and compaction hold an exclusive ``flock`` on
+  ``.dlq.lock`` (an append is one short write). Under it an appender checks that
+  the file ends with a complete line, so a record torn by a writer that was
+  killed or whose write failed (disk full) is cut before anything is appended
+  behind it; an appender whose file was replaced reopens it; a forked child
+  opens its own lock (flock locks are shared across fork). So queues in several
+  threads or processes on one directory never corrupt the journal nor lose each
+  other's appends. Compaction re-reads the file and only drops the ids it was
+  asked to drop.
 """
 
 from __future__ import annotations
@@ -221,12 +225,18 @@ class Journal:
         self._fd: Optional[int] = None
         self._lock_fd: Optional[int] = None
         self._inode: Optional[int] = None
+        # Where our last append ended; if the file still ends there, nobody wrote
+        # since and its tail needs no check.
+        self._end: Optional[int] = None
+        self._pid = os.getpid()
         self._last_sync = time.monotonic()
         self._dirty = False
 
     # -- file handles ---------------------------------------------------------
 
     def _lock(self, mode: int) -> int:
+        if self._pid != os.getpid():
+            self._forget_inherited_handles()
         if self._lock_fd is None:
             ensure_directory(self.directory)
             self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
@@ -237,8 +247,34 @@ class Journal:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
+    def _forget_inherited_handles(self) -> None:
+        # After fork the child shares the parent's open file descriptions, and flock
+        # locks belong to the description: parent and child would not exclude each
+        # other. Close the child's copies (that releases nothing the parent holds)
+        # and let the child open its own.
+        fds = (self._fd, self._lock_fd)
+        self._fd = self._lock_fd = None
+        self._inode = self._end = None
+        self._dirty = False
+        self._pid = os.getpid()
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
+
+    def _reset_handles(self) -> None:
+        """Close both handles so the next operation reopens (and re-creates) everything."""
+        fds = (self._fd, self._lock_fd)
+        self._fd = self._lock_fd = None
+        self._inode = self._end = None
+        for fd in fds:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
     def _open_for_append(self) -> int:
-        """Open (or reopen, if another writer replaced the file) under the shared lock."""
+        """Open (or reopen, if another writer replaced the file) under the lock."""
         if self._fd is not None:
             try:
                 current = os.stat(self.path).st_ino
@@ -246,57 +282,74 @@ class Journal:
                 current = None
             if current == self._inode:
                 return self._fd
-            os.close(self._fd)
-            self._fd = None
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            fd, self._fd, self._end = self._fd, None, None
+            os.close(fd)
+        # O_RDWR so the tail can be checked with pread; O_APPEND makes every write land at the end.
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         fd = os.open(self.path, flags, FILE_MODE)
-        self._cut_torn_tail(fd)
         self._fd = fd
         self._inode = os.fstat(fd).st_ino
         return fd
 
-    def _cut_torn_tail(self, fd: int) -> None:
-        # A crash mid-write leaves bytes after the last newline. Appending behind them
-        # would glue the next record to garbage, so cut them off first (or, if they are
-        # a complete record that only lacks its newline, finish it).
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return
-        with open(self.path, "rb") as handle:
-            handle.seek(max(0, size - 1))
-            if handle.read(1) == b"\n":
-                return
-            start = max(0, size - 65536)
-            while True:
-                handle.seek(start)
-                chunk = handle.read(size - start)
-                cut = chunk.rfind(b"\n")
-                if cut >= 0 or start == 0:
-                    break
-                start = max(0, start - (1 << 20))
-            tail = chunk[cut + 1:]
+    def _clean_end(self, fd: int) -> int:
+        """Make the file end with a complete line; return its size.
+
+        A writer that was killed mid-write, or a write that failed half-way (disk
+        full), leaves bytes after the last newline. Appending behind them would glue
+        the next record to garbage, so they are cut off first (or, if they are a
+        complete record that only lacks its newline, finished). Runs under the
+        exclusive lock, so no other writer is between its check and its cut.
+        """
+        size = os.lseek(fd, 0, os.SEEK_END)
+        if size == 0 or size == self._end or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        start = size
+        cut = -1
+        while start > 0 and cut < 0:
+            start = max(0, start - 65536)
+            chunk = os.pread(fd, size - start, start)
+            cut = chunk.rfind(b"\n")
+        keep = start + cut + 1  # 0 when the file holds no newline at all
+        tail = _pread_all(fd, size - keep, keep)
         if _parse_line(tail) is not None:
             _write_all(fd, b"\n")
-            return
-        keep = start + cut + 1
+            return size + 1
         os.ftruncate(fd, keep)
         logger.warning("DLQ journal %r: cut a torn last record (%d bytes)", self.path, len(tail))
+        return keep
 
     # -- operations -----------------------------------------------------------
 
     def append(self, lines: List[bytes]) -> None:
         """Append ``lines``; they are in the kernel when this returns.
 
+        Appends hold the exclusive lock: they are short, and it lets each one check
+        that the file ends with a complete line before writing, with no other writer
+        in between.
+
         Raises:
-            OSError: the write failed (disk full, permission denied, ...).
+            OSError: the write failed (disk full, permission denied, ...). A partial
+                write is cut off by the next append.
         """
-        self._lock(fcntl.LOCK_SH)
+        data = lines[0] if len(lines) == 1 else b"".join(lines)
+        try:
+            self._lock(fcntl.LOCK_EX)
+        except OSError:
+            self._reset_handles()
+            raise
         try:
             fd = self._open_for_append()
-            _write_all(fd, lines[0] if len(lines) == 1 else b"".join(lines))
+            size = self._clean_end(fd)
+            _write_all(fd, data)
+            self._end = size + len(data)
             self._dirty = True
             self._maybe_sync(fd)
-        finally:
+        except OSError:
+            self._unlock()
+            # Reopen everything next time: the directory may be gone, the tail torn.
+            self._reset_handles()
+            raise
+        else:
             self._unlock()
 
     def _maybe_sync(self, fd: int) -> None:
@@ -344,14 +397,16 @@ class Journal:
                     kept.append(line)
             write_atomically(self.path, kept)
             if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+                fd, self._fd, self._end = self._fd, None, None
+                os.close(fd)
             self._dirty = False
         finally:
             self._unlock()
 
     def sync(self) -> None:
         """fsync pending appends (the batch-mode flush)."""
+        if self._pid != os.getpid():
+            return
         if self._fd is not None and self._dirty:
             os.fdatasync(self._fd)
             self._dirty = False
@@ -362,10 +417,24 @@ class Journal:
         try:
             self.sync()
         finally:
-            for fd in (self._fd, self._lock_fd):
-                if fd is not None:
-                    os.close(fd)
-            self._fd = self._lock_fd = None
+            self._reset_handles()
+
+    def __del__(self) -> None:
+        # A queue dropped without close() must not leak its two descriptors.
+        # (Appends are already in the kernel; only the batch fsync is skipped.)
+        self._reset_handles()
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    parts = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(parts)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -1,0 +1,135 @@
+"""The append-only journal: on-disk format, restart, torn tails, corruption, failures, writers."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import multiprocessing
+import os
+import warnings
+
+import pytest
+
+from amorsize import DeadLetterQueue, DLQPolicy
+
+ERR = ValueError("boom")
+
+
+def policy(directory, **kw) -> DLQPolicy:
+    kw.setdefault("max_entries", 0)
+    return DLQPolicy(directory=directory, **kw)
+
+
+def journal_path(directory) -> str:
+    return os.path.join(os.fspath(directory), "dlq.jsonl")
+
+
+def reopen_items(directory, **kw):
+    queue = DeadLetterQueue(policy(directory, **kw))
+    try:
+        return [e.item for e in queue.get_entries()]
+    finally:
+        queue.close()
+
+
+# -- persistence failures ---------------------------------------------------------
+
+
+def test_a_write_that_fails_half_way_is_cut_by_the_next_append(tmp_path, monkeypatch, caplog):
+    """Disk full after part of a record: the partial line must not swallow the next append."""
+    queue = DeadLetterQueue(policy(tmp_path))
+    queue.add(1, ERR)
+    real_write = os.write
+
+    def half_then_enospc(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_enospc)
+    with caplog.at_level(logging.WARNING, logger="amorsize.dlq"):
+        queue.add(2, ERR)  # must not raise
+    monkeypatch.setattr(os, "write", real_write)
+    queue.add(3, ERR)
+    queue.add(4, ERR)
+    assert queue.get_summary()["persist_errors"] == 1
+    assert [e.item for e in queue.get_entries()] == [1, 2, 3, 4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing torn is left behind
+        assert reopen_items(tmp_path) == [1, 2, 3, 4]
+    queue.close()
+
+
+def test_an_open_queue_cuts_a_tail_torn_by_another_writer(tmp_path):
+    """Another writer died mid-record while this queue had the file open already."""
+    queue = DeadLetterQueue(policy(tmp_path))
+    queue.add("before", ERR)
+    with open(journal_path(tmp_path), "ab") as handle:
+        handle.write(b'{"entry_id":"18ec0000000000000000000000000000","v":1,"error_ty')
+    queue.add("after", ERR)
+    queue.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reopen_items(tmp_path) == ["before", "after"]
+
+
+def test_a_complete_last_record_without_newline_is_finished_not_cut(tmp_path):
+    queue = DeadLetterQueue(policy(tmp_path))
+    queue.add("a", ERR)
+    queue.add("b", ERR)
+    queue.close()
+    with open(journal_path(tmp_path), "rb+") as handle:
+        handle.truncate(os.path.getsize(journal_path(tmp_path)) - 1)  # drop the final newline
+    queue = DeadLetterQueue(policy(tmp_path))
+    queue.add("c", ERR)
+    queue.close()
+    assert reopen_items(tmp_path) == ["a", "b", "c"]
+
+
+def _add_in_child(queue, done) -> None:
+    queue.add("from child", ERR)
+    done.set()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
+def test_a_forked_child_does_not_share_the_parents_journal_lock(tmp_path, no_leaked_children):
+    """flock locks belong to the open file description, which fork shares.
+
+    The parent holds the journal lock (as during a compaction); a forked child that
+    uses the inherited queue must wait for it instead of writing under it.
+    """
+    queue = DeadLetterQueue(policy(tmp_path))
+    queue.add("from parent", ERR)
+    ctx = multiprocessing.get_context("fork")
+    done = ctx.Event()
+    queue._journal._lock(fcntl.LOCK_EX)
+    child = ctx.Process(target=_add_in_child, args=(queue, done))
+    try:
+        child.start()
+        assert not done.wait(0.5), "the child wrote while the parent held the journal lock"
+    finally:
+        queue._journal._unlock()
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert child.exitcode == 0
+    assert done.is_set()
+    queue.close()
+    assert reopen_items(tmp_path) == ["from parent", "from child"]
+
+
+def test_a_dropped_queue_does_not_leak_file_descriptors(tmp_path):
+    import gc
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    DeadLetterQueue(policy(tmp_path)).add(0, ERR)
+    gc.collect()
+    before = open_fds()
+    for i in range(50):
+        DeadLetterQueue(policy(tmp_path)).add(i, ERR)  # never closed
+    gc.collect()
+    assert open_fds() - before < 5
