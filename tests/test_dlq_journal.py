@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import logging
 import multiprocessing
 import os
+import time
 import warnings
 
 import pytest
 
-from amorsize import DeadLetterQueue, DLQPolicy
+from amorsize import DeadLetterQueue, DLQEntry, DLQPolicy
 
 ERR = ValueError("boom")
 
@@ -133,3 +135,33 @@ def test_a_dropped_queue_does_not_leak_file_descriptors(tmp_path):
         DeadLetterQueue(policy(tmp_path)).add(i, ERR)  # never closed
     gc.collect()
     assert open_fds() - before < 5
+
+
+# -- compaction -------------------------------------------------------------------
+
+
+def test_compaction_keeps_the_newest_version_of_an_entry_added_twice(tmp_path):
+    """add_entry of an updated entry appends a second line; compaction must keep that one."""
+    queue = DeadLetterQueue(policy(tmp_path))
+    first = queue.add("item", ERR)
+    other = queue.add("other", ERR)
+    queue.add_entry(dataclasses.replace(first, retry_count=5, error_message="newer"))
+    queue.remove([other.entry_id])  # compacts
+    queue.close()
+    reopened = DeadLetterQueue(policy(tmp_path))
+    assert [(e.item, e.retry_count, e.error_message) for e in reopened.get_entries()] == [
+        ("item", 5, "newer")
+    ]
+    reopened.close()
+
+
+def test_compaction_reads_ids_that_need_json_escaping(tmp_path):
+    queue = DeadLetterQueue(policy(tmp_path))
+    odd = DLQEntry("x", "ValueError", "m", time.time(), entry_id='id "with" quotes\\')
+    queue.add_entry(odd)
+    keep = queue.add("keep", ERR)
+    assert queue.remove([odd.entry_id]) == 1
+    queue.close()
+    reopened = DeadLetterQueue(policy(tmp_path))
+    assert [e.entry_id for e in reopened.get_entries()] == [keep.entry_id]
+    reopened.close()

@@ -114,7 +114,9 @@ def _record_id(line: bytes) -> Optional[str]:
     if line.startswith(_ID_PREFIX):
         end = line.find(b'"', len(_ID_PREFIX))
         if end > 0:
-            return line[len(_ID_PREFIX):end].decode("ascii")
+            raw = line[len(_ID_PREFIX):end]
+            if b"\\" not in raw:  # an escaped character: let the JSON parser read it
+                return raw.decode("ascii")
     return None
 
 
@@ -379,23 +381,18 @@ class Journal:
                 current = read_records(self.path, strict=True, parse=False).lines
             except DLQFileNotFoundError:
                 current = []
-            kept: List[bytes] = []
-            seen: Set[str] = set()
+            # The same id can be on file twice (add_entry of an updated entry, load of a
+            # file that overlaps): the later line is the newer version and wins, at
+            # the position of the first, as when the file is read.
+            kept: Dict[str, bytes] = {}
             for line in current:
                 entry_id = _record_id(line) or json.loads(line)["entry_id"]
-                if entry_id in drop_ids or entry_id in seen:
-                    continue
-                seen.add(entry_id)
-                kept.append(replace.get(entry_id, line))
-            for entry_id, line in replace.items():
-                if entry_id not in seen:
-                    seen.add(entry_id)
-                    kept.append(line)
+                if entry_id not in drop_ids:
+                    kept[entry_id] = line
+            kept.update(replace)
             for line in add:
-                entry_id = _record_id(line)
-                if entry_id not in seen:
-                    kept.append(line)
-            write_atomically(self.path, kept)
+                kept[_record_id(line) or json.loads(line)["entry_id"]] = line
+            write_atomically(self.path, kept.values())
             if self._fd is not None:
                 fd, self._fd, self._end = self._fd, None, None
                 os.close(fd)
