@@ -197,10 +197,12 @@ class DeadLetterQueue:
         if not limit or len(self._entries) <= limit:
             return
         dropped = 0
+        on_disk = self._journal is not None  # without a journal there is nothing to compact later
         while len(self._entries) > limit:
             entry_id, _ = self._entries.popitem(last=False)
-            self._pruned_on_disk.add(entry_id)
-            self._unpersisted.pop(entry_id, None)
+            if on_disk:
+                self._pruned_on_disk.add(entry_id)
+                self._unpersisted.pop(entry_id, None)
             dropped += 1
         self._pruned += dropped
         if self._pruned == dropped or self._pruned % limit < dropped:
