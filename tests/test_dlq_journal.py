@@ -13,7 +13,8 @@ import warnings
 
 import pytest
 
-from amorsize import DeadLetterQueue, DLQEntry, DLQPolicy
+from amorsize import DeadLetterQueue, DLQCorruptError, DLQEntry, DLQPolicy
+from amorsize.dlq import journal as journal_module
 
 ERR = ValueError("boom")
 
@@ -165,3 +166,45 @@ def test_compaction_reads_ids_that_need_json_escaping(tmp_path):
     reopened = DeadLetterQueue(policy(tmp_path))
     assert [e.entry_id for e in reopened.get_entries()] == [keep.entry_id]
     reopened.close()
+
+
+# -- corruption -------------------------------------------------------------------
+
+
+def _write_lines(directory, lines) -> None:
+    os.makedirs(directory, exist_ok=True)
+    with open(journal_path(directory), "wb") as handle:
+        for line in lines:
+            handle.write(line + b"\n")
+
+
+def _good_lines(directory, items):
+    queue = DeadLetterQueue(policy(directory, auto_persist=False))
+    for item in items:
+        queue.add(item, ERR)
+    return [journal_module.encode_entry(e, pickle_everything=False).rstrip(b"\n")
+            for e in queue.get_entries()]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b'{"entry_id":"x","error_type":"E","item_codec":"json"}',  # keys missing
+        b'{"entry_id":"x","error_type":"E","error_message":"m","timestamp":1.0,'
+        b'"item_codec":"no-such-codec","item":1}',
+        b'{"entry_id":"x","error_type":"E","error_message":"m","timestamp":1.0,'
+        b'"item_codec":"cloudpickle","item":"bm90IGEgcGlja2xl"}',  # base64 of "not a pickle"
+    ],
+    ids=["missing-keys", "unknown-codec", "bad-pickle"],
+)
+def test_a_parseable_but_undecodable_record_is_corruption_with_its_line(tmp_path, bad):
+    good = _good_lines(tmp_path, ["a", "b"])
+    _write_lines(tmp_path, [good[0], bad, good[1]])
+    with pytest.raises(DLQCorruptError) as info:
+        DeadLetterQueue(policy(tmp_path, allow_pickle=True))
+    assert info.value.line == 2
+    assert "dlq.jsonl" in str(info.value) and "line 2" in str(info.value)
+    queue = DeadLetterQueue(policy(tmp_path, allow_pickle=True, strict=False))
+    assert [e.item for e in queue.get_entries()] == ["a", "b"]
+    assert queue.get_summary()["corrupt_skipped"] == 1
+    queue.close()

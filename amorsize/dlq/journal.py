@@ -104,6 +104,7 @@ class ReadResult:
     """What reading a journal found: records in file order and what was skipped."""
 
     records: List[Dict[str, Any]] = field(default_factory=list)
+    numbers: List[int] = field(default_factory=list)  # the line number of each record
     lines: List[bytes] = field(default_factory=list)
     corrupt_skipped: int = 0
     torn_tail: bool = False
@@ -164,6 +165,7 @@ def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadR
                 continue
         if parse:
             result.records.append(record)  # type: ignore[arg-type]
+            result.numbers.append(number)
         result.lines.append(line + b"\n")
     return result
 

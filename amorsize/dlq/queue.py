@@ -31,7 +31,7 @@ from amorsize.dlq.journal import (
     write_atomically,
 )
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
-from amorsize.errors import InvalidTypeError, check_choice, invalid_value
+from amorsize.errors import DLQCorruptError, InvalidTypeError, check_choice, invalid_value
 
 logger = logging.getLogger("amorsize.dlq")
 
@@ -246,10 +246,22 @@ class DeadLetterQueue:
 
     def _merge_from(self, path: str) -> List[str]:
         result = read_records(path, strict=self.policy.strict)
-        self._corrupt_skipped += result.corrupt_skipped
+        allow_pickle = bool(self.policy.allow_pickle)
+        decoded = []
+        skipped = result.corrupt_skipped
+        for number, record in zip(result.numbers, result.records):
+            try:
+                decoded.append(decode_record(record, allow_pickle=allow_pickle))
+            except Exception as exc:  # a well-formed line that is not a readable entry
+                detail = f"the record cannot be decoded ({type(exc).__name__}: {exc})"
+                if self.policy.strict:
+                    raise DLQCorruptError(path, number, detail) from exc
+                skipped += 1
+                logger.warning("DLQ file %r: skipped record at line %d: %s", path, number, detail)
+        # Nothing is merged before the whole file has been read and decoded.
+        self._corrupt_skipped += skipped
         ids = []
-        for record in result.records:
-            entry = decode_record(record, allow_pickle=bool(self.policy.allow_pickle))
+        for entry in decoded:
             self._entries[entry.entry_id] = entry
             ids.append(entry.entry_id)
         if self.policy.max_entries and len(self._entries) > self.policy.max_entries:
