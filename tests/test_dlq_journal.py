@@ -208,3 +208,71 @@ def test_a_parseable_but_undecodable_record_is_corruption_with_its_line(tmp_path
     assert [e.item for e in queue.get_entries()] == ["a", "b"]
     assert queue.get_summary()["corrupt_skipped"] == 1
     queue.close()
+
+
+def _corrupt_middle(directory) -> None:
+    with open(journal_path(directory), "rb") as handle:
+        lines = handle.read().split(b"\n")
+    lines.insert(1, b"this line is not a record")
+    with open(journal_path(directory), "wb") as handle:
+        handle.write(b"\n".join(lines))
+
+
+def test_a_non_strict_queue_can_clear_prune_and_remove_over_a_corrupt_record(tmp_path, caplog):
+    queue = DeadLetterQueue(policy(tmp_path))
+    for i in range(4):
+        queue.add(i, ERR)
+    queue.close()
+    _corrupt_middle(tmp_path)
+    lax = DeadLetterQueue(policy(tmp_path, strict=False, max_entries=3))
+    assert [e.item for e in lax.get_entries()] == [1, 2, 3]
+    lax.remove([lax.get_entries()[0].entry_id])
+    lax.add(4, ERR)
+    assert lax.get_summary()["persist_errors"] == 0
+    lax.close()
+    assert reopen_items(tmp_path) == [2, 3, 4]  # strict again: the unreadable line is gone
+    lax = DeadLetterQueue(policy(tmp_path, strict=False))
+    assert lax.clear() == 3
+    lax.close()
+    assert reopen_items(tmp_path) == []
+
+
+def test_a_strict_queue_whose_file_gets_corrupt_keeps_working_in_memory(tmp_path, caplog):
+    queue = DeadLetterQueue(policy(tmp_path))
+    for i in range(3):
+        queue.add(i, ERR)
+    _corrupt_middle(tmp_path)  # behind the open queue's back
+    with caplog.at_level(logging.WARNING, logger="amorsize.dlq"):
+        assert queue.clear() == 3  # the file cannot be compacted: logged, not raised
+        queue.add("new", ERR)
+    assert [e.item for e in queue.get_entries()] == ["new"]
+    assert queue.get_summary()["persist_errors"] == 1
+    assert "corrupt at line 2" in caplog.text
+    with pytest.raises(DLQCorruptError):
+        queue.save()  # an explicit save says what is wrong
+    queue.close()
+
+
+def _fail_compaction(path, lines):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_compaction_is_not_forgotten(tmp_path, monkeypatch, caplog):
+    """clear() and a replay while the disk is full: a restart must not resurrect or revert."""
+    queue = DeadLetterQueue(policy(tmp_path))
+    for i in range(3):
+        queue.add(i, ERR)
+    stays = queue.add("stays", ERR)
+    monkeypatch.setattr(journal_module, "write_atomically", _fail_compaction)
+    with caplog.at_level(logging.WARNING, logger="amorsize.dlq"):
+        queue.remove([e.entry_id for e in queue.get_entries()[:3]])
+        queue.update([dataclasses.replace(stays, retry_count=7)])
+    assert queue.get_summary()["persist_errors"] == 2
+    with pytest.raises(OSError):
+        queue.save()
+    monkeypatch.undo()
+    queue.add("later", ERR)  # the next successful write catches up
+    queue.close()
+    reopened = DeadLetterQueue(policy(tmp_path))
+    assert [(e.item, e.retry_count) for e in reopened.get_entries()] == [("stays", 7), ("later", 0)]
+    reopened.close()

@@ -221,8 +221,9 @@ def ensure_directory(directory: str) -> None:
 class Journal:
     """The on-disk side of one queue. Not thread-safe: the queue's lock guards it."""
 
-    def __init__(self, directory: str, *, fsync: str) -> None:
+    def __init__(self, directory: str, *, fsync: str, strict: bool = True) -> None:
         self.directory = directory
+        self.strict = strict
         self.path = os.path.join(directory, JOURNAL_FILE_NAME)
         self.lock_path = os.path.join(directory, LOCK_FILE_NAME)
         self.fsync = fsync
@@ -375,12 +376,13 @@ class Journal:
 
         Raises:
             OSError: the rewrite failed; the old file is untouched.
-            DLQCorruptError: the journal is corrupt (it is never rewritten then).
+            DLQCorruptError: the journal is corrupt and ``strict`` (it is never rewritten
+                then); without ``strict`` unreadable records are dropped (and logged).
         """
         self._lock(fcntl.LOCK_EX)
         try:
             try:
-                current = read_records(self.path, strict=True, parse=False).lines
+                current = read_records(self.path, strict=self.strict, parse=False).lines
             except DLQFileNotFoundError:
                 current = []
             # The same id can be on file twice (add_entry of an updated entry, load of a

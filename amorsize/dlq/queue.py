@@ -70,14 +70,18 @@ class DeadLetterQueue:
         self._lock = threading.RLock()
         self._entries: collections.OrderedDict[str, DLQEntry] = collections.OrderedDict()
         self._pruned = 0
-        self._pruned_on_disk: Set[str] = set()
+        # Ids gone from memory that may still be on disk: pruned ones (compacted in
+        # batches) and removed ones whose compaction failed. The next compaction drops them.
+        self._dropped_on_disk: Set[str] = set()
+        self._prune_compaction_at = max(policy.max_entries, PRUNE_COMPACTION_MIN_BATCH)
+        self._compaction_pending = False  # a compaction failed on I/O: retry after the next append
         self._persist_errors = 0
         self._corrupt_skipped = 0
         self._unpersisted: Dict[str, None] = {}
         self._journal: Optional[Journal] = None
         self._pickle_everything = policy.format is DLQFormat.PICKLE
         if policy.auto_persist:
-            self._journal = Journal(policy.path, fsync=policy.fsync)
+            self._journal = Journal(policy.path, fsync=policy.fsync, strict=policy.strict)
             if os.path.exists(self._journal.path):
                 self._merge_from(self._journal.path)
 
@@ -166,6 +170,8 @@ class DeadLetterQueue:
             self._persist_failed("append", exc)
         else:
             self._unpersisted.clear()
+            if self._compaction_pending:
+                self._compact(set())
 
     def _persist_failed(self, what: str, exc: BaseException) -> None:
         self._persist_errors += 1
@@ -179,18 +185,39 @@ class DeadLetterQueue:
             exc,
         )
 
-    def _compact(self, drop_ids: Set[str], replace: Optional[List[DLQEntry]] = None) -> None:
+    def _compact(
+        self, drop_ids: Set[str], replace: Optional[List[DLQEntry]] = None, *, raise_errors: bool = False
+    ) -> None:
+        """Rewrite the journal without ``drop_ids``; never raises unless ``raise_errors``.
+
+        On failure nothing is forgotten: the dropped ids wait for the next
+        compaction, the replaced entries are re-appended with the next append (a later
+        line wins), and after an I/O error the compaction is retried after the next
+        append that succeeds.
+        """
         if self._journal is None:
             return
-        replace_lines = {e.entry_id: self._encode(e) for e in (replace or [])}
+        replace = replace or []
+        replace_lines = {e.entry_id: self._encode(e) for e in replace}
         add = [self._encode(self._entries[i]) for i in self._unpersisted if i in self._entries]
         try:
-            self._journal.compact(drop_ids | self._pruned_on_disk, replace_lines, add)
-        except OSError as exc:
+            self._journal.compact(drop_ids | self._dropped_on_disk, replace_lines, add)
+        except (OSError, DLQCorruptError) as exc:
+            self._dropped_on_disk |= drop_ids
+            for entry in replace:
+                if entry.entry_id in self._entries:
+                    self._unpersisted[entry.entry_id] = None
+            # A corrupt file stays corrupt until someone repairs it: do not re-read it
+            # after every append, only at the next compaction that is asked for.
+            self._compaction_pending = isinstance(exc, OSError)
             self._persist_failed("compaction", exc)
+            if raise_errors:
+                raise
         else:
-            self._pruned_on_disk.clear()
+            self._dropped_on_disk.clear()
             self._unpersisted.clear()
+            self._compaction_pending = False
+            self._prune_compaction_at = max(self.policy.max_entries, PRUNE_COMPACTION_MIN_BATCH)
 
     def _prune(self) -> None:
         limit = self.policy.max_entries
@@ -201,20 +228,29 @@ class DeadLetterQueue:
         while len(self._entries) > limit:
             entry_id, _ = self._entries.popitem(last=False)
             if on_disk:
-                self._pruned_on_disk.add(entry_id)
+                self._dropped_on_disk.add(entry_id)
                 self._unpersisted.pop(entry_id, None)
             dropped += 1
         self._pruned += dropped
         if self._pruned == dropped or self._pruned % limit < dropped:
             logger.info("DLQ at max_entries=%d: dropped %d oldest entries so far", limit, self._pruned)
-        if len(self._pruned_on_disk) >= max(limit, PRUNE_COMPACTION_MIN_BATCH):
+        if len(self._dropped_on_disk) >= self._prune_compaction_at:
             self._compact(set())
+            # Next time after another batch, also when this one failed (no re-read per add).
+            self._prune_compaction_at = len(self._dropped_on_disk) + max(
+                limit, PRUNE_COMPACTION_MIN_BATCH
+            )
 
     def save(self, path: Optional[Union[str, os.PathLike[str]]] = None) -> str:
-        """Write every entry to ``path`` atomically (default: the journal). Returns the path."""
+        """Write every entry to ``path`` atomically (default: the journal). Returns the path.
+
+        Raises:
+            OSError: the file could not be written (the entries stay in memory).
+            DLQCorruptError: saving to the journal, which is corrupt (policy.strict).
+        """
         with self._lock:
             if path is None and self._journal is not None:
-                self._compact(set())
+                self._compact(set(), raise_errors=True)
                 self._journal.sync()
                 return self._journal.path
             target = os.fspath(path) if path is not None else os.path.join(
