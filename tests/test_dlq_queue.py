@@ -33,3 +33,14 @@ def test_pruning_an_in_memory_queue_does_not_grow_memory():
     assert len(queue) == 10
     assert queue.get_summary()["pruned"] == 21990
     assert grown < 200_000, f"memory grew by {grown} bytes while the queue stayed at 10 entries"
+
+
+def test_reloading_the_journal_does_not_bring_back_pruned_entries(tmp_path):
+    """Pruned records leave the file in batches; load() must not re-add them as the newest."""
+    queue = DeadLetterQueue(DLQPolicy(directory=tmp_path, max_entries=5))
+    for i in range(10):
+        queue.add(i, ERR)
+    assert queue.load() == 5
+    assert [e.item for e in queue.get_entries()] == [5, 6, 7, 8, 9]
+    assert queue.get_summary()["pruned"] == 5
+    queue.close()

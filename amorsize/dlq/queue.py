@@ -297,7 +297,12 @@ class DeadLetterQueue:
         # Nothing is merged before the whole file has been read and decoded.
         self._corrupt_skipped += skipped
         ids = []
+        own_journal = self._journal is not None and os.path.abspath(path) == os.path.abspath(
+            self._journal.path
+        )
         for entry in decoded:
+            if own_journal and entry.entry_id in self._dropped_on_disk:
+                continue  # pruned or removed here, still on file until the next compaction
             self._entries[entry.entry_id] = entry
             ids.append(entry.entry_id)
         if self.policy.max_entries and len(self._entries) > self.policy.max_entries:
