@@ -121,7 +121,17 @@ def _describe(exc: BaseException) -> str:
 
 
 def is_json_native(value: Any) -> bool:
-    """True when ``value`` survives ``json.loads(json.dumps(value))`` exactly, types included."""
+    """True when ``value`` survives ``json.loads(json.dumps(value))`` exactly, types included.
+
+    A container that holds itself, or is nested too deep to walk, is not.
+    """
+    try:
+        return _is_json_native(value)
+    except RecursionError:
+        return False
+
+
+def _is_json_native(value: Any) -> bool:
     kind = type(value)
     if value is None or kind is str or kind is bool:
         return True
@@ -130,9 +140,9 @@ def is_json_native(value: Any) -> bool:
     if kind is float:
         return value == value and value not in (float("inf"), float("-inf"))
     if kind is list:
-        return all(is_json_native(v) for v in value)
+        return all(_is_json_native(v) for v in value)
     if kind is dict:
-        return all(type(k) is str and is_json_native(v) for k, v in value.items())
+        return all(type(k) is str and _is_json_native(v) for k, v in value.items())
     return False
 
 

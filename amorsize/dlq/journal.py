@@ -75,7 +75,14 @@ def encode_entry(entry: DLQEntry, *, pickle_everything: bool) -> bytes:
     }
     if item_codec != "json":
         record["item_repr"] = short_repr(entry.item)
-    return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
+    try:
+        text = json.dumps(record, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        if pickle_everything:
+            raise
+        # JSON-native by type, yet too deep for the encoder: store item and metadata pickled.
+        return encode_entry(entry, pickle_everything=True)
+    return (text + "\n").encode("ascii")
 
 
 def decode_record(record: Dict[str, Any], *, allow_pickle: bool) -> DLQEntry:
