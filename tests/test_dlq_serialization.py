@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from amorsize import DeadLetterQueue, DLQFormat, DLQPolicy
-from amorsize.serialization import UnserializableItem, decode_value, encode_value, is_json_native
+from amorsize.serialization import (
+    PickledPayload,
+    UnserializableItem,
+    decode_value,
+    encode_value,
+    is_json_native,
+)
 
 ERR = ValueError("boom")
 
@@ -42,3 +48,24 @@ def test_is_json_native_is_false_for_a_container_holding_itself():
     assert codec == "cloudpickle"
     restored = decode_value(codec, payload, allow_pickle=True)
     assert restored[0] is restored
+
+
+def test_placeholders_are_written_back_byte_for_byte_with_a_stable_repr(tmp_path):
+    """A queue without allow_pickle re-saves pickled items and metadata it could not load."""
+    first = reopen(tmp_path)
+    first.add((1, 2), ERR, metadata={"attempted_at": {3, 4}})
+    first.close()
+    other = tmp_path / "copy.jsonl"
+    for _ in range(3):  # save and reload without pickle, repeatedly
+        blind = DeadLetterQueue(DLQPolicy(directory=tmp_path, auto_persist=False))
+        blind.load()
+        entry = blind.get_entries()[0]
+        assert isinstance(entry.item, PickledPayload)
+        assert repr(entry.item) == "<pickled item, not loaded: (1, 2)>"
+        blind.save(other)
+        blind.save(tmp_path / "dlq.jsonl")
+    trusting = DeadLetterQueue(DLQPolicy(directory=tmp_path, auto_persist=False, allow_pickle=True))
+    trusting.load(other)
+    entry = trusting.get_entries()[0]
+    assert entry.item == (1, 2)
+    assert entry.metadata == {"attempted_at": {3, 4}}

@@ -38,7 +38,13 @@ from typing import Any, Dict, Iterable, List, Optional, Set
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
 from amorsize.errors import DLQCorruptError, DLQFileNotFoundError
-from amorsize.serialization import decode_value, encode_value, short_repr
+from amorsize.serialization import (
+    PickledPayload,
+    UnserializableItem,
+    decode_value,
+    encode_value,
+    short_repr,
+)
 
 logger = logging.getLogger("amorsize.dlq")
 
@@ -50,10 +56,21 @@ DIR_MODE = 0o700
 _ID_PREFIX = b'{"entry_id":"'
 
 
+#: Metadata that could not be loaded as a dict (pickle not allowed) is kept under
+#: this key, as a placeholder that is written back byte for byte.
+STORED_METADATA_KEY = "_stored"
+
+
 def encode_entry(entry: DLQEntry, *, pickle_everything: bool) -> bytes:
     """One journal line (with its newline) for ``entry``."""
     item_codec, item = encode_value(entry.item, force_pickle=pickle_everything)
-    meta = entry.metadata
+    meta: Any = entry.metadata
+    if (
+        type(meta) is dict
+        and len(meta) == 1
+        and isinstance(meta.get(STORED_METADATA_KEY), (PickledPayload, UnserializableItem))
+    ):
+        meta = meta[STORED_METADATA_KEY]  # a placeholder from decode_record: store it as it came
     if meta:
         meta_codec, meta_payload = encode_value(meta, force_pickle=pickle_everything)
     else:
@@ -74,7 +91,9 @@ def encode_entry(entry: DLQEntry, *, pickle_everything: bool) -> bytes:
         "traceback": entry.traceback,
     }
     if item_codec != "json":
-        record["item_repr"] = short_repr(entry.item)
+        # A placeholder keeps the repr of the value it stands for, not its own.
+        item_repr = entry.item.repr if isinstance(entry.item, PickledPayload) else None
+        record["item_repr"] = item_repr if item_repr is not None else short_repr(entry.item)
     try:
         text = json.dumps(record, separators=(",", ":"))
     except (ValueError, TypeError, RecursionError):
@@ -99,7 +118,7 @@ def decode_record(record: Dict[str, Any], *, allow_pickle: bool) -> DLQEntry:
         timestamp=record["timestamp"],
         traceback=record.get("traceback"),
         retry_count=record.get("retry_count", 0),
-        metadata=metadata if isinstance(metadata, dict) else {"_stored": metadata},
+        metadata=metadata if isinstance(metadata, dict) else {STORED_METADATA_KEY: metadata},
         entry_id=record["entry_id"],
         reason=record.get("reason", "exception"),
         error_qualname=record.get("error_qualname"),
