@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import pickle
+import re
 import reprlib
 from dataclasses import dataclass
 from typing import Any, Tuple
@@ -131,9 +132,27 @@ def is_json_native(value: Any) -> bool:
         return False
 
 
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _json_text(text: str) -> bool:
+    # json.dumps escapes every non-ASCII character and json.loads joins an escaped
+    # high+low surrogate pair into one character: '\ud800\udc00' would come back as
+    # '\U00010000'. Lone surrogates (surrogateescape'd bytes) survive.
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE_PAIR.search(text) is None
+    return True
+
+
 def _is_json_native(value: Any) -> bool:
     kind = type(value)
-    if value is None or kind is str or kind is bool:
+    if kind is str:
+        return _json_text(value)
+    if value is None or kind is bool:
         return True
     if kind is int:
         return value.bit_length() <= _MAX_JSON_INT_BITS
@@ -142,7 +161,7 @@ def _is_json_native(value: Any) -> bool:
     if kind is list:
         return all(_is_json_native(v) for v in value)
     if kind is dict:
-        return all(type(k) is str and _is_json_native(v) for k, v in value.items())
+        return all(type(k) is str and _json_text(k) and _is_json_native(v) for k, v in value.items())
     return False
 
 

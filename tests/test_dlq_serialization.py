@@ -101,6 +101,9 @@ NON_JSON_ITEMS = {
     "huge int": 10**5000,
     "complex": 1 + 2j,
     "list of tuples": [(1, 2), (3, 4)],
+    # JSON would join the two code points into one character ('\U00010000').
+    "surrogate pair as two code points": "\ud800\udc00",
+    "dict key with a surrogate pair": {"k\udbff\udfff": 1},
 }
 
 
