@@ -177,8 +177,13 @@ def encode_value(value: Any, *, force_pickle: bool = False) -> Tuple[str, Any]:
         return CODEC_CLOUDPICKLE, base64.b64encode(value.data).decode("ascii")
     if isinstance(value, UnserializableItem):
         return CODEC_REPR, _unserializable_fields(value)
-    if not force_pickle and is_json_native(value):
-        return CODEC_JSON, value
+    if is_json_native(value):
+        if not force_pickle:
+            return CODEC_JSON, value
+        # Plain builtins: the stdlib pickler writes the same bytes as cloudpickle, faster.
+        return CODEC_CLOUDPICKLE, base64.b64encode(
+            pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        ).decode("ascii")
     try:
         return CODEC_CLOUDPICKLE, base64.b64encode(dumps(value)).decode("ascii")
     except Exception as exc:

@@ -54,6 +54,9 @@ RECORD_VERSION = 1
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 _ID_PREFIX = b'{"entry_id":"'
+# One encoder for every record: json.dumps() with non-default options builds a new
+# one per call, a measurable part of an add.
+_encoder = json.JSONEncoder(separators=(",", ":"))
 
 
 #: Metadata that could not be loaded as a dict (pickle not allowed) is kept under
@@ -95,7 +98,7 @@ def encode_entry(entry: DLQEntry, *, pickle_everything: bool) -> bytes:
         item_repr = entry.item.repr if isinstance(entry.item, PickledPayload) else None
         record["item_repr"] = item_repr if item_repr is not None else short_repr(entry.item)
     try:
-        text = json.dumps(record, separators=(",", ":"))
+        text = _encoder.encode(record)
     except (ValueError, TypeError, RecursionError):
         if pickle_everything:
             raise
