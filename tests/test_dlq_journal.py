@@ -659,3 +659,28 @@ def test_queues_in_threads_on_one_directory_with_one_compacting(tmp_path):
     expected |= {f"kept-{i}" for i in range(60)}
     assert set(items) == expected
     assert len(items) == len(expected)
+
+
+def test_a_compaction_that_keeps_failing_is_not_retried_on_every_add(tmp_path, monkeypatch):
+    """Appends work but compaction cannot (no temp file): adds must not re-read the file each time."""
+    queue = DeadLetterQueue(policy(tmp_path))
+    doomed = [queue.add(i, ERR) for i in range(5)]
+    monkeypatch.setattr(journal_module, "write_atomically", _fail_compaction)
+    compactions = []
+    real_compact = journal_module.Journal.compact
+
+    def counting_compact(self, *args, **kwargs):
+        compactions.append(1)
+        return real_compact(self, *args, **kwargs)
+
+    monkeypatch.setattr(journal_module.Journal, "compact", counting_compact)
+    queue.remove([e.entry_id for e in doomed])
+    for i in range(200):
+        queue.add(f"new {i}", ERR)
+    assert len(compactions) == 2  # the removal, and one retry after the next append
+    monkeypatch.undo()
+    for i in range(300):
+        queue.add(f"more {i}", ERR)  # after another batch of appends the retry succeeds
+    queue.close()
+    items = reopen_items(tmp_path)
+    assert items[:2] == ["new 0", "new 1"] and len(items) == 500

@@ -74,7 +74,10 @@ class DeadLetterQueue:
         # batches) and removed ones whose compaction failed. The next compaction drops them.
         self._dropped_on_disk: Set[str] = set()
         self._prune_compaction_at = max(policy.max_entries, PRUNE_COMPACTION_MIN_BATCH)
-        self._compaction_pending = False  # a compaction failed on I/O: retry after the next append
+        # A compaction that failed on I/O is retried after the next successful append,
+        # then, if it fails again, only every PRUNE_COMPACTION_MIN_BATCH appends.
+        self._compaction_pending = False
+        self._compaction_retry_in = 0
         self._persist_errors = 0
         self._corrupt_skipped = 0
         self._unpersisted: Dict[str, None] = {}
@@ -171,7 +174,9 @@ class DeadLetterQueue:
         else:
             self._unpersisted.clear()
             if self._compaction_pending:
-                self._compact(set())
+                self._compaction_retry_in -= 1
+                if self._compaction_retry_in <= 0:
+                    self._compact(set(), retry=True)
 
     def _persist_failed(self, what: str, exc: BaseException) -> None:
         self._persist_errors += 1
@@ -186,7 +191,12 @@ class DeadLetterQueue:
         )
 
     def _compact(
-        self, drop_ids: Set[str], replace: Optional[List[DLQEntry]] = None, *, raise_errors: bool = False
+        self,
+        drop_ids: Set[str],
+        replace: Optional[List[DLQEntry]] = None,
+        *,
+        raise_errors: bool = False,
+        retry: bool = False,
     ) -> None:
         """Rewrite the journal without ``drop_ids``; never raises unless ``raise_errors``.
 
@@ -208,8 +218,9 @@ class DeadLetterQueue:
                 if entry.entry_id in self._entries:
                     self._unpersisted[entry.entry_id] = None
             # A corrupt file stays corrupt until someone repairs it: do not re-read it
-            # after every append, only at the next compaction that is asked for.
+            # after appends, only at the next compaction that is asked for.
             self._compaction_pending = isinstance(exc, OSError)
+            self._compaction_retry_in = PRUNE_COMPACTION_MIN_BATCH if retry else 1
             self._persist_failed("compaction", exc)
             if raise_errors:
                 raise
