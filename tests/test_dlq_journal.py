@@ -684,3 +684,14 @@ def test_a_compaction_that_keeps_failing_is_not_retried_on_every_add(tmp_path, m
     queue.close()
     items = reopen_items(tmp_path)
     assert items[:2] == ["new 0", "new 1"] and len(items) == 500
+
+
+def test_close_retries_a_failed_compaction(tmp_path, monkeypatch):
+    queue = DeadLetterQueue(policy(tmp_path))
+    doomed = queue.add("doomed", ERR)
+    queue.add("kept", ERR)
+    monkeypatch.setattr(journal_module, "write_atomically", _fail_compaction)
+    queue.remove([doomed.entry_id])
+    monkeypatch.undo()
+    queue.close()  # no add in between: close() catches up
+    assert reopen_items(tmp_path) == ["kept"]

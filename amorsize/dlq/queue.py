@@ -320,20 +320,25 @@ class DeadLetterQueue:
             self._prune()
         return ids
 
+    def _catch_up(self) -> None:
+        # Write what a failed append or compaction left behind, if the disk lets us now.
+        if self._compaction_pending:
+            self._compact(set(), retry=True)
+        if self._unpersisted:
+            self._persist([])
+
     def flush(self) -> None:
         """Make every add durable on disk now (fsync), whatever the fsync policy."""
         with self._lock:
             if self._journal is not None:
-                if self._unpersisted:
-                    self._persist([])
+                self._catch_up()
                 self._journal.sync()
 
     def close(self) -> None:
         """Flush and release file handles. The queue stays usable (files reopen on demand)."""
         with self._lock:
             if self._journal is not None:
-                if self._unpersisted:
-                    self._persist([])
+                self._catch_up()
                 self._journal.close()
 
     def __enter__(self) -> DeadLetterQueue:
