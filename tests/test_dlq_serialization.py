@@ -230,3 +230,18 @@ def test_values_nothing_can_pickle_are_kept_as_their_repr(tmp_path):
     assert isinstance(stored.item, UnserializableItem)
     assert "lock" in stored.item.repr.lower()
     assert stored.item.type_name == "lock"
+
+
+def test_placeholders_and_dlq_errors_pickle():
+    """They can cross a process boundary (a shared queue, a worker's result)."""
+    from amorsize import DLQCorruptError, DLQFileNotFoundError
+
+    placeholder = PickledPayload(pickle.dumps((1, 2)), "(1, 2)")
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        copy = pickle.loads(pickle.dumps(placeholder, protocol))
+        assert copy == placeholder and repr(copy) == repr(placeholder)
+    corrupt = pickle.loads(pickle.dumps(DLQCorruptError("/x/dlq.jsonl", 7, "bad")))
+    assert (corrupt.path, corrupt.line, corrupt.detail) == ("/x/dlq.jsonl", 7, "bad")
+    assert str(corrupt) == str(DLQCorruptError("/x/dlq.jsonl", 7, "bad"))
+    missing = pickle.loads(pickle.dumps(DLQFileNotFoundError("DLQ file not found: 'x'")))
+    assert isinstance(missing, FileNotFoundError) and "DLQ file not found" in str(missing)
