@@ -453,3 +453,18 @@ def test_retry_on_a_class_carried_by_value(pools: Any, dlq: SharedDeadLetterQueu
     assert pool.map(hook, range(6), chunksize=2) == list(range(6))
     assert list(executor.map(hook, range(10, 14))) == list(range(10, 14))
     assert dlq.size() == 0
+
+
+@pytest.mark.timeout(60)
+def test_pickled_journal_loaded_by_the_manager_reads_back_whole(tmp_path):
+    """The manager keeps pickled items and metadata as bytes; the parent unpickles them."""
+    from amorsize import DeadLetterQueue, DLQFormat, DLQPolicy, SharedDeadLetterQueue
+
+    policy = DLQPolicy(directory=str(tmp_path), format=DLQFormat.PICKLE)
+    plain = DeadLetterQueue(policy)
+    plain.add((1, "a"), ValueError("boom"), metadata={"where": ("row", 7)})
+    plain.close()
+    with SharedDeadLetterQueue(policy) as shared:
+        (entry,) = shared.get_entries()
+    assert entry.item == (1, "a")
+    assert entry.metadata == {"where": ("row", 7)}

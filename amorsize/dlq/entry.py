@@ -34,7 +34,8 @@ def new_entry_id(time_ns: Optional[int] = None) -> str:
     a random per-process token, so ids never collide across processes or forks.
     """
     stamp = time.time_ns() if time_ns is None else time_ns
-    return f"{stamp:016x}{next(_sequence) & 0xFFFFFFFF:08x}{_process_token}"
+    # The same text as f"{stamp:016x}{sequence:08x}{token}", formatted in one go.
+    return format((stamp << 32) | (next(_sequence) & 0xFFFFFFFF), "024x") + _process_token
 
 
 _qualnames: Dict[type, str] = {}

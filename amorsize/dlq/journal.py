@@ -12,11 +12,15 @@ One JSON record per line in ``<directory>/dlq.jsonl``:
   real corruption: :class:`~amorsize.DLQCorruptError` names file and line.
 * **Compaction by atomic replace.** Removal (clear, prune, remove, replay)
   rewrites the file: temp file, fsync, ``os.replace``, fsync of the directory.
-* **Several writers.** Appends hold a shared ``flock`` on ``.dlq.lock`` and
-  compaction holds it exclusively; an appender whose file was replaced reopens
-  it. So queues in several threads or processes on one directory never corrupt
-  the journal nor lose each other's appends. Compaction re-reads the file and
-  only drops the ids it was asked to drop.
+* **Several writers.** Appends and compaction hold an exclusive ``flock`` on
+  ``.dlq.lock`` (an append is one short write). Under it an appender checks that
+  the file ends with a complete line, so a record torn by a writer that was
+  killed or whose write failed (disk full) is cut before anything is appended
+  behind it; an appender whose file was replaced reopens it; a forked child
+  opens its own lock (flock locks are shared across fork). So queues in several
+  threads or processes on one directory never corrupt the journal nor lose each
+  other's appends. Compaction re-reads the file and only drops the ids it was
+  asked to drop.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Set, cast
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
@@ -37,6 +41,7 @@ from amorsize.errors import DLQCorruptError, DLQFileNotFoundError
 from amorsize.serialization import (
     PickledPayload,
     PickledValue,
+    UnserializableItem,
     decode_value,
     encode_value,
     short_repr,
@@ -50,12 +55,28 @@ RECORD_VERSION = 1
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 _ID_PREFIX = b'{"entry_id":"'
+# One encoder for every record: json.dumps() with non-default options builds a new
+# one per call, a measurable part of an add.
+_encoder = json.JSONEncoder(separators=(",", ":"))
+
+
+#: Metadata that could not be loaded as a dict (pickle not allowed) is kept under
+#: this key, as a placeholder that is written back byte for byte.
+STORED_METADATA_KEY = "_stored"
 
 
 def encode_entry(entry: DLQEntry, *, pickle_everything: bool) -> bytes:
     """One journal line (with its newline) for ``entry``."""
     item_codec, item = encode_value(entry.item, force_pickle=pickle_everything)
-    meta = entry.metadata
+    meta: Any = entry.metadata
+    if (
+        type(meta) is dict
+        and len(meta) == 1
+        and isinstance(
+            meta.get(STORED_METADATA_KEY), (PickledPayload, PickledValue, UnserializableItem)
+        )
+    ):
+        meta = meta[STORED_METADATA_KEY]  # a placeholder from decode_record: store it as it came
     if meta:
         meta_codec, meta_payload = encode_value(meta, force_pickle=pickle_everything)
     else:
@@ -76,8 +97,17 @@ def encode_entry(entry: DLQEntry, *, pickle_everything: bool) -> bytes:
         "traceback": entry.traceback,
     }
     if item_codec != "json":
-        record["item_repr"] = short_repr(entry.item)
-    return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
+        # A placeholder keeps the repr of the value it stands for, not its own.
+        item_repr = entry.item.repr if isinstance(entry.item, PickledPayload) else None
+        record["item_repr"] = item_repr if item_repr is not None else short_repr(entry.item)
+    try:
+        text = _encoder.encode(record)
+    except (ValueError, TypeError, RecursionError):
+        if pickle_everything:
+            raise
+        # JSON-native by type, yet too deep for the encoder: store item and metadata pickled.
+        return encode_entry(entry, pickle_everything=True)
+    return (text + "\n").encode("ascii")
 
 
 def decode_record(record: Dict[str, Any], *, allow_pickle: bool, lazy: bool = False) -> DLQEntry:
@@ -95,9 +125,7 @@ def decode_record(record: Dict[str, Any], *, allow_pickle: bool, lazy: bool = Fa
         traceback=record.get("traceback"),
         retry_count=record.get("retry_count", 0),
         # A lazily decoded or not-allowed pickle stays a stand-in until a trusted reader loads it.
-        metadata=cast(Dict[str, Any], metadata)
-        if isinstance(metadata, (dict, PickledValue, PickledPayload))
-        else {"_stored": metadata},
+        metadata=metadata if isinstance(metadata, dict) else {STORED_METADATA_KEY: metadata},
         entry_id=record["entry_id"],
         reason=record.get("reason", "exception"),
         error_qualname=record.get("error_qualname"),
@@ -109,6 +137,7 @@ class ReadResult:
     """What reading a journal found: records in file order and what was skipped."""
 
     records: List[Dict[str, Any]] = field(default_factory=list)
+    numbers: List[int] = field(default_factory=list)  # the line number of each record
     lines: List[bytes] = field(default_factory=list)
     corrupt_skipped: int = 0
     torn_tail: bool = False
@@ -119,7 +148,9 @@ def _record_id(line: bytes) -> Optional[str]:
     if line.startswith(_ID_PREFIX):
         end = line.find(b'"', len(_ID_PREFIX))
         if end > 0:
-            return line[len(_ID_PREFIX):end].decode("ascii")
+            raw = line[len(_ID_PREFIX):end]
+            if b"\\" not in raw:  # an escaped character: let the JSON parser read it
+                return raw.decode("ascii")
     return None
 
 
@@ -167,6 +198,7 @@ def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadR
                 continue
         if parse:
             result.records.append(record)  # type: ignore[arg-type]
+            result.numbers.append(number)
         result.lines.append(line + b"\n")
     return result
 
@@ -222,20 +254,27 @@ def ensure_directory(directory: str) -> None:
 class Journal:
     """The on-disk side of one queue. Not thread-safe: the queue's lock guards it."""
 
-    def __init__(self, directory: str, *, fsync: str) -> None:
+    def __init__(self, directory: str, *, fsync: str, strict: bool = True) -> None:
         self.directory = directory
+        self.strict = strict
         self.path = os.path.join(directory, JOURNAL_FILE_NAME)
         self.lock_path = os.path.join(directory, LOCK_FILE_NAME)
         self.fsync = fsync
         self._fd: Optional[int] = None
         self._lock_fd: Optional[int] = None
         self._inode: Optional[int] = None
+        # Where our last append ended; if the file still ends there, nobody wrote
+        # since and its tail needs no check.
+        self._end: Optional[int] = None
+        self._pid = os.getpid()
         self._last_sync = time.monotonic()
         self._dirty = False
 
     # -- file handles ---------------------------------------------------------
 
     def _lock(self, mode: int) -> int:
+        if self._pid != os.getpid():
+            self._forget_inherited_handles()
         if self._lock_fd is None:
             ensure_directory(self.directory)
             self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
@@ -246,8 +285,34 @@ class Journal:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
+    def _forget_inherited_handles(self) -> None:
+        # After fork the child shares the parent's open file descriptions, and flock
+        # locks belong to the description: parent and child would not exclude each
+        # other. Close the child's copies (that releases nothing the parent holds)
+        # and let the child open its own.
+        fds = (self._fd, self._lock_fd)
+        self._fd = self._lock_fd = None
+        self._inode = self._end = None
+        self._dirty = False
+        self._pid = os.getpid()
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
+
+    def _reset_handles(self) -> None:
+        """Close both handles so the next operation reopens (and re-creates) everything."""
+        fds = (self._fd, self._lock_fd)
+        self._fd = self._lock_fd = None
+        self._inode = self._end = None
+        for fd in fds:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
     def _open_for_append(self) -> int:
-        """Open (or reopen, if another writer replaced the file) under the shared lock."""
+        """Open (or reopen, if another writer replaced the file) under the lock."""
         if self._fd is not None:
             try:
                 current = os.stat(self.path).st_ino
@@ -255,57 +320,74 @@ class Journal:
                 current = None
             if current == self._inode:
                 return self._fd
-            os.close(self._fd)
-            self._fd = None
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            fd, self._fd, self._end = self._fd, None, None
+            os.close(fd)
+        # O_RDWR so the tail can be checked with pread; O_APPEND makes every write land at the end.
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         fd = os.open(self.path, flags, FILE_MODE)
-        self._cut_torn_tail(fd)
         self._fd = fd
         self._inode = os.fstat(fd).st_ino
         return fd
 
-    def _cut_torn_tail(self, fd: int) -> None:
-        # A crash mid-write leaves bytes after the last newline. Appending behind them
-        # would glue the next record to garbage, so cut them off first (or, if they are
-        # a complete record that only lacks its newline, finish it).
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return
-        with open(self.path, "rb") as handle:
-            handle.seek(max(0, size - 1))
-            if handle.read(1) == b"\n":
-                return
-            start = max(0, size - 65536)
-            while True:
-                handle.seek(start)
-                chunk = handle.read(size - start)
-                cut = chunk.rfind(b"\n")
-                if cut >= 0 or start == 0:
-                    break
-                start = max(0, start - (1 << 20))
-            tail = chunk[cut + 1:]
+    def _clean_end(self, fd: int) -> int:
+        """Make the file end with a complete line; return its size.
+
+        A writer that was killed mid-write, or a write that failed half-way (disk
+        full), leaves bytes after the last newline. Appending behind them would glue
+        the next record to garbage, so they are cut off first (or, if they are a
+        complete record that only lacks its newline, finished). Runs under the
+        exclusive lock, so no other writer is between its check and its cut.
+        """
+        size = os.lseek(fd, 0, os.SEEK_END)
+        if size == 0 or size == self._end or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        start = size
+        cut = -1
+        while start > 0 and cut < 0:
+            start = max(0, start - 65536)
+            chunk = os.pread(fd, size - start, start)
+            cut = chunk.rfind(b"\n")
+        keep = start + cut + 1  # 0 when the file holds no newline at all
+        tail = _pread_all(fd, size - keep, keep)
         if _parse_line(tail) is not None:
             _write_all(fd, b"\n")
-            return
-        keep = start + cut + 1
+            return size + 1
         os.ftruncate(fd, keep)
         logger.warning("DLQ journal %r: cut a torn last record (%d bytes)", self.path, len(tail))
+        return keep
 
     # -- operations -----------------------------------------------------------
 
     def append(self, lines: List[bytes]) -> None:
         """Append ``lines``; they are in the kernel when this returns.
 
+        Appends hold the exclusive lock: they are short, and it lets each one check
+        that the file ends with a complete line before writing, with no other writer
+        in between.
+
         Raises:
-            OSError: the write failed (disk full, permission denied, ...).
+            OSError: the write failed (disk full, permission denied, ...). A partial
+                write is cut off by the next append.
         """
-        self._lock(fcntl.LOCK_SH)
+        data = lines[0] if len(lines) == 1 else b"".join(lines)
+        try:
+            self._lock(fcntl.LOCK_EX)
+        except OSError:
+            self._reset_handles()
+            raise
         try:
             fd = self._open_for_append()
-            _write_all(fd, lines[0] if len(lines) == 1 else b"".join(lines))
+            size = self._clean_end(fd)
+            _write_all(fd, data)
+            self._end = size + len(data)
             self._dirty = True
             self._maybe_sync(fd)
-        finally:
+        except OSError:
+            self._unlock()
+            # Reopen everything next time: the directory may be gone, the tail torn.
+            self._reset_handles()
+            raise
+        else:
             self._unlock()
 
     def _maybe_sync(self, fd: int) -> None:
@@ -327,40 +409,38 @@ class Journal:
 
         Raises:
             OSError: the rewrite failed; the old file is untouched.
-            DLQCorruptError: the journal is corrupt (it is never rewritten then).
+            DLQCorruptError: the journal is corrupt and ``strict`` (it is never rewritten
+                then); without ``strict`` unreadable records are dropped (and logged).
         """
         self._lock(fcntl.LOCK_EX)
         try:
             try:
-                current = read_records(self.path, strict=True, parse=False).lines
+                current = read_records(self.path, strict=self.strict, parse=False).lines
             except DLQFileNotFoundError:
                 current = []
-            kept: List[bytes] = []
-            seen: Set[str] = set()
+            # The same id can be on file twice (add_entry of an updated entry, load of a
+            # file that overlaps): the later line is the newer version and wins, at
+            # the position of the first, as when the file is read.
+            kept: Dict[str, bytes] = {}
             for line in current:
                 entry_id = _record_id(line) or json.loads(line)["entry_id"]
-                if entry_id in drop_ids or entry_id in seen:
-                    continue
-                seen.add(entry_id)
-                kept.append(replace.get(entry_id, line))
-            for entry_id, line in replace.items():
-                if entry_id not in seen:
-                    seen.add(entry_id)
-                    kept.append(line)
+                if entry_id not in drop_ids:
+                    kept[entry_id] = line
+            kept.update(replace)
             for line in add:
-                entry_id = _record_id(line)
-                if entry_id not in seen:
-                    kept.append(line)
-            write_atomically(self.path, kept)
+                kept[_record_id(line) or json.loads(line)["entry_id"]] = line
+            write_atomically(self.path, kept.values())
             if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+                fd, self._fd, self._end = self._fd, None, None
+                os.close(fd)
             self._dirty = False
         finally:
             self._unlock()
 
     def sync(self) -> None:
         """fsync pending appends (the batch-mode flush)."""
+        if self._pid != os.getpid():
+            return
         if self._fd is not None and self._dirty:
             os.fdatasync(self._fd)
             self._dirty = False
@@ -371,10 +451,24 @@ class Journal:
         try:
             self.sync()
         finally:
-            for fd in (self._fd, self._lock_fd):
-                if fd is not None:
-                    os.close(fd)
-            self._fd = self._lock_fd = None
+            self._reset_handles()
+
+    def __del__(self) -> None:
+        # A queue dropped without close() must not leak its two descriptors.
+        # (Appends are already in the kernel; only the batch fsync is skipped.)
+        self._reset_handles()
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    parts = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(parts)
 
 
 def _write_all(fd: int, data: bytes) -> None:

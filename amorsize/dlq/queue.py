@@ -31,7 +31,7 @@ from amorsize.dlq.journal import (
     write_atomically,
 )
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
-from amorsize.errors import InvalidTypeError, check_choice, invalid_value
+from amorsize.errors import DLQCorruptError, InvalidTypeError, check_choice, invalid_value
 
 logger = logging.getLogger("amorsize.dlq")
 
@@ -70,7 +70,14 @@ class DeadLetterQueue:
         self._lock = threading.RLock()
         self._entries: collections.OrderedDict[str, DLQEntry] = collections.OrderedDict()
         self._pruned = 0
-        self._pruned_on_disk: Set[str] = set()
+        # Ids gone from memory that may still be on disk: pruned ones (compacted in
+        # batches) and removed ones whose compaction failed. The next compaction drops them.
+        self._dropped_on_disk: Set[str] = set()
+        self._prune_compaction_at = max(policy.max_entries, PRUNE_COMPACTION_MIN_BATCH)
+        # A compaction that failed on I/O is retried after the next successful append,
+        # then, if it fails again, only every PRUNE_COMPACTION_MIN_BATCH appends.
+        self._compaction_pending = False
+        self._compaction_retry_in = 0
         self._persist_errors = 0
         self._corrupt_skipped = 0
         self._unpersisted: Dict[str, None] = {}
@@ -79,7 +86,7 @@ class DeadLetterQueue:
         # The manager process of a SharedDeadLetterQueue keeps pickled items as bytes.
         self._lazy_pickle = _lazy_pickle
         if policy.auto_persist:
-            self._journal = Journal(policy.path, fsync=policy.fsync)
+            self._journal = Journal(policy.path, fsync=policy.fsync, strict=policy.strict)
             if os.path.exists(self._journal.path):
                 self._merge_from(self._journal.path)
 
@@ -168,6 +175,10 @@ class DeadLetterQueue:
             self._persist_failed("append", exc)
         else:
             self._unpersisted.clear()
+            if self._compaction_pending:
+                self._compaction_retry_in -= 1
+                if self._compaction_retry_in <= 0:
+                    self._compact(set(), retry=True)
 
     def _persist_failed(self, what: str, exc: BaseException) -> None:
         self._persist_errors += 1
@@ -181,40 +192,78 @@ class DeadLetterQueue:
             exc,
         )
 
-    def _compact(self, drop_ids: Set[str], replace: Optional[List[DLQEntry]] = None) -> None:
+    def _compact(
+        self,
+        drop_ids: Set[str],
+        replace: Optional[List[DLQEntry]] = None,
+        *,
+        raise_errors: bool = False,
+        retry: bool = False,
+    ) -> None:
+        """Rewrite the journal without ``drop_ids``; never raises unless ``raise_errors``.
+
+        On failure nothing is forgotten: the dropped ids wait for the next
+        compaction, the replaced entries are re-appended with the next append (a later
+        line wins), and after an I/O error the compaction is retried after the next
+        append that succeeds.
+        """
         if self._journal is None:
             return
-        replace_lines = {e.entry_id: self._encode(e) for e in (replace or [])}
+        replace = replace or []
+        replace_lines = {e.entry_id: self._encode(e) for e in replace}
         add = [self._encode(self._entries[i]) for i in self._unpersisted if i in self._entries]
         try:
-            self._journal.compact(drop_ids | self._pruned_on_disk, replace_lines, add)
-        except OSError as exc:
+            self._journal.compact(drop_ids | self._dropped_on_disk, replace_lines, add)
+        except (OSError, DLQCorruptError) as exc:
+            self._dropped_on_disk |= drop_ids
+            for entry in replace:
+                if entry.entry_id in self._entries:
+                    self._unpersisted[entry.entry_id] = None
+            # A corrupt file stays corrupt until someone repairs it: do not re-read it
+            # after appends, only at the next compaction that is asked for.
+            self._compaction_pending = isinstance(exc, OSError)
+            self._compaction_retry_in = PRUNE_COMPACTION_MIN_BATCH if retry else 1
             self._persist_failed("compaction", exc)
+            if raise_errors:
+                raise
         else:
-            self._pruned_on_disk.clear()
+            self._dropped_on_disk.clear()
             self._unpersisted.clear()
+            self._compaction_pending = False
+            self._prune_compaction_at = max(self.policy.max_entries, PRUNE_COMPACTION_MIN_BATCH)
 
     def _prune(self) -> None:
         limit = self.policy.max_entries
         if not limit or len(self._entries) <= limit:
             return
         dropped = 0
+        on_disk = self._journal is not None  # without a journal there is nothing to compact later
         while len(self._entries) > limit:
             entry_id, _ = self._entries.popitem(last=False)
-            self._pruned_on_disk.add(entry_id)
-            self._unpersisted.pop(entry_id, None)
+            if on_disk:
+                self._dropped_on_disk.add(entry_id)
+                self._unpersisted.pop(entry_id, None)
             dropped += 1
         self._pruned += dropped
         if self._pruned == dropped or self._pruned % limit < dropped:
             logger.info("DLQ at max_entries=%d: dropped %d oldest entries so far", limit, self._pruned)
-        if len(self._pruned_on_disk) >= max(limit, PRUNE_COMPACTION_MIN_BATCH):
+        if len(self._dropped_on_disk) >= self._prune_compaction_at:
             self._compact(set())
+            # Next time after another batch, also when this one failed (no re-read per add).
+            self._prune_compaction_at = len(self._dropped_on_disk) + max(
+                limit, PRUNE_COMPACTION_MIN_BATCH
+            )
 
     def save(self, path: Optional[Union[str, os.PathLike[str]]] = None) -> str:
-        """Write every entry to ``path`` atomically (default: the journal). Returns the path."""
+        """Write every entry to ``path`` atomically (default: the journal). Returns the path.
+
+        Raises:
+            OSError: the file could not be written (the entries stay in memory).
+            DLQCorruptError: saving to the journal, which is corrupt (policy.strict).
+        """
         with self._lock:
             if path is None and self._journal is not None:
-                self._compact(set())
+                self._compact(set(), raise_errors=True)
                 self._journal.sync()
                 return self._journal.path
             target = os.fspath(path) if path is not None else os.path.join(
@@ -246,32 +295,54 @@ class DeadLetterQueue:
 
     def _merge_from(self, path: str) -> List[str]:
         result = read_records(path, strict=self.policy.strict)
-        self._corrupt_skipped += result.corrupt_skipped
+        allow_pickle = bool(self.policy.allow_pickle)
+        decoded = []
+        skipped = result.corrupt_skipped
+        for number, record in zip(result.numbers, result.records):
+            try:
+                decoded.append(
+                    decode_record(record, allow_pickle=allow_pickle, lazy=self._lazy_pickle)
+                )
+            except Exception as exc:  # a well-formed line that is not a readable entry
+                detail = f"the record cannot be decoded ({type(exc).__name__}: {exc})"
+                if self.policy.strict:
+                    raise DLQCorruptError(path, number, detail) from exc
+                skipped += 1
+                logger.warning("DLQ file %r: skipped record at line %d: %s", path, number, detail)
+        # Nothing is merged before the whole file has been read and decoded.
+        self._corrupt_skipped += skipped
         ids = []
-        for record in result.records:
-            entry = decode_record(
-                record, allow_pickle=bool(self.policy.allow_pickle), lazy=self._lazy_pickle
-            )
+        own_journal = self._journal is not None and os.path.abspath(path) == os.path.abspath(
+            self._journal.path
+        )
+        for entry in decoded:
+            if own_journal and entry.entry_id in self._dropped_on_disk:
+                continue  # pruned or removed here, still on file until the next compaction
             self._entries[entry.entry_id] = entry
             ids.append(entry.entry_id)
         if self.policy.max_entries and len(self._entries) > self.policy.max_entries:
             self._prune()
         return ids
 
+    def _catch_up(self) -> None:
+        # Write what a failed append or compaction left behind, if the disk lets us now.
+        if self._compaction_pending:
+            self._compact(set(), retry=True)
+        if self._unpersisted:
+            self._persist([])
+
     def flush(self) -> None:
         """Make every add durable on disk now (fsync), whatever the fsync policy."""
         with self._lock:
             if self._journal is not None:
-                if self._unpersisted:
-                    self._persist([])
+                self._catch_up()
                 self._journal.sync()
 
     def close(self) -> None:
         """Flush and release file handles. The queue stays usable (files reopen on demand)."""
         with self._lock:
             if self._journal is not None:
-                if self._unpersisted:
-                    self._persist([])
+                self._catch_up()
                 self._journal.close()
 
     def __enter__(self) -> DeadLetterQueue:

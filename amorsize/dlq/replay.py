@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from amorsize.dlq.entry import DLQEntry, error_message, format_traceback, qualified_type_name
+from amorsize.dlq.journal import STORED_METADATA_KEY
 from amorsize.errors import InvalidTypeError, PickleNotAllowedError
 from amorsize.serialization import PickledPayload
 
@@ -46,7 +47,10 @@ def failed_again(entry: DLQEntry, failure: DLQEntry) -> DLQEntry:
 
 def is_pickle_locked(entry: DLQEntry) -> bool:
     """Whether ``entry`` holds a pickled item or metadata that was not loaded (no allow_pickle)."""
-    return isinstance(entry.item, PickledPayload) or isinstance(entry.metadata, PickledPayload)
+    stored = entry.metadata.get(STORED_METADATA_KEY) if isinstance(entry.metadata, dict) else None
+    return isinstance(entry.item, PickledPayload) or isinstance(
+        stored if stored is not None else entry.metadata, PickledPayload
+    )
 
 
 def replay_failed_items(

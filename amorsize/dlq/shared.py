@@ -32,10 +32,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union, 
 
 from amorsize.dlq.entry import REASONS, DLQEntry
 from amorsize.dlq.ingest import IngestServer, ingest_address_for
+from amorsize.dlq.journal import STORED_METADATA_KEY
 from amorsize.dlq.policy import DLQPolicy
 from amorsize.dlq.queue import DeadLetterQueue, TimeBound
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, check_choice, invalid_value
-from amorsize.serialization import pack_for_transport, unpack_transported
+from amorsize.serialization import PickledValue, pack_for_transport, unpack_transported
 
 Address = Union[str, Tuple[str, int]]
 
@@ -59,9 +60,14 @@ def pack_entry(entry: DLQEntry) -> DLQEntry:
 
 def unpack_entry(entry: DLQEntry) -> DLQEntry:
     """Inverse of :func:`pack_entry`, run by the reader."""
-    return dataclasses.replace(
-        entry, item=unpack_transported(entry.item), metadata=unpack_transported(entry.metadata)
-    )
+    metadata: Any = entry.metadata
+    stored = metadata.get(STORED_METADATA_KEY) if isinstance(metadata, dict) else None
+    if isinstance(stored, PickledValue) and len(metadata) == 1:
+        metadata = stored  # read lazily from the journal by the manager: unpickle it here
+    metadata = unpack_transported(metadata)
+    if not isinstance(metadata, dict):
+        metadata = {STORED_METADATA_KEY: metadata}
+    return dataclasses.replace(entry, item=unpack_transported(entry.item), metadata=metadata)
 
 
 class _ServerQueue:
