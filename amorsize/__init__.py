@@ -31,6 +31,7 @@ from amorsize.executor import ItemTimeoutError, WorkerCrashedError, execute, ima
 from amorsize.failure import Failure, is_failure
 from amorsize.optimizer import OptimizationResult, optimize
 from amorsize.retry import RetryOutcome, RetryPolicy
+from amorsize.serialization import PickledPayload, UnserializableItem
 
 __version__ = "0.1.0"
 
@@ -56,11 +57,13 @@ __all__ = [
     "ItemTimeoutError",
     "OptimizationResult",
     "PickleNotAllowedError",
+    "PickledPayload",
     "RetryOutcome",
     "RetryPolicy",
     "SharedDLQUnavailableError",
     "SharedDeadLetterQueue",
     "TaskFailedError",
+    "UnserializableItem",
     "WorkerCrashedError",
     "__version__",
     "execute",
