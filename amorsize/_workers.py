@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import multiprocessing
 import os
 import pickle
@@ -121,7 +122,9 @@ class _Worker:
         except Exception:
             data = cloudpickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
         self.progress[0] = 0
-        self.progress[1] = time.monotonic()
+        # The item clock starts when the worker starts the item (run_chunk sets slot 1),
+        # not now: a fresh worker's start-up (spawn imports) is not the item's time.
+        self.progress[1] = math.inf
         self.task = task
         self.conn.send_bytes(data)
 
