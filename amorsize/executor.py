@@ -315,7 +315,8 @@ class _Run:
                 self.pending.appendleft(sub)
         self._route([entry])
         self._advance(1, 1)
-        self._count_crash()
+        if event.reason == "worker_crash":  # a timeout is the item's fault, not a crash loop
+            self._count_crash()
         yield task.start + position, [failure_of(entry)]
 
     def _subtask(self, task: ChunkTask, begin: int, end: Optional[int]) -> ChunkTask:
