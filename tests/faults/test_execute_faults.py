@@ -355,3 +355,32 @@ def test_parent_sigkill_takes_the_workers_down(tmp_path: Path, start_method: str
     proc.kill()
     proc.communicate(timeout=10)
     _assert_gone(workers, within=2.0)
+
+
+# -- a worker that dies before it starts its chunk ------------------------------------
+
+
+def _refuse_to_load() -> Any:
+    raise RuntimeError("this function cannot be loaded in a worker")
+
+
+class Unloadable:
+    """Pickles fine in the parent, but unpickling it (in the worker) raises."""
+
+    def __call__(self, x: int) -> int:
+        return x
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_load, ())
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug: a worker that dies before it starts a chunk (here: the function cannot be "
+    "unpickled in the worker) is reported as a crash of the chunk's first item, so innocent "
+    "items are dead-lettered as worker_crash until CrashLoopError"))
+def test_items_are_not_blamed_for_a_worker_that_never_started_them() -> None:
+    dlq = memory_dlq()
+    with pytest.raises(Exception) as info:
+        execute(Unloadable(), range(40), n_jobs=2, chunksize=4, dlq=dlq, start_method="fork")
+    assert len(dlq) == 0, f"{len(dlq)} items dead-lettered for a worker that never ran them"
+    assert "cannot be loaded" in str(info.value)
