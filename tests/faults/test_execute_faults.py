@@ -31,6 +31,8 @@ from amorsize import (
     TaskFailedError,
     execute,
 )
+from amorsize._chunk import ChunkSpec, ChunkTask
+from amorsize._workers import ChunkDone, LocalProcessPool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +68,10 @@ def segfault_on(x: int, bad: frozenset = frozenset()) -> int:
 def sleep_on(x: int, bad: frozenset = frozenset(), seconds: float = 30.0) -> int:
     if x in bad:
         time.sleep(seconds)
+    return x * 2
+
+
+def double(x: int) -> int:
     return x * 2
 
 
@@ -374,13 +380,30 @@ class Unloadable:
         return (_refuse_to_load, ())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: a worker that dies before it starts a chunk (here: the function cannot be "
-    "unpickled in the worker) is reported as a crash of the chunk's first item, so innocent "
-    "items are dead-lettered as worker_crash until CrashLoopError"))
-def test_items_are_not_blamed_for_a_worker_that_never_started_them() -> None:
+def test_a_function_that_cannot_load_in_the_worker_fails_fast_and_blames_no_item() -> None:
+    # Regression: each worker death before its first item was reported as a crash of the
+    # chunk's first item, so innocent items were dead-lettered until CrashLoopError.
     dlq = memory_dlq()
-    with pytest.raises(Exception) as info:
+    with pytest.raises(CrashLoopError) as info:
         execute(Unloadable(), range(40), n_jobs=2, chunksize=4, dlq=dlq, start_method="fork")
     assert len(dlq) == 0, f"{len(dlq)} items dead-lettered for a worker that never ran them"
-    assert "cannot be loaded" in str(info.value)
+    assert "cannot be loaded in a worker" in str(info.value)
+    assert "could not load the function" in str(info.value)
+
+
+def test_a_worker_killed_while_idle_blames_no_item() -> None:
+    spec = ChunkSpec(double, None, True, "double")
+    pool = LocalProcessPool(spec, n_jobs=1, start_method="fork", timeout=None)
+    try:
+        (worker,) = pool._workers
+        worker.process.kill()  # e.g. the OOM killer picks an idle worker
+        worker.process.join()
+        pool.submit(ChunkTask(0, 0, [1, 2, 3]))
+        events: List[Any] = []
+        while not events:
+            events = pool.wait(5)
+        (event,) = events
+        assert isinstance(event, ChunkDone), event
+        assert event.result.values == [2, 4, 6]
+    finally:
+        pool.close(kill=True)
