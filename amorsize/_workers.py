@@ -82,10 +82,11 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _worker_main(conn: Any, progress: Any, spec_bytes: bytes) -> None:
+def _worker_main(conn: Any, progress: Any, spec_bytes: bytes, timed: bool) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     recv, send = conn.recv_bytes, conn.send_bytes
+    clock = time.monotonic if timed else None  # item start times matter only under a timeout
     try:
         spec: ChunkSpec = pickle.loads(spec_bytes)
     except Exception as exc:  # tell the parent why, at its first task, and stop
@@ -104,7 +105,7 @@ def _worker_main(conn: Any, progress: Any, spec_bytes: bytes) -> None:
         if not data:
             return
         task = pickle.loads(data)
-        send(encode_result(run_chunk(spec, task, progress), spec))
+        send(encode_result(run_chunk(spec, task, progress, clock), spec))
 
 
 def describe_exit(exitcode: Optional[int]) -> str:
@@ -128,11 +129,11 @@ def describe_exit(exitcode: Optional[int]) -> str:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, spec_bytes: bytes) -> None:
+    def __init__(self, ctx: Any, spec_bytes: bytes, timed: bool) -> None:
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.progress = ctx.RawArray("d", 2)
         self.process = ctx.Process(
-            target=_worker_main, args=(child_conn, self.progress, spec_bytes),
+            target=_worker_main, args=(child_conn, self.progress, spec_bytes, timed),
             name="amorsize-worker", daemon=True,
         )
         self.process.start()
@@ -180,7 +181,7 @@ class LocalProcessPool:
         self._workers: List[_Worker] = [self._new_worker() for _ in range(n_jobs)]
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._ctx, self._spec_bytes)
+        return _Worker(self._ctx, self._spec_bytes, self._timeout is not None)
 
     @property
     def size(self) -> int:
