@@ -5,7 +5,9 @@
 
 Workloads: (a) tiny tasks (x + 1), (b) CPU tasks of about 1 ms (a busy loop
 calibrated on this machine), (c) lognormal durations (mean 1 ms, sigma 1,
-seed 42). Every time is the median wall time of ``--runs`` runs and includes
+seed 42). Every time is the median wall time of ``--runs`` interleaved rounds (each
+round runs every implementation once, so load from other processes hits all
+alike) and includes
 starting and stopping the pool, for every peer alike. The ratio column is
 peer time / our time (execute() with defaults): above 1 means we are faster.
 
@@ -163,29 +165,49 @@ class Table:
 
 
 def run_workload(table: Table, name: str, func: Callable[[Any], Any], items: List[Any], runs: int,
-                 quick: bool) -> Dict[str, Timing]:
+                 quick: bool, with_serial: bool = False) -> Dict[str, Timing]:
+    """Time ours and every peer on ``items``, interleaved: each round runs every one once,
+    so a burst of load from other processes hits them alike."""
     expected = serial(func, items[:50])
 
     def check(out: List[Any]) -> bool:
         return len(out) == len(items) and list(out[:50]) == expected
 
-    ours = timed(ours_default, func, items, runs, check)
-    times = {"ours": ours, "ours2": timed(ours_two, func, items, runs, check)}
-    table.add(name, "amorsize.execute (defaults)", ours, ours)
-    table.add(name, "amorsize.execute (n_jobs=2)", times["ours2"], ours)
+    # (key, label, runner, input, scale to the full input)
+    entries: List[Tuple[str, str, Runner, List[Any], float]] = [
+        ("ours", "amorsize.execute (defaults)", ours_default, items, 1.0),
+        ("ours2", "amorsize.execute (n_jobs=2)", ours_two, items, 1.0),
+    ]
     for label, runner, is_default in peers(len(items)):
+        key = ("default:" if is_default else "tuned:") + label
         slow_default = label.endswith("(chunksize=1)") or label.startswith("pebble")
         if quick and slow_default and len(items) > CAPPED_DEFAULT_ITEMS:
             part = items[:CAPPED_DEFAULT_ITEMS]
-            scale = len(items) / len(part)
-            t = timed(runner, func, part, runs)
-            t = Timing(t.wall * scale, t.cpu * scale)
-            table.add(name, label, t, ours, " *")
+            entries.append((key, label + " *", runner, part, len(items) / len(part)))
         else:
-            t = timed(runner, func, items, runs, check)
-            table.add(name, label, t, ours)
-        times[("default:" if is_default else "tuned:") + label] = t
+            entries.append((key, label, runner, items, 1.0))
+    if with_serial:
+        entries.append(("serial", "serial (one process, no pool)", serial, items, 1.0))
+    times = interleaved([(key, runner, func, data, scale) for key, _label, runner, data, scale in entries],
+                        runs, {id(items): check})
+    for key, label, *_ in entries:
+        table.add(name, label, times[key], times["ours"])
     return times
+
+
+def interleaved(entries: List[Tuple[str, Runner, Callable[[Any], Any], List[Any], float]], runs: int,
+                checks: Optional[Dict[int, Callable[[List[Any]], bool]]] = None) -> Dict[str, Timing]:
+    """Median timing per key; each round runs every entry once (load bursts hit all alike)."""
+    checks = checks or {}
+    samples: Dict[str, List[Timing]] = {key: [] for key, *_ in entries}
+    for _round in range(runs):
+        for key, runner, func, data, scale in entries:
+            t = timed(runner, func, data, 1, checks.get(id(data)))
+            samples[key].append(Timing(t.wall * scale, t.cpu * scale))
+    return {
+        key: Timing(statistics.median(t.wall for t in runs_), statistics.median(t.cpu for t in runs_))
+        for key, runs_ in samples.items()
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -211,9 +233,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     table = Table()
     tiny = run_workload(table, "(a) tiny", w.inc, list(range(n_tiny)), runs, quick)
     cpu_items = [per_ms] * n_cpu
-    cpu = run_workload(table, "(b) 1 ms", w.spin, cpu_items, runs, quick)
-    serial_b = timed(serial, w.spin, cpu_items, runs)
-    table.add("(b) 1 ms", "serial (one process, no pool)", serial_b, cpu["ours"])
+    cpu = run_workload(table, "(b) 1 ms", w.spin, cpu_items, runs, quick, with_serial=True)
+    serial_b = cpu["serial"]
     het = run_workload(table, "(c) lognorm", w.spin, w.lognormal_iterations(n_cpu, per_ms), runs, quick)
 
     indexed = [(i, per_ms) for i in range(n_cpu)]
@@ -221,15 +242,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     def with_dlq(func: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
         return amorsize.execute(func, items, dlq=DeadLetterQueue(DLQPolicy(auto_persist=False)))
 
-    ok_time = timed(with_dlq, w.spin_indexed, indexed, runs)
-    fail_time = timed(with_dlq, w.spin_fail_every_tenth, indexed, runs)
+    pair = interleaved([("ok", with_dlq, w.spin_indexed, indexed, 1.0),
+                        ("fail", with_dlq, w.spin_fail_every_tenth, indexed, 1.0)], runs)
+    ok_time, fail_time = pair["ok"], pair["fail"]
     table.add("(b) + DLQ", "amorsize, 0% failing", ok_time, ok_time)
     table.add("(b) + DLQ", "amorsize, 10% failing (raise)", fail_time, ok_time)
 
     crash_at = {n_crash * k // 6 for k in range(1, 6)}
-    clean_time = timed(with_dlq, w.spin_crash_on, [(i, per_ms, False) for i in range(n_crash)], runs)
-    crash_time = timed(with_dlq, w.spin_crash_on, [(i, per_ms, i in crash_at) for i in range(n_crash)],
-                       runs)
+    pair = interleaved([
+        ("clean", with_dlq, w.spin_crash_on, [(i, per_ms, False) for i in range(n_crash)], 1.0),
+        ("crash", with_dlq, w.spin_crash_on, [(i, per_ms, i in crash_at) for i in range(n_crash)], 1.0),
+    ], runs)
+    clean_time, crash_time = pair["clean"], pair["crash"]
     table.add(f"{n_crash} x 1ms", "amorsize, crash-free", clean_time, clean_time)
     table.add(f"{n_crash} x 1ms", "amorsize, 5 worker crashes", crash_time, clean_time)
 
@@ -268,6 +292,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ]
     for text, ok in targets:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    print()
+    print("CPU-time view (robust to other load on the machine; ours / reference, lower is better):")
+    best_cpu = min((k for k in peers_c if not k.startswith("joblib")), key=lambda k: peers_c[k].cpu)
+    print(f"  (a) vs tuned Pool.map {tiny['ours'].cpu / tuned_pool.cpu:.2f}x | "
+          f"(b) vs serial {cpu['ours'].cpu / serial_b.cpu:.2f}x | "
+          f"(c) vs {best_cpu} {het['ours'].cpu / peers_c[best_cpu].cpu:.2f}x | "
+          f"10% failing {fail_time.cpu / ok_time.cpu:.2f}x | "
+          f"5 crashes {crash_time.cpu / clean_time.cpu:.2f}x")
     return 0
 
 
