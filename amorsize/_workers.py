@@ -14,12 +14,13 @@ vanish before it was set.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import math
 import multiprocessing
 import os
 import pickle
 import signal
 import time
+import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Dict, List, Optional
@@ -27,11 +28,15 @@ from typing import Any, Dict, List, Optional
 import cloudpickle
 
 from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, encode_result, run_chunk
+from amorsize.errors import CrashLoopError
 
 #: After SIGTERM, how long a stopping worker gets before SIGKILL.
 TERMINATE_GRACE_SECONDS = 0.5
 #: How often the parent checks running items against the timeout.
 TIMEOUT_POLL_SECONDS = 0.05
+#: A worker that dies before it starts its chunk blames no item: the chunk goes to a
+#: fresh worker, this many times in a row at most (then the first item is blamed).
+MAX_UNSTARTED_LOSSES = 3
 _PR_SET_PDEATHSIG = 1
 
 
@@ -57,9 +62,19 @@ class ChunkLost:
     detail: Dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _StartFailure:
+    """Sent instead of a result by a worker that could not load the run's function."""
+
+    error: str
+    traceback: str
+
+
 def _die_with_parent() -> None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # dlopen(NULL): libc is already mapped. find_library("c") would run ldconfig in a
+        # subprocess on every worker start (about 6 ms, more on a loaded machine).
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
@@ -67,11 +82,21 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _worker_main(conn: Any, progress: Any, spec_bytes: bytes) -> None:
+def _worker_main(conn: Any, progress: Any, spec_bytes: bytes, timed: bool) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    spec: ChunkSpec = pickle.loads(spec_bytes)
     recv, send = conn.recv_bytes, conn.send_bytes
+    clock = time.monotonic if timed else None  # item start times matter only under a timeout
+    try:
+        spec: ChunkSpec = pickle.loads(spec_bytes)
+    except Exception as exc:  # tell the parent why, at its first task, and stop
+        failure = _StartFailure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        try:
+            if recv():
+                send(pickle.dumps(failure))
+        except (EOFError, OSError):
+            pass
+        return
     while True:
         try:
             data = recv()
@@ -80,7 +105,7 @@ def _worker_main(conn: Any, progress: Any, spec_bytes: bytes) -> None:
         if not data:
             return
         task = pickle.loads(data)
-        send(encode_result(run_chunk(spec, task, progress), spec))
+        send(encode_result(run_chunk(spec, task, progress, clock), spec))
 
 
 def describe_exit(exitcode: Optional[int]) -> str:
@@ -104,11 +129,11 @@ def describe_exit(exitcode: Optional[int]) -> str:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, spec_bytes: bytes) -> None:
+    def __init__(self, ctx: Any, spec_bytes: bytes, timed: bool) -> None:
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.progress = ctx.RawArray("d", 2)
         self.process = ctx.Process(
-            target=_worker_main, args=(child_conn, self.progress, spec_bytes),
+            target=_worker_main, args=(child_conn, self.progress, spec_bytes, timed),
             name="amorsize-worker", daemon=True,
         )
         self.process.start()
@@ -120,8 +145,10 @@ class _Worker:
             data = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:
             data = cloudpickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
-        self.progress[0] = 0
-        self.progress[1] = time.monotonic()
+        self.progress[0] = -1  # not started: run_chunk sets the position of each item
+        # The item clock starts when the worker starts the item (run_chunk sets slot 1),
+        # not now: a fresh worker's start-up (spawn imports) is not the item's time.
+        self.progress[1] = math.inf
         self.task = task
         self.conn.send_bytes(data)
 
@@ -150,10 +177,11 @@ class LocalProcessPool:
         self._ctx = multiprocessing.get_context(start_method)
         self._spec_bytes = cloudpickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
         self._timeout = timeout
+        self._unstarted_losses = 0
         self._workers: List[_Worker] = [self._new_worker() for _ in range(n_jobs)]
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._ctx, self._spec_bytes)
+        return _Worker(self._ctx, self._spec_bytes, self._timeout is not None)
 
     @property
     def size(self) -> int:
@@ -193,7 +221,9 @@ class LocalProcessPool:
             if id(worker) in seen:
                 continue
             seen.add(id(worker))
-            events.append(self._collect(worker))
+            event = self._collect(worker)
+            if event is not None:
+                events.append(event)
         if self._timeout is not None:
             events.extend(self._enforce_timeout([w for w in busy if id(w) not in seen]))
         return events
@@ -205,10 +235,23 @@ class LocalProcessPool:
             if worker.conn.poll():
                 data = worker.conn.recv_bytes()
                 worker.task = None
-                return ChunkDone(task, pickle.loads(data))
+                result = pickle.loads(data)
+                if isinstance(result, _StartFailure):
+                    raise CrashLoopError(
+                        f"a worker process could not load the function ({result.error}); no "
+                        "item was run. Is the function importable in a fresh process?\n\n"
+                        f"Worker traceback:\n{result.traceback}"
+                    )
+                self._unstarted_losses = 0
+                return ChunkDone(task, result)
         except (EOFError, OSError):
             pass
-        # No result: the worker died while running the task.
+        # No result: the worker died, while running the task or before starting it.
+        if worker.progress[0] < 0 and self._unstarted_losses < MAX_UNSTARTED_LOSSES:
+            self._unstarted_losses += 1
+            self._replace(worker, "worker_crash")
+            self.submit(task)  # no item ran, so none is to blame: give it to the new worker
+            return None
         return self._replace(worker, "worker_crash")
 
     def _enforce_timeout(self, workers: List[_Worker]) -> List[Any]:
@@ -223,7 +266,7 @@ class LocalProcessPool:
     def _replace(self, worker: _Worker, reason: str) -> ChunkLost:
         task = worker.task
         assert task is not None
-        position = min(int(worker.progress[0]), len(task.items) - 1)
+        position = max(0, min(int(worker.progress[0]), len(task.items) - 1))
         pid = worker.process.pid
         worker.stop(kill=True)
         exitcode = worker.process.exitcode

@@ -137,9 +137,16 @@ def imap(func: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> It
         CrashLoopError: workers crashed more often than ``max_crashes`` (the DLQ is
             flushed first).
     """
-    run = _Run(func, items, **options)
-    for _start, values in run.chunks():
-        yield from values
+    run = _Run(func, items, **options)  # validate now, like map(), not at the first next()
+    return _values(run.chunks())
+
+
+def _values(chunks: Iterator[Tuple[int, List[Any]]]) -> Iterator[Any]:
+    try:
+        for _start, values in chunks:
+            yield from values
+    finally:
+        chunks.close()  # type: ignore[attr-defined]  # imap closed early: stop the workers now
 
 
 class _Run:
@@ -499,7 +506,8 @@ class _Run:
         self._route([entry], values, task.start + position)
         self._advance(1, 1)
         self._record(task.start + position, values)
-        self._count_crash()
+        if event.reason == "worker_crash":  # a timeout is the item's fault, not a crash loop
+            self._count_crash()
         yield task.start + position, values
 
     def _subtask(self, task: ChunkTask, begin: int, end: Optional[int]) -> ChunkTask:
