@@ -71,14 +71,23 @@ def _helper(proc: psutil.Process) -> bool:
     return "resource_tracker" in cmdline or "forkserver" in cmdline
 
 
+def new_children(exclude: Set[int]) -> List[psutil.Process]:
+    """Running children of this process (not helpers) whose pid is not in ``exclude``."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.pid not in exclude and proc.status() != psutil.STATUS_ZOMBIE and not _helper(proc):
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return found
+
+
 def live_children(exclude: Set[int]) -> List[psutil.Process]:
-    """Children of this process started after ``exclude`` was taken, still running."""
+    """``new_children``, after giving them up to 10 s to exit."""
     leftovers: List[psutil.Process] = []
     for _ in range(100):
-        leftovers = [
-            p for p in psutil.Process().children(recursive=True)
-            if p.pid not in exclude and p.status() != psutil.STATUS_ZOMBIE and not _helper(p)
-        ]
+        leftovers = new_children(exclude)
         if not leftovers:
             break
         time.sleep(0.1)

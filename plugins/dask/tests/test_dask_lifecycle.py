@@ -1,0 +1,47 @@
+"""backend="dask" starts its own loopback cluster and leaves nothing behind."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, List, Set, Tuple
+
+import cloudpickle
+import psutil
+import pytest
+from conftest import listening, live_children, new_children
+
+from amorsize import DeadLetterQueue, DLQPolicy, execute, is_failure
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def halve_or_fail(x: int) -> float:
+    if x == 3:
+        raise KeyError(x)
+    return x / 2
+
+
+@pytest.mark.timeout(90)
+def test_backend_dask_runs_on_a_loopback_cluster_and_closes_it(tmp_path) -> None:
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    listening_before = listening([me])
+    during: List[Tuple[int, Set[Tuple[str, int]]]] = []
+
+    def snapshot(done: int, total: Any) -> None:
+        if not during:
+            children = [p for p in me.children(recursive=True) if p.pid not in children_before]
+            during.append((len(new_children(children_before)), listening([me, *children])))
+
+    dlq = DeadLetterQueue(DLQPolicy(directory=str(tmp_path)))
+    out = execute(halve_or_fail, range(20), backend="dask", n_jobs=2, dlq=dlq, on_progress=snapshot)
+
+    assert [v for v in out if not is_failure(v)] == [x / 2 for x in range(20) if x != 3]
+    assert [e.item for e in dlq.get_entries()] == [3]
+    (n_workers, addresses), *_ = during
+    assert n_workers == 2
+    assert addresses, "the scheduler and workers should listen somewhere"
+    assert {ip for ip, _port in addresses} == {"127.0.0.1"}, addresses  # never 0.0.0.0
+    assert not any(port == 8787 for _ip, port in addresses)
+    assert not live_children(children_before), "worker processes outlived the run"
+    assert listening([me]) <= listening_before, "the run left a port open"
