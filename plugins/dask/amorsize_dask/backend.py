@@ -193,6 +193,8 @@ class DaskPool:
         self._reports_lock = threading.Lock()
         self._no_workers_since: Optional[float] = None
         self._last_health_check = time.monotonic()
+        #: Workers our own cluster should have (it is repaired back to this width).
+        self._width: int = len(cluster.worker_spec) if cluster is not None else (width or 0)
         #: Chunks in flight at once: one per worker thread, as the cluster is now.
         self.size = max(1, self._threads() or width or 1)
         if timeout is not None:
@@ -243,7 +245,7 @@ class DaskPool:
                     done, _ = dask_wait(futures, timeout=step, return_when="FIRST_COMPLETED")
             except (TimeoutError, asyncio.TimeoutError):
                 done = set()
-                self._check_workers()
+            self._check_workers()
             events = []
             for future in done:
                 event = self._collect(future.key)
@@ -385,6 +387,8 @@ class DaskPool:
         if now - self._last_health_check < HEALTH_CHECK_SECONDS:
             return
         self._last_health_check = now
+        if self._cluster is not None:
+            self._repair_cluster()
         if self._client.status not in ("running", "connecting"):
             raise DaskBackendError(f"lost the connection to the Dask scheduler ({self._client.status})")
         if self._threads():
@@ -397,6 +401,30 @@ class DaskPool:
                 f"the Dask cluster has had no worker for {NO_WORKERS_TIMEOUT_SECONDS:.0f}s while "
                 f"{len(self._in_flight)} chunk(s) waited"
             )
+
+
+    def _repair_cluster(self) -> None:
+        """Bring back workers of our own cluster whose nanny the cluster closed.
+
+        ``SpecCluster`` closes a nanny (for good) when a worker of that name was
+        removed ``distributed.deploy.lost-worker-timeout`` (15 s) earlier and is not
+        registered at that moment. With workers dying often (a crashing function),
+        the restarted worker is often just restarting then, so the cluster shrinks
+        until no worker is left; ``scale`` starts nannies for the missing names again.
+        """
+        from distributed.core import Status
+
+        cluster = self._cluster
+        closed = [
+            name for name, nanny in list(cluster.workers.items())
+            if getattr(nanny, "status", None) in (Status.closed, Status.failed)
+        ]
+        for name in closed:
+            cluster.worker_spec.pop(name, None)
+        missing = set(cluster.worker_spec) - set(cluster.workers)
+        if closed or missing or len(cluster.worker_spec) < self._width:
+            log.info("amorsize-dask: restarting lost workers %s", sorted(map(str, {*closed, *missing})))
+            cluster.scale(self._width)
 
 
 def _describe(error: Any) -> str:
