@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from typing import Any, List, Set, Tuple
 
 import cloudpickle
+import dask
 import psutil
 import pytest
 from conftest import listening, live_children, new_children
@@ -45,3 +48,29 @@ def test_backend_dask_runs_on_a_loopback_cluster_and_closes_it(tmp_path) -> None
     assert not any(port == 8787 for _ip, port in addresses)
     assert not live_children(children_before), "worker processes outlived the run"
     assert listening([me]) <= listening_before, "the run left a port open"
+
+
+def busy_exit_on_poison(x: int) -> int:
+    end = time.perf_counter() + 0.001
+    while time.perf_counter() < end:
+        pass
+    if x in POISON:
+        os._exit(3)
+    return x
+
+
+POISON = (40, 170)
+
+
+@pytest.mark.timeout(120)
+def test_repeated_crashes_cost_only_the_poison_items_and_never_shrink_the_cluster(tmp_path) -> None:
+    # A short lost-worker-timeout makes Dask close restarting workers' nannies often;
+    # the backend must start them again (and bisection must not trip the crash budget).
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    dlq = DeadLetterQueue(DLQPolicy(directory=str(tmp_path)))
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "300ms"}):
+        out = execute(busy_exit_on_poison, range(300), backend="dask", n_jobs=2, dlq=dlq)
+    assert [v for i, v in enumerate(out) if i not in POISON] == [x for x in range(300) if x not in POISON]
+    assert sorted((e.item, e.reason) for e in dlq.get_entries()) == [(x, "worker_crash") for x in POISON]
+    assert not live_children(children_before)
