@@ -9,10 +9,6 @@ from typing import Iterator, List, Set, Tuple
 import psutil
 import pytest
 
-pytest.importorskip("distributed")
-
-from amorsize_dask import start_local_cluster
-
 N_WORKERS = 2
 #: Worker deaths are the point of several tests: keep their expected log lines quiet.
 QUIET_LOGGERS = ("distributed.scheduler", "distributed.nanny", "distributed.worker",
@@ -32,6 +28,7 @@ def _quiet_distributed() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
     """A client on a 2-worker loopback cluster (allowed-failures=0, as amorsize starts it)."""
+    from amorsize_dask import start_local_cluster
     from distributed import Client
 
     cluster = start_local_cluster(N_WORKERS, silence_logs=logging.CRITICAL)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("distributed")
+pytest.importorskip("amorsize_dask")
+
 import os
 import sys
 import time
