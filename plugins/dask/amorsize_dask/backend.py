@@ -196,7 +196,16 @@ class DaskPool:
         #: Workers our own cluster should have (it is repaired back to this width).
         self._width: int = len(cluster.worker_spec) if cluster is not None else (width or 0)
         #: Chunks in flight at once: one per worker thread, as the cluster is now.
-        self.size = max(1, self._threads() or width or 1)
+        threads = self._threads()
+        if not threads:  # a cluster between worker restarts, or still starting
+            try:
+                client.wait_for_workers(1, timeout=NO_WORKERS_TIMEOUT_SECONDS)
+            except Exception as exc:
+                raise DaskBackendError(
+                    f"the Dask cluster has no worker (waited {NO_WORKERS_TIMEOUT_SECONDS:.0f}s)"
+                ) from exc
+            threads = self._threads()
+        self.size = max(1, threads)
         if timeout is not None:
             client.subscribe_topic(self._topic, self._on_report)
 
@@ -391,8 +400,11 @@ class DaskPool:
             self._repair_cluster()
         if self._client.status not in ("running", "connecting"):
             raise DaskBackendError(f"lost the connection to the Dask scheduler ({self._client.status})")
-        if self._threads():
+        threads = self._threads()
+        if threads:
             self._no_workers_since = None
+            if self._cluster is None:  # someone else's cluster may grow while we run
+                self.size = max(self.size, threads)
             return
         if self._no_workers_since is None:
             self._no_workers_since = now
