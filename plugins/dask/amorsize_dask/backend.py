@@ -48,6 +48,7 @@ import cloudpickle
 from amorsize._chunk import ChunkSpec, ChunkTask
 from amorsize._workers import ChunkDone, ChunkLost
 from amorsize.errors import AmorsizeError
+from amorsize_dask._cluster import close_quietly, repair_cluster, start_local_cluster
 from amorsize_dask._remote import TIMEOUT_EXIT_CODE, run_task
 
 #: How long one wait on the futures lasts before the pool checks timeout reports
@@ -57,9 +58,6 @@ POLL_SECONDS = 0.25
 RESULT_TIMEOUT_SECONDS = 60.0
 #: Seconds allowed to connect to a scheduler given by address.
 CONNECT_TIMEOUT_SECONDS = 30.0
-#: Seconds allowed to start, and to close, a cluster we start ourselves.
-CLUSTER_START_TIMEOUT_SECONDS = 60.0
-CLUSTER_CLOSE_TIMEOUT_SECONDS = 20.0
 #: Scheduler RPCs on the rare paths (timeout reports, cancelling, worker counts).
 RPC_TIMEOUT_SECONDS = 10.0
 #: Seconds between two checks that the cluster still has workers, while chunks wait.
@@ -68,11 +66,6 @@ HEALTH_CHECK_SECONDS = 2.0
 NO_WORKERS_TIMEOUT_SECONDS = 60.0
 #: Extra runs of a one-item chunk lost to a crash before it is reported (see module doc).
 SINGLE_ITEM_CONFIRMATIONS = 1
-#: Dask configuration of clusters we start ourselves.
-OWN_CLUSTER_CONFIG = {
-    "distributed.scheduler.allowed-failures": 0,
-    "distributed.scheduler.worker-saturation": 1.0,
-}
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +114,7 @@ class DaskBackend:
             return DaskPool(spec, client, timeout=timeout, cluster=cluster, owns_client=owns_client,
                             width=n_jobs)
         except BaseException:
-            _close(client if owns_client else None, cluster)
+            close_quietly(client if owns_client else None, cluster)
             raise
 
     def _connect(self, n_jobs: Optional[int]) -> Tuple[Any, Any, bool]:
@@ -136,29 +129,9 @@ class DaskBackend:
         try:
             client = Client(cluster, timeout=self.connect_timeout, set_as_default=False)
         except BaseException:
-            _close(None, cluster)
+            close_quietly(None, cluster)
             raise
         return cluster, client, True
-
-
-def start_local_cluster(n_workers: Optional[int] = None, **options: Any) -> Any:
-    """A ``LocalCluster`` as amorsize starts it: loopback only, one thread per worker process."""
-    import dask
-    from distributed import LocalCluster
-
-    from amorsize._costs import usable_cores
-
-    settings: Dict[str, Any] = {
-        "n_workers": n_workers or usable_cores(),
-        "threads_per_worker": 1,
-        "processes": True,
-        "host": "127.0.0.1",
-        "dashboard_address": "127.0.0.1:0",
-        "scheduler_port": 0,
-    }
-    settings.update(options)
-    with dask.config.set(OWN_CLUSTER_CONFIG):
-        return LocalCluster(**settings)
 
 
 class _InFlight:
@@ -279,7 +252,7 @@ class DaskPool:
         except Exception as exc:  # the cluster may be gone already; closing goes on
             log.debug("amorsize-dask: cleanup before close failed: %r", exc)
         finally:
-            _close(self._client if self._owns_client else None, self._cluster)
+            close_quietly(self._client if self._owns_client else None, self._cluster)
 
     # -- events ----------------------------------------------------------------
 
@@ -397,7 +370,7 @@ class DaskPool:
             return
         self._last_health_check = now
         if self._cluster is not None:
-            self._repair_cluster()
+            repair_cluster(self._cluster, self._width)
         if self._client.status not in ("running", "connecting"):
             raise DaskBackendError(f"lost the connection to the Dask scheduler ({self._client.status})")
         threads = self._threads()
@@ -415,30 +388,6 @@ class DaskPool:
             )
 
 
-    def _repair_cluster(self) -> None:
-        """Bring back workers of our own cluster whose nanny the cluster closed.
-
-        ``SpecCluster`` closes a nanny (for good) when a worker of that name was
-        removed ``distributed.deploy.lost-worker-timeout`` (15 s) earlier and is not
-        registered at that moment. With workers dying often (a crashing function),
-        the restarted worker is often just restarting then, so the cluster shrinks
-        until no worker is left; ``scale`` starts nannies for the missing names again.
-        """
-        from distributed.core import Status
-
-        cluster = self._cluster
-        closed = [
-            name for name, nanny in list(cluster.workers.items())
-            if getattr(nanny, "status", None) in (Status.closed, Status.failed)
-        ]
-        for name in closed:
-            cluster.worker_spec.pop(name, None)
-        missing = set(cluster.worker_spec) - set(cluster.workers)
-        if closed or missing or len(cluster.worker_spec) < self._width:
-            log.info("amorsize-dask: restarting lost workers %s", sorted(map(str, {*closed, *missing})))
-            cluster.scale(self._width)
-
-
 def _describe(error: Any) -> str:
     name = type(error).__name__
     if name == "KilledWorker":
@@ -446,12 +395,3 @@ def _describe(error: Any) -> str:
     if name == "CommClosedError":
         return "the connection to the Dask worker closed (the worker died)"
     return f"the Dask task failed ({name}: {str(error)[:200]})"
-
-
-def _close(client: Any, cluster: Any) -> None:
-    try:
-        if client is not None:
-            client.close(timeout=CLUSTER_CLOSE_TIMEOUT_SECONDS)
-    finally:
-        if cluster is not None:
-            cluster.close(timeout=CLUSTER_CLOSE_TIMEOUT_SECONDS)
