@@ -29,8 +29,6 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-import psutil
-
 from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, encode_result, run_chunk
 from amorsize.dlq.entry import DLQEntry
 from amorsize.hook import failure_entry, failure_of
@@ -43,31 +41,11 @@ REPORT_TIMEOUT_SECONDS = 5.0
 TIMEOUT_EXIT_CODE = 75
 #: Loaded specs kept per worker process (one per recent run).
 SPEC_CACHE_SIZE = 4
-#: A worker process younger than this waits out the difference before its first
-#: chunk. A worker that dies within moments of registering with the scheduler can
-#: die before its nanny has marked it running, and that nanny then never restarts
-#: it (seen with distributed 2026.8 under load): a poison chunk handed to a freshly
-#: restarted worker must not kill it that early.
-FRESH_WORKER_GRACE_SECONDS = 1.0
 
 _specs: collections.OrderedDict[str, Tuple[Optional[ChunkSpec], Optional[BaseException]]] = (
     collections.OrderedDict()
 )
 _specs_lock = threading.Lock()
-_settled = False
-
-
-def _settle_fresh_worker() -> None:
-    global _settled
-    if _settled:
-        return
-    _settled = True
-    try:
-        age = time.time() - psutil.Process().create_time()
-    except Exception:
-        return
-    if 0 <= age < FRESH_WORKER_GRACE_SECONDS:
-        time.sleep(FRESH_WORKER_GRACE_SECONDS - age)
 
 
 def _load_spec(token: str, spec_bytes: bytes) -> Tuple[Optional[ChunkSpec], Optional[BaseException]]:
@@ -172,7 +150,6 @@ def run_task(
         timeout: per-item seconds; overrunning ends this worker process (see the module doc).
         topic, key: where the watchdog reports a timeout, and under which task key.
     """
-    _settle_fresh_worker()
     spec, error = _load_spec(token, spec_bytes)
     fallback = spec or ChunkSpec(None, None, include_traceback, function)  # type: ignore[arg-type]
     task: Optional[ChunkTask] = None
