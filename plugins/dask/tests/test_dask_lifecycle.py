@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("distributed")
 pytest.importorskip("amorsize_dask")
 
+import logging
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ import cloudpickle
 import dask
 import psutil
 import pytest
+from amorsize_dask import DaskBackend
 from conftest import listening, live_children, new_children
 
 from amorsize import DeadLetterQueue, DLQPolicy, execute, is_failure
@@ -79,3 +81,34 @@ def test_repeated_crashes_cost_only_the_poison_items_and_never_shrink_the_cluste
     assert [v for i, v in enumerate(out) if i not in POISON] == [x for x in range(300) if x not in POISON]
     assert sorted((e.item, e.reason) for e in dlq.get_entries()) == [(x, "worker_crash") for x in POISON]
     assert not live_children(children_before)
+
+
+def sleep_on_4_exit_on_11(x: int) -> int:
+    if x == 4:
+        time.sleep(60)
+    if x == 11:
+        os._exit(5)
+    return x
+
+
+@pytest.mark.timeout(120)
+def test_someone_elses_cluster_with_dask_defaults_isolates_timeouts_and_crashes(tmp_path) -> None:
+    # Dask's default allowed-failures (3) retries a task that killed its worker; the
+    # timeout report cancels the task instead, and a crash still costs one item.
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                           dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
+    client = Client(cluster, set_as_default=False, timeout=30)
+    try:
+        dlq = DeadLetterQueue(DLQPolicy(directory=str(tmp_path)))
+        out = execute(sleep_on_4_exit_on_11, range(16), backend=DaskBackend(client=client),
+                      dlq=dlq, timeout=1.0, chunksize=4)
+        assert [v for v in out if not is_failure(v)] == [x for x in range(16) if x not in (4, 11)]
+        assert sorted((e.item, e.reason) for e in dlq.get_entries()) == [
+            (4, "timeout"), (11, "worker_crash")
+        ]
+        assert client.status == "running"
+    finally:
+        client.close(timeout=20)
+        cluster.close(timeout=20)
