@@ -28,8 +28,10 @@ worker, and an innocent task that dies with it must not be dead-lettered.
 **Clusters we start** (no address, no client): a ``LocalCluster`` on loopback
 with the dashboard on ``127.0.0.1:<random port>``, ``allowed-failures=0`` (a
 crash is reported at once; the dispatcher does the splitting) and
-``worker-saturation=1.0``; it is closed at the end of the run. A cluster given
-by address or client is left running and its configuration is not touched.
+``worker-saturation=1.0``; it is closed at the end of the run. Its nannies are
+never closed by the cluster while they restart a worker, and missing workers are
+started again (see :mod:`amorsize_dask._cluster`). A cluster given by address or
+client is left running and its configuration is not touched.
 """
 
 from __future__ import annotations
@@ -227,6 +229,10 @@ class DaskPool:
                     done, _ = dask_wait(futures, timeout=step, return_when="FIRST_COMPLETED")
             except (TimeoutError, asyncio.TimeoutError):
                 done = set()
+            except Exception:  # FuturesCancelledError: _collect reads each future's status
+                done = {future for future in futures if future.status != "pending"}
+                if not done:
+                    raise
             self._check_workers()
             events = []
             for future in done:
