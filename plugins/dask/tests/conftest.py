@@ -31,6 +31,9 @@ def client() -> Iterator[object]:
     from amorsize_dask import start_local_cluster
     from distributed import Client
 
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    ports_before = listening([me])
     cluster = start_local_cluster(N_WORKERS, silence_logs=logging.CRITICAL)
     client = Client(cluster, set_as_default=False, timeout=30)
     try:
@@ -38,6 +41,8 @@ def client() -> Iterator[object]:
     finally:
         client.close(timeout=20)
         cluster.close(timeout=20)
+    assert not live_children(children_before), "the cluster left processes behind"
+    assert listening([me]) <= ports_before, "the cluster left a port open"
 
 
 @pytest.fixture
