@@ -56,6 +56,14 @@ def test_registered_under_the_entry_point_group() -> None:
     assert isinstance(resolve_backend("dask"), DaskBackend)
 
 
+@pytest.mark.timeout(30)
+def test_an_address_and_a_client_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="address or a client"):
+        DaskBackend(address="tcp://127.0.0.1:8786", client=object())
+    backend = resolve_backend("dask")
+    assert backend.address is None and backend.client is None  # a cluster of its own
+
+
 @pytest.mark.timeout(60)
 def test_core_amorsize_never_imports_dask() -> None:
     code = textwrap.dedent(
