@@ -492,7 +492,8 @@ class _Run:
                 self.pending.extendleft(
                     [self._subtask(task, half, len(task.items)), self._subtask(task, 0, half)]
                 )
-                self._count_crash()
+                # Not counted against the crash budget: the death is counted once, when
+                # bisection has isolated the item, as with a backend that knows the position.
                 return
             position = 0
         entry = self._lost_entry(task, position, event)

@@ -1,0 +1,94 @@
+"""Clusters amorsize starts itself: loopback only, configured for crash isolation, kept at width."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional
+
+#: Seconds allowed for a worker of our cluster to start and reach the scheduler,
+#: and to close the client and the cluster.
+CLUSTER_START_TIMEOUT_SECONDS = 60.0
+CLUSTER_CLOSE_TIMEOUT_SECONDS = 20.0
+#: Dask configuration of clusters we start ourselves: a worker death fails its task
+#: at once (the dispatcher does the splitting), and a worker holds one task at a time.
+OWN_CLUSTER_CONFIG = {
+    "distributed.scheduler.allowed-failures": 0,
+    "distributed.scheduler.worker-saturation": 1.0,
+}
+
+log = logging.getLogger(__name__)
+
+
+def start_local_cluster(n_workers: Optional[int] = None, **options: Any) -> Any:
+    """A ``LocalCluster`` as amorsize starts it: loopback only, one thread per worker process."""
+    import dask
+    from distributed import LocalCluster
+
+    from amorsize._costs import usable_cores
+
+    settings: Dict[str, Any] = {
+        "n_workers": n_workers or usable_cores(),
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+        "scheduler_port": 0,
+        "death_timeout": CLUSTER_START_TIMEOUT_SECONDS,
+    }
+    settings.update(options)
+    with dask.config.set(OWN_CLUSTER_CONFIG):
+        return _cluster_class(LocalCluster)(**settings)
+
+
+_classes: Dict[Any, Any] = {}
+
+
+def _cluster_class(base: Any) -> Any:
+    """``base`` (LocalCluster) minus the closing of nannies whose worker is restarting.
+
+    ``SpecCluster`` closes a nanny for good when a worker of that name was removed
+    ``distributed.deploy.lost-worker-timeout`` (15 s) earlier and is not registered
+    at that very moment: meant for lost batch jobs, but here the nanny is restarting
+    its worker, and with a function that crashes often the cluster shrank to zero
+    workers (and workers running innocent chunks were killed with it). Worker
+    bookkeeping of ``Cluster`` is kept; :func:`repair_cluster` remains a safety net.
+    """
+    if base not in _classes:
+        from distributed.deploy.cluster import Cluster
+
+        class KeepNanniesCluster(base):
+            def _update_worker_status(self, op: Any, msg: Any) -> None:
+                Cluster._update_worker_status(self, op, msg)
+
+        _classes[base] = KeepNanniesCluster
+    return _classes[base]
+
+
+def repair_cluster(cluster: Any, width: int) -> None:
+    """Start workers again for the names of our cluster whose nanny closed or vanished.
+
+    A safety net behind :func:`_cluster_class`: whatever closed a nanny, ``scale``
+    brings the cluster back to ``width`` workers.
+    """
+    from distributed.core import Status
+
+    closed = [
+        name for name, nanny in list(cluster.workers.items())
+        if getattr(nanny, "status", None) in (Status.closed, Status.failed)
+    ]
+    for name in closed:
+        cluster.worker_spec.pop(name, None)
+    missing = set(cluster.worker_spec) - set(cluster.workers)
+    if closed or missing or len(cluster.worker_spec) < width:
+        log.info("amorsize-dask: restarting lost workers %s", sorted(map(str, {*closed, *missing})))
+        cluster.scale(width)
+
+
+def close_quietly(client: Any, cluster: Any) -> None:
+    """Close ``client`` then ``cluster`` (either may be None), each with a timeout."""
+    try:
+        if client is not None:
+            client.close(timeout=CLUSTER_CLOSE_TIMEOUT_SECONDS)
+    finally:
+        if cluster is not None:
+            cluster.close(timeout=CLUSTER_CLOSE_TIMEOUT_SECONDS)
