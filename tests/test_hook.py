@@ -6,6 +6,7 @@ what a pool worker runs; tests/test_shared_dlq.py runs it inside real pools.
 
 from __future__ import annotations
 
+import copyreg
 import os
 import pickle
 import socket
@@ -51,6 +52,15 @@ class TwoArgError(Exception):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+@pytest.fixture(autouse=True)
+def _two_arg_error_stays_unpicklable():
+    """Importing dask.distributed (its plugin tests share this session) installs tblib's
+    pickling for every exception class that exists at that moment, which would make
+    TwoArgError picklable; undo it so these tests exercise the unpicklable case."""
+    copyreg.dispatch_table.pop(TwoArgError, None)
+    yield
 
 
 def raise_two_arg(x: Any) -> Any:

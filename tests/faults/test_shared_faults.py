@@ -7,6 +7,7 @@ and the waits inside are bounded.
 from __future__ import annotations
 
 import concurrent.futures
+import copyreg
 import multiprocessing
 import os
 import signal
@@ -39,6 +40,15 @@ class TwoArgError(Exception):
 
     def __init__(self, code: int, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
+
+
+@pytest.fixture(autouse=True)
+def _two_arg_error_stays_unpicklable():
+    """Importing dask.distributed (its plugin tests share this session) installs tblib's
+    pickling for every exception class that exists at that moment, which would make
+    TwoArgError picklable; undo it so these tests exercise the unpicklable case."""
+    copyreg.dispatch_table.pop(TwoArgError, None)
+    yield
 
 
 def fail_odd(x: int) -> int:
