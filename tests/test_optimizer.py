@@ -292,6 +292,42 @@ def test_peak_memory_respects_a_users_own_tracing(measured):
         tracemalloc.stop()
 
 
+def test_slow_items_skip_tracemalloc_and_estimate_peak_from_rss(monkeypatch):
+    # Tracing slows allocation-heavy code 10-30x: for slow items the traced call
+    # would cost the dry run more than the rest of the sample.
+    traced: list[object] = []
+    monkeypatch.setattr(_costs, "_traced_call", lambda f, x: traced.append(x))
+    monkeypatch.setattr(_costs, "TRACE_MAX_ITEM_SECONDS", 0.0)
+    sample = _costs.run_sample(allocate_a_megabyte, range(10), 3)
+    assert traced == []
+    assert not tracemalloc.is_tracing()
+    assert sample.stats.peak_memory_per_item is not None
+    assert sample.stats.peak_memory_per_item >= 0
+    assert len(sample.results) == 3 and sample.stats.per_item_seconds > 0
+
+
+def test_fast_items_are_traced(monkeypatch):
+    monkeypatch.setattr(_costs, "TRACE_MAX_ITEM_SECONDS", math.inf)
+    calls: list[object] = []
+
+    def rss_call(func, item):
+        calls.append(item)
+        return func(item), 0.0, 0
+
+    monkeypatch.setattr(_costs, "_rss_call", rss_call)
+    sample = _costs.run_sample(allocate_a_megabyte, range(10), 3)
+    assert calls == []
+    assert sample.stats.peak_memory_per_item >= 2**20
+
+
+def test_rss_estimate_sees_a_retained_allocation():
+    kept: list[bytearray] = []
+    size = 64 * 2**20
+    result, seconds, grown = _costs._rss_call(lambda n: kept.append(bytearray(n)), size)
+    assert result is None and seconds >= 0
+    assert grown >= size // 2  # bytearray(n) touches its pages; allow allocator slack
+
+
 def test_unpicklable_func_or_items_run_serially(measured):
     with pytest.warns(OptimizerWarning, match="func cannot be pickled"):
         assert optimize(Unpicklable(), range(100)).serial
