@@ -4,7 +4,7 @@
 
 ::
 
-    run_sample(func, items)        first sample_size items, run in this process
+    run_sample(func, items)        first sample_size items (fewer if slow), run in this process
       ├─ timed with perf_counter    → per-item seconds, coefficient of variation
       ├─ last item under tracemalloc → peak memory per item (kept out of the timing;
       │   items over TRACE_MAX_ITEM_SECONDS use the RSS high-water mark instead)
@@ -70,6 +70,11 @@ FALLBACK_COSTS_OTHER = (0.5, 2e-4, 2e-8)  # spawn and anything unknown
 #: 10 ms item would cost the dry run a quarter of a second, more than the rest of
 #: the sample. For items this slow the RSS estimate is cheap in comparison.
 TRACE_MAX_ITEM_SECONDS = 1e-3
+#: The dry run stops early, after at least ``MIN_SAMPLE_ITEMS`` items, when the
+#: next item would take it past ``SAMPLE_BUDGET_SECONDS``: five 10 ms items would
+#: otherwise hold the parent for 50 ms (5% of a 1 s run) before any worker starts.
+SAMPLE_BUDGET_SECONDS = 0.02
+MIN_SAMPLE_ITEMS = 2
 #: Units of ``ru_maxrss``: bytes on macOS, KiB elsewhere.
 RU_MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
 #: Version of the costs.json layout; a file with another version is re-measured.
@@ -401,6 +406,9 @@ def _max_rss() -> int:
 def run_sample(func: Callable[[Any], Any], items: Iterable[Any], sample_size: int) -> Sample:
     """Run ``func`` on the first ``sample_size`` items in this process and measure it.
 
+    Sampling stops early, after at least ``MIN_SAMPLE_ITEMS``, once the next item
+    would take it past ``SAMPLE_BUDGET_SECONDS``.
+
     The last sampled item (when there are at least two) runs under tracemalloc for
     the memory peak; its timing is used only if no other item succeeded, since
     tracing slows allocation-heavy code down. When each item before it took over
@@ -410,7 +418,7 @@ def run_sample(func: Callable[[Any], Any], items: Iterable[Any], sample_size: in
     Args:
         func: the function that will be mapped.
         items: any iterable; an iterator gets its sampled items chained back.
-        sample_size: how many items to run.
+        sample_size: how many items to run at most.
 
     Returns:
         A :class:`Sample`; exceptions from ``func`` are recorded, not raised.
@@ -432,8 +440,15 @@ def run_sample(func: Callable[[Any], Any], items: Iterable[Any], sample_size: in
     failures: list[SampleFailure] = []
     times: list[float] = []
     traced_seconds, peak = None, None
+    began = time.perf_counter()
     for index, item in enumerate(head):
-        traced = index == len(head) - 1 and len(head) >= 2
+        spent = time.perf_counter() - began
+        # Stop early once the next item would overrun the budget (slow items need
+        # fewer samples to be priced, and every one of them runs serially here).
+        last = index == len(head) - 1 or (
+            index >= max(1, MIN_SAMPLE_ITEMS - 1)
+            and spent + spent / index >= SAMPLE_BUDGET_SECONDS)
+        traced = last and index >= 1
         try:
             if traced and times and min(times) > TRACE_MAX_ITEM_SECONDS:
                 result, seconds, peak = _rss_call(func, item)
@@ -448,6 +463,9 @@ def run_sample(func: Callable[[Any], Any], items: Iterable[Any], sample_size: in
             result = SampleFailure(index, type(exc).__name__, str(exc))
             failures.append(result)
         results.append(result)
+        if last:
+            break
+    head = head[:len(results)]
     if not times and traced_seconds is not None:
         times.append(traced_seconds)
 

@@ -292,6 +292,32 @@ def test_peak_memory_respects_a_users_own_tracing(measured):
         tracemalloc.stop()
 
 
+def test_slow_items_stop_the_sample_early(measured, monkeypatch):
+    # Every sampled item runs serially in the parent: slow ones are priced from fewer.
+    monkeypatch.setattr(_costs, "SAMPLE_BUDGET_SECONDS", 0.0)
+    result = optimize(square, (i for i in range(100)), sample_size=5)
+    assert result.sample_results == (0, 1)
+    assert list(result.data) == list(range(100))
+    assert result.total_items is None
+    listed = optimize(square, list(range(10)), sample_size=5)
+    assert listed.sample_results == (0, 1) and listed.total_items == 10
+
+
+def test_fast_items_fill_the_sample(measured, monkeypatch):
+    monkeypatch.setattr(_costs, "SAMPLE_BUDGET_SECONDS", math.inf)
+    result = optimize(square, iter(range(100)), sample_size=5)
+    assert result.sample_results == (0, 1, 4, 9, 16)
+    assert list(result.data) == list(range(100))
+
+
+def test_sample_budget_counts_items_that_raised(measured, monkeypatch):
+    monkeypatch.setattr(_costs, "SAMPLE_BUDGET_SECONDS", 0.0)
+    with pytest.warns(OptimizerWarning, match="raised on 1 of 2"):
+        result = optimize(boom_on_one, range(10))
+    assert isinstance(result.sample_results[1], SampleFailure)
+    assert len(result.sample_results) == 2
+
+
 def test_slow_items_skip_tracemalloc_and_estimate_peak_from_rss(monkeypatch):
     # Tracing slows allocation-heavy code 10-30x: for slow items the traced call
     # would cost the dry run more than the rest of the sample.
