@@ -66,10 +66,10 @@ FALLBACK_COSTS = {"fork": (0.02, 2e-4, 2e-8), "forkserver": (0.1, 2e-4, 2e-8)}
 FALLBACK_COSTS_OTHER = (0.5, 2e-4, 2e-8)  # spawn and anything unknown
 #: When every untraced sampled item took longer than this, the last one gets
 #: its memory peak from the process's resident set size instead of tracemalloc:
-#: tracing every allocation slows allocation-heavy Python 10-30x, so tracing one
-#: 10 ms item would cost the dry run a quarter of a second, more than the rest of
-#: the sample. For items this slow the RSS estimate is cheap in comparison.
-TRACE_MAX_ITEM_SECONDS = 1e-3
+#: tracing every allocation slows allocation-heavy Python 10-50x, so tracing one
+#: 10 ms item cost the dry run 0.2-0.6 s, more than the rest of the sample. Below
+#: this bound a traced item costs at most a few milliseconds.
+TRACE_MAX_ITEM_SECONDS = 2e-4
 #: The dry run stops early, after at least ``MIN_SAMPLE_ITEMS`` items, when the
 #: next item would take it past ``SAMPLE_BUDGET_SECONDS``: five 10 ms items would
 #: otherwise hold the parent for 50 ms (5% of a 1 s run) before any worker starts.
