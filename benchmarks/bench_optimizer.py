@@ -16,10 +16,11 @@ For every workload it measures:
 * **optimize %**: ``optimize(f, items)`` with a warm cost cache, as a share of the
   automatic run (reported only for runs over 1 s).
 
-The search times each cell once (``--grid-repeats``). The winning setting is then
-timed again together with ours and the peers, interleaved round by round, and
-every ratio is a median over ``--repeats`` (3) rounds against the winner's median:
-other processes share the cores, and interleaving spreads their load evenly.
+The search times each cell once (``--grid-repeats``). Its winner and the serial
+loop are then timed again together with ours and the peers, interleaved round by
+round; "best grid" is the faster of the two medians over ``--repeats`` (3) rounds,
+and every ratio is a median against it. Other processes share the cores, and
+interleaving spreads their load evenly.
 Targets are printed, never asserted; a row that misses one is timed again first.
 """
 
@@ -228,29 +229,37 @@ class Row:
 
 
 def rounds(w: Workload, setting: Tuple[Optional[int], int], repeats: int,
-           log: Callable[[str], None]) -> Tuple[float, float, float, float]:
-    """Median (best grid setting, ours auto, Pool.map, joblib) over interleaved rounds.
+           log: Callable[[str], None]) -> Tuple[str, Tuple[Optional[int], int], float,
+                                                float, float, float]:
+    """Time the serial loop, the grid's winner, ours and the peers in interleaved rounds.
 
-    The four are timed one after another in each round, so load from other
-    processes falls on all of them alike instead of on whichever ran last.
+    Each round runs them one after another, so load from other processes falls on
+    all of them alike instead of on whichever ran last. The serial loop is always
+    timed again: a noisy search must not crown a parallel setting over it.
+
+    Returns (best name, best setting, its median, then the medians of ours auto,
+    Pool.map and joblib).
     """
-    n_jobs, chunksize = setting
-    best_run = serial_loop(w) if n_jobs is None else ours_fixed(w, n_jobs, chunksize)
-    runs = [best_run, ours_auto(w), pool_map(w), joblib_auto(w)]
+    runs = [serial_loop(w), ours_auto(w), pool_map(w), joblib_auto(w)]
+    if setting[0] is not None:
+        runs.append(ours_fixed(w, setting[0], setting[1]))
     times: List[List[float]] = [[] for _ in runs]
     for _ in range(repeats):
         for run, bucket in zip(runs, times):
             bucket.append(timed(run))
-    log("    rounds (grid, auto, Pool.map, joblib): "
+    log("    rounds (serial, auto, Pool.map, joblib[, grid winner]): "
         + "; ".join(", ".join(f"{t:.3f}" for t in bucket) for bucket in times))
-    grid_s, auto_s, pool_s, joblib_s = (statistics.median(b) for b in times)
-    return grid_s, auto_s, pool_s, joblib_s
+    serial_s, auto_s, pool_s, joblib_s, *winner = (statistics.median(b) for b in times)
+    if winner and winner[0] < serial_s:
+        name = f"n={setting[0]} c={setting[1]}"
+        return name, setting, winner[0], auto_s, pool_s, joblib_s
+    return "serial loop", (None, 0), serial_s, auto_s, pool_s, joblib_s
 
 
 def measure(w: Workload, args: argparse.Namespace, log: Callable[[str], None]) -> Row:
     log(f"  {w.name}: {len(w.items)} items")
-    grid_name, setting, _ = grid(w, args.grid_repeats, log)
-    grid_s, auto_s, pool_s, joblib_s = rounds(w, setting, args.repeats, log)
+    _, found, _ = grid(w, args.grid_repeats, log)
+    grid_name, setting, grid_s, auto_s, pool_s, joblib_s = rounds(w, found, args.repeats, log)
     amorsize.optimize(w.func, w.items)  # warm the cost cache
     optimize_s = statistics.median(timed(lambda: amorsize.optimize(w.func, w.items))
                                    for _ in range(3))
@@ -350,8 +359,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # timing the same grid setting against ours again.
             print(f"  {w.name} missed a target ({row.ratio:.2f}x); measuring it again",
                   flush=True)
-            row.grid_s, row.auto_s, row.pool_s, row.joblib_s = rounds(
-                w, row.setting, args.repeats, log)
+            (row.grid_name, row.setting, row.grid_s, row.auto_s, row.pool_s,
+             row.joblib_s) = rounds(w, row.setting, args.repeats, log)
         rows.append(row)
     print()
     print(table(rows))
