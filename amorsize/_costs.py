@@ -4,9 +4,10 @@
 
 ::
 
-    run_sample(func, items)        first sample_size items, run in this process
+    run_sample(func, items)        first sample_size items (fewer if slow), run in this process
       ├─ timed with perf_counter    → per-item seconds, coefficient of variation
-      ├─ last item under tracemalloc → peak memory per item (kept out of the timing)
+      ├─ last item under tracemalloc → peak memory per item (kept out of the timing;
+      │   items over TRACE_MAX_ITEM_SECONDS use the RSS high-water mark instead)
       └─ pickled sizes              → bytes per item and per result
 
     get_startup_costs(method)      costs.json in the user cache dir, one entry per
@@ -63,6 +64,19 @@ MEASURE_TIMEOUT = 60.0
 #: deliberately pessimistic, so a failed measurement never makes parallel look cheap.
 FALLBACK_COSTS = {"fork": (0.02, 2e-4, 2e-8), "forkserver": (0.1, 2e-4, 2e-8)}
 FALLBACK_COSTS_OTHER = (0.5, 2e-4, 2e-8)  # spawn and anything unknown
+#: When every untraced sampled item took longer than this, the last one gets
+#: its memory peak from the process's resident set size instead of tracemalloc:
+#: tracing every allocation slows allocation-heavy Python 10-50x, so tracing one
+#: 10 ms item cost the dry run 0.2-0.6 s, more than the rest of the sample. Below
+#: this bound a traced item costs at most a few milliseconds.
+TRACE_MAX_ITEM_SECONDS = 2e-4
+#: The dry run stops early, after at least ``MIN_SAMPLE_ITEMS`` items, when the
+#: next item would take it past ``SAMPLE_BUDGET_SECONDS``: five 10 ms items would
+#: otherwise hold the parent for 50 ms (5% of a 1 s run) before any worker starts.
+SAMPLE_BUDGET_SECONDS = 0.02
+MIN_SAMPLE_ITEMS = 2
+#: Units of ``ru_maxrss``: bytes on macOS, KiB elsewhere.
+RU_MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
 #: Version of the costs.json layout; a file with another version is re-measured.
 CACHE_FORMAT = 1
 CACHE_FILE = "costs.json"
@@ -307,7 +321,10 @@ class SampleStats:
     per_item_cv: float  #: coefficient of variation of those timings (0 if fewer than 2)
     item_pickle_bytes: int  #: mean pickled size of a sampled item
     result_pickle_bytes: int  #: mean pickled size of a result
-    peak_memory_per_item: int | None = None  #: tracemalloc peak of one call, if measured
+    #: Peak memory of one call, if measured: tracemalloc's peak, or for slow items
+    #: the growth of RSS or of its high-water mark (blind to short-lived peaks
+    #: below an earlier high-water mark).
+    peak_memory_per_item: int | None = None
     n_sampled: int = 0
     n_failed: int = 0
     picklable: bool = True  #: func, items and results can all be sent to a worker
@@ -360,17 +377,48 @@ def _traced_call(func: Callable[[Any], Any], item: Any) -> tuple[Any, float, int
     return result, seconds, max(peak, 0)
 
 
+def _rss_call(func: Callable[[Any], Any], item: Any) -> tuple[Any, float, int]:
+    """Call ``func(item)``; return (result, seconds, RSS growth estimate in bytes).
+
+    The estimate is the larger of the growth of the resident set and of its
+    high-water mark (``ru_maxrss``), so memory freed before the call returns still
+    counts when it pushed the process past its previous peak.
+    """
+    process = psutil.Process()
+    rss = process.memory_info().rss
+    high = _max_rss()
+    start = time.perf_counter()
+    result = func(item)
+    seconds = time.perf_counter() - start
+    grown = max(process.memory_info().rss - rss, _max_rss() - high, 0)
+    return result, seconds, grown
+
+
+def _max_rss() -> int:
+    """This process's resident set high-water mark in bytes (0 where unknown)."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RU_MAXRSS_BYTES
+
+
 def run_sample(func: Callable[[Any], Any], items: Iterable[Any], sample_size: int) -> Sample:
     """Run ``func`` on the first ``sample_size`` items in this process and measure it.
 
+    Sampling stops early, after at least ``MIN_SAMPLE_ITEMS``, once the next item
+    would take it past ``SAMPLE_BUDGET_SECONDS``.
+
     The last sampled item (when there are at least two) runs under tracemalloc for
     the memory peak; its timing is used only if no other item succeeded, since
-    tracing slows allocation-heavy code down.
+    tracing slows allocation-heavy code down. When each item before it took over
+    ``TRACE_MAX_ITEM_SECONDS``, it runs untraced instead, timed like the
+    others, and its peak is estimated from the RSS (:func:`_rss_call`).
 
     Args:
         func: the function that will be mapped.
         items: any iterable; an iterator gets its sampled items chained back.
-        sample_size: how many items to run.
+        sample_size: how many items to run at most.
 
     Returns:
         A :class:`Sample`; exceptions from ``func`` are recorded, not raised.
@@ -392,10 +440,20 @@ def run_sample(func: Callable[[Any], Any], items: Iterable[Any], sample_size: in
     failures: list[SampleFailure] = []
     times: list[float] = []
     traced_seconds, peak = None, None
+    began = time.perf_counter()
     for index, item in enumerate(head):
-        traced = index == len(head) - 1 and len(head) >= 2
+        spent = time.perf_counter() - began
+        # Stop early once the next item would overrun the budget (slow items need
+        # fewer samples to be priced, and every one of them runs serially here).
+        last = index == len(head) - 1 or (
+            index >= max(1, MIN_SAMPLE_ITEMS - 1)
+            and spent + spent / index >= SAMPLE_BUDGET_SECONDS)
+        traced = last and index >= 1
         try:
-            if traced:
+            if traced and times and min(times) > TRACE_MAX_ITEM_SECONDS:
+                result, seconds, peak = _rss_call(func, item)
+                times.append(seconds)
+            elif traced:
                 result, traced_seconds, peak = _traced_call(func, item)
             else:
                 start = time.perf_counter()
@@ -405,6 +463,9 @@ def run_sample(func: Callable[[Any], Any], items: Iterable[Any], sample_size: in
             result = SampleFailure(index, type(exc).__name__, str(exc))
             failures.append(result)
         results.append(result)
+        if last:
+            break
+    head = head[:len(results)]
     if not times and traced_seconds is not None:
         times.append(traced_seconds)
 

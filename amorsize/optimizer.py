@@ -321,14 +321,15 @@ def optimize(func: Callable[[Any], Any], items: Iterable[Any], *, sample_size: i
              start_method: str | None = None) -> OptimizationResult:
     """Dry-run ``func`` on a few items and recommend n_jobs and chunksize.
 
-    ``func`` runs in this process on the first ``sample_size`` items (their results
+    ``func`` runs in this process on the first ``sample_size`` items or fewer (their results
     are in ``sample_results``). Iterate ``result.data`` afterwards, not ``items``:
     for a generator it holds the sampled items chained back in.
 
     Args:
         func: the function to map; exceptions it raises while sampling are warnings.
         items: any iterable; an iterator is never consumed beyond the sample.
-        sample_size: items to run in the dry run (>= 1).
+        sample_size: items to run in the dry run at most (>= 1); slow items stop it
+            earlier (``SAMPLE_BUDGET_SECONDS`` in :mod:`amorsize._costs`).
         target_chunk_duration: seconds of work a chunk should hold (> 0).
         n_jobs_max: upper bound on n_jobs (>= 1), or None for the usable cores.
         start_method: multiprocessing start method to price; None for the default.

@@ -276,20 +276,86 @@ def test_short_and_empty_inputs(measured):
     assert short.total_items == 3 and list(short.data) == [0, 1, 2]
 
 
-def test_peak_memory_is_measured_without_leaving_tracemalloc_on(measured):
+def test_peak_memory_is_measured_without_leaving_tracemalloc_on(measured, monkeypatch):
+    # The first call of allocate_a_megabyte can take over TRACE_MAX_ITEM_SECONDS
+    # (fresh pages); pin the tracemalloc path, whose peak is exact.
+    monkeypatch.setattr(_costs, "TRACE_MAX_ITEM_SECONDS", math.inf)
     result = optimize(allocate_a_megabyte, range(10), sample_size=2)
     assert result.peak_memory_per_item is not None
     assert result.peak_memory_per_item >= 2**20
     assert not tracemalloc.is_tracing()
 
 
-def test_peak_memory_respects_a_users_own_tracing(measured):
+def test_peak_memory_respects_a_users_own_tracing(measured, monkeypatch):
+    monkeypatch.setattr(_costs, "TRACE_MAX_ITEM_SECONDS", math.inf)
     tracemalloc.start()
     try:
         optimize(allocate_a_megabyte, range(10), sample_size=2)
         assert tracemalloc.is_tracing()
     finally:
         tracemalloc.stop()
+
+
+def test_slow_items_stop_the_sample_early(measured, monkeypatch):
+    # Every sampled item runs serially in the parent: slow ones are priced from fewer.
+    monkeypatch.setattr(_costs, "SAMPLE_BUDGET_SECONDS", 0.0)
+    result = optimize(square, (i for i in range(100)), sample_size=5)
+    assert result.sample_results == (0, 1)
+    assert list(result.data) == list(range(100))
+    assert result.total_items is None
+    listed = optimize(square, list(range(10)), sample_size=5)
+    assert listed.sample_results == (0, 1) and listed.total_items == 10
+
+
+def test_fast_items_fill_the_sample(measured, monkeypatch):
+    monkeypatch.setattr(_costs, "SAMPLE_BUDGET_SECONDS", math.inf)
+    result = optimize(square, iter(range(100)), sample_size=5)
+    assert result.sample_results == (0, 1, 4, 9, 16)
+    assert list(result.data) == list(range(100))
+
+
+def test_sample_budget_counts_items_that_raised(measured, monkeypatch):
+    monkeypatch.setattr(_costs, "SAMPLE_BUDGET_SECONDS", 0.0)
+    with pytest.warns(OptimizerWarning, match="raised on 1 of 2"):
+        result = optimize(boom_on_one, range(10))
+    assert isinstance(result.sample_results[1], SampleFailure)
+    assert len(result.sample_results) == 2
+
+
+def test_slow_items_skip_tracemalloc_and_estimate_peak_from_rss(monkeypatch):
+    # Tracing slows allocation-heavy code 10-30x: for slow items the traced call
+    # would cost the dry run more than the rest of the sample.
+    traced: list[object] = []
+    monkeypatch.setattr(_costs, "_traced_call", lambda f, x: traced.append(x))
+    monkeypatch.setattr(_costs, "TRACE_MAX_ITEM_SECONDS", 0.0)
+    sample = _costs.run_sample(allocate_a_megabyte, range(10), 3)
+    assert traced == []
+    assert not tracemalloc.is_tracing()
+    assert sample.stats.peak_memory_per_item is not None
+    assert sample.stats.peak_memory_per_item >= 0
+    assert len(sample.results) == 3 and sample.stats.per_item_seconds > 0
+
+
+def test_fast_items_are_traced(monkeypatch):
+    monkeypatch.setattr(_costs, "TRACE_MAX_ITEM_SECONDS", math.inf)
+    calls: list[object] = []
+
+    def rss_call(func, item):
+        calls.append(item)
+        return func(item), 0.0, 0
+
+    monkeypatch.setattr(_costs, "_rss_call", rss_call)
+    sample = _costs.run_sample(allocate_a_megabyte, range(10), 3)
+    assert calls == []
+    assert sample.stats.peak_memory_per_item >= 2**20
+
+
+def test_rss_estimate_sees_a_retained_allocation():
+    kept: list[bytearray] = []
+    size = 64 * 2**20
+    result, seconds, grown = _costs._rss_call(lambda n: kept.append(bytearray(n)), size)
+    assert result is None and seconds >= 0
+    assert grown >= size // 2  # bytearray(n) touches its pages; allow allocator slack
 
 
 def test_unpicklable_func_or_items_run_serially(measured):
