@@ -9,6 +9,7 @@ worker instead of a hang or a crash in the parent.
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import time
 from dataclasses import dataclass
@@ -73,6 +74,9 @@ def run_chunk(
     failures: List[DLQEntry] = []
     begin = time.perf_counter()
     slots = _fast_slots(progress)
+    if slots is None and retry is None:
+        _run_plain(spec, task, values, failures)
+        return ChunkResult(task.chunk_id, task.start, values, failures, time.perf_counter() - begin)
     for position, item in enumerate(task.items):
         if slots is not None:
             if clock is not None:
@@ -96,6 +100,30 @@ def run_chunk(
         failures.append(entry)
         values.append(failure_of(entry))
     return ChunkResult(task.chunk_id, task.start, values, failures, time.perf_counter() - begin)
+
+
+def _run_plain(spec: ChunkSpec, task: ChunkTask, values: List[Any], failures: List[DLQEntry]) -> None:
+    """The in-process path without retry or progress slots: as fast as a list comprehension.
+
+    ``list.extend`` keeps the values appended before ``func`` raised, so ``len(values)``
+    is the position of the failing item; the map resumes after it.
+    """
+    items, func = task.items, spec.func
+    position = 0
+    while position < len(items):
+        try:
+            values.extend(map(func, itertools.islice(items, position, None)))
+            return
+        except Exception as exc:
+            position = len(values)
+            entry = failure_entry(
+                items[position], exc, attempts=1, function=spec.function_name,
+                include_traceback=spec.include_traceback,
+                extra={"index": task.start + position},
+            )
+            failures.append(entry)
+            values.append(failure_of(entry))
+            position += 1
 
 
 def _fast_slots(progress: Optional[Any]) -> Optional[Any]:

@@ -182,6 +182,7 @@ class _Run:
         except TypeError:
             self.total = None
         self.source = iter(items)
+        self.items = items if self.total is not None else None  # sized: the optimizer sees len
         self.func = func
         _check_optional_int("n_jobs", n_jobs, 1)
         _check_optional_int("chunksize", chunksize, 1)
@@ -267,7 +268,8 @@ class _Run:
             # A sampled item that raises is routine here: it runs again under the retry
             # policy and, if it still fails, lands in the DLQ like any other.
             warnings.simplefilter("ignore", OptimizerWarning)
-            plan = optimize(self.func, self.source, target_chunk_duration=target,
+            sample_from = self.items if self.items is not None else self.source
+            plan = optimize(self.func, sample_from, target_chunk_duration=target,
                             start_method=self.start_method)
         self.optimization = plan
         self.source = iter(plan.data)

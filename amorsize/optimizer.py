@@ -86,6 +86,10 @@ EWMA_ALPHA_CHEAPER = 0.3
 EWMA_ALPHA_COSTLIER = 0.7
 #: ChunkSizer tail: a chunk is at most remaining / (this · n_jobs).
 TAIL_CHUNKS_PER_WORKER = 2
+#: Tail balancing never cuts chunks below this much measured work: smaller ones
+#: cost more in round trips than they save in balance (200k tiny items ended in
+#: dozens of one-item chunks without it).
+MIN_TAIL_CHUNK_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -447,7 +451,11 @@ class ChunkSizer:
             size = self._size
             if remaining is not None:
                 # Ceiling division in ints: exact, and no float allocation.
-                size = min(size, max(1, -(-remaining // (TAIL_CHUNKS_PER_WORKER * self._n_jobs))))
+                tail = -(-remaining // (TAIL_CHUNKS_PER_WORKER * self._n_jobs))
+                if self._per_item is not None:
+                    floor = int(MIN_TAIL_CHUNK_SECONDS / max(self._per_item, MIN_PER_ITEM_SECONDS))
+                    tail = max(tail, floor)
+                size = min(size, max(1, tail))
         if remaining is not None:
             size = min(size, remaining)
         self._dispatched += size

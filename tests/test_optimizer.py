@@ -26,7 +26,9 @@ from amorsize.errors import InvalidArgumentError, InvalidTypeError
 from amorsize.optimizer import (
     ASSUMED_UNKNOWN_LENGTH,
     MAX_CHUNKSIZE,
+    MIN_PER_ITEM_SECONDS,
     MIN_SPEEDUP,
+    MIN_TAIL_CHUNK_SECONDS,
     ChunkSizer,
     Decision,
     OptimizationResult,
@@ -604,13 +606,31 @@ def test_fixed_chunksize_never_adapts():
 def test_chunk_sizer_stays_within_bounds(initial, n_jobs, max_chunksize, steps):
     sizer = ChunkSizer(initial, n_jobs=n_jobs, max_chunksize=max_chunksize)
     for remaining, seconds in steps:
+        per_item = sizer.per_item_seconds
         size = sizer.next_size(remaining)
         assert 1 <= size <= max_chunksize
         if remaining is not None:
             assert size <= remaining
-            assert size <= max(1, math.ceil(remaining / (2 * n_jobs)))
+            # the tail cap, which never goes below MIN_TAIL_CHUNK_SECONDS of measured work
+            floor = 0 if per_item is None else int(
+                MIN_TAIL_CHUNK_SECONDS / max(per_item, MIN_PER_ITEM_SECONDS))
+            assert size <= max(1, math.ceil(remaining / (2 * n_jobs)), floor)
         sizer.observe(size, seconds)
     assert sizer.per_item_seconds is None or sizer.per_item_seconds >= 0
+
+
+def test_tail_chunks_keep_a_minimum_of_work():
+    sizer = ChunkSizer(1, n_jobs=2, target_chunk_duration=0.2)
+    sizer.observe(1000, 0.001)  # 1 us per item
+    for _ in range(20):  # grow past the tail sizes (at most 2x per chunk)
+        sizer.next_size(None)
+    # 40 items remain: balancing alone would cut chunks of 10; 5 ms of work is 5000 items
+    assert sizer.next_size(40) == 40
+    slow = ChunkSizer(1, n_jobs=2, target_chunk_duration=0.2)
+    slow.observe(10, 0.1)  # 10 ms per item: the floor is below one item, balancing rules
+    for _ in range(20):
+        slow.next_size(None)
+    assert slow.next_size(40) == 10
 
 
 @pytest.mark.parametrize("kwargs", [
