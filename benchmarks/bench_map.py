@@ -24,6 +24,7 @@ workload (a) run a 20,000-item prefix and their time is scaled by N/20,000
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import multiprocessing
 import os
@@ -210,6 +211,33 @@ def interleaved(entries: List[Tuple[str, Runner, Callable[[Any], Any], List[Any]
     }
 
 
+def dask_row(table: Table, items: List[Any], runs: int) -> Optional[Tuple[Timing, Timing]]:
+    """Workload (b) on the Dask backend (warm loopback LocalCluster, 2 workers) beside ours."""
+    try:
+        from amorsize_dask import DaskBackend, start_local_cluster
+        from distributed import Client
+    except ImportError:
+        print("(amorsize-dask is not installed: no dask row)")
+        return None
+    cluster = start_local_cluster(WORKERS, silence_logs=logging.ERROR)
+    client = Client(cluster, set_as_default=False, timeout=60)
+    try:
+        client.run(int)  # workers are up and answering
+        backend = DaskBackend(client=client)
+
+        def on_dask(func: Callable[[Any], Any], batch: Sequence[Any]) -> List[Any]:
+            return amorsize.execute(func, batch, backend=backend)
+
+        pair = interleaved([("local", ours_two, w.spin, items, 1.0),
+                            ("dask", on_dask, w.spin, items, 1.0)], runs)
+    finally:
+        client.close()
+        cluster.close()
+    table.add("(b) backends", f"amorsize n_jobs={WORKERS} (local)", pair["local"], pair["local"])
+    table.add("(b) backends", "amorsize backend=dask (warm cluster)", pair["dask"], pair["local"])
+    return pair["local"], pair["dask"]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs (about a minute)")
@@ -247,6 +275,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ok_time, fail_time = pair["ok"], pair["fail"]
     table.add("(b) + DLQ", "amorsize, 0% failing", ok_time, ok_time)
     table.add("(b) + DLQ", "amorsize, 10% failing (raise)", fail_time, ok_time)
+
+    dask_time = dask_row(table, cpu_items, runs)
 
     crash_at = {n_crash * k // 6 for k in range(1, 6)}
     pair = interleaved([
@@ -290,6 +320,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         (f"5 crashes <= 1.5x crash-free: {crash_time.wall / clean_time.wall:.2f}x",
          crash_time.wall <= 1.5 * clean_time.wall),
     ]
+    if dask_time is not None:
+        local, dask = dask_time
+        targets.append((f"(b) dask backend <= 1.5x local backend: {dask.wall / local.wall:.2f}x",
+                        dask.wall <= 1.5 * local.wall))
     for text, ok in targets:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
     print()
