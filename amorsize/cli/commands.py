@@ -21,11 +21,10 @@ from amorsize.cli.common import (
     select,
 )
 from amorsize.cli.render import (
-    REPORT_ROWS,
     entries_table,
     entry_details,
     entry_record,
-    more_rows,
+    preview_table,
     summary_record,
     summary_text,
     to_json_line,
@@ -157,9 +156,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
             print(f"nothing to purge: no entries match ({len(queue)} in the DLQ)")
             return EXIT_OK
         print(f"would remove {len(entries)} of {len(queue)} entries:")
-        print(entries_table(entries[:REPORT_ROWS], all_ids=[e.entry_id for e in queue.get_entries()]))
-        if more_rows(len(entries), REPORT_ROWS):
-            print(more_rows(len(entries), REPORT_ROWS))
+        print(preview_table(entries, all_ids=[e.entry_id for e in queue.get_entries()]))
         print("nothing was removed; add --yes to remove them")
         return EXIT_OK
     with exclusive_lock(args.dir, "purge"):

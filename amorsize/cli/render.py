@@ -218,6 +218,13 @@ def more_rows(total: int, shown: int) -> str:
     return f"... and {total - shown} more" if total > shown else ""
 
 
+def preview_table(entries: Sequence[DLQEntry], *, all_ids: Sequence[str]) -> str:
+    """The ``list`` table of the first REPORT_ROWS entries, and how many more there are."""
+    text = entries_table(entries[:REPORT_ROWS], all_ids=all_ids)
+    more = more_rows(len(entries), REPORT_ROWS)
+    return f"{text}\n{more}" if more else text
+
+
 # --- one entry, the summary ---------------------------------------------------------
 
 

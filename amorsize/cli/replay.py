@@ -44,13 +44,14 @@ from amorsize.cli.common import (
 )
 from amorsize.cli.render import (
     REPORT_ROWS,
-    entries_table,
     format_table,
     id_width,
     item_repr,
     more_rows,
+    preview_table,
     truncate,
 )
+from amorsize.dlq import replay as replay_core
 from amorsize.dlq.entry import DLQEntry, error_message, format_traceback, qualified_type_name
 from amorsize.dlq.replay import is_pickle_locked
 from amorsize.failure import Failure, is_failure
@@ -91,19 +92,11 @@ class ErrorInfo:
 
 
 def failed_again(entry: DLQEntry, info: ErrorInfo) -> DLQEntry:
-    """``entry`` after a failed replay: the new error, ``retry_count + 1`` (like ``retried_entry``)."""
-    metadata = dict(entry.metadata)
-    metadata["last_replay_at"] = time.time()
-    metadata["last_replay_attempts"] = info.attempts
-    return dataclasses.replace(
-        entry,
-        error_type=info.error_type,
-        error_qualname=info.error_qualname,
-        error_message=info.error_message,
-        traceback=info.traceback,
-        retry_count=entry.retry_count + 1,
-        metadata=metadata,
-        reason=info.reason,
+    """``entry`` after a failed replay: the new error, ``retry_count + 1``."""
+    return replay_core.failed_again(
+        entry, error_type=info.error_type, error_qualname=info.error_qualname,
+        error_message=info.error_message, traceback=info.traceback, reason=info.reason,
+        last_replay_attempts=info.attempts,
     )
 
 
@@ -310,9 +303,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _refuse_pickled(entries, args.dir)
         print(f"would replay {len(entries)} of {len(queue)} entries with {_settings(args)}:")
         if entries:
-            print(entries_table(entries[:REPORT_ROWS], all_ids=[e.entry_id for e in queue.get_entries()]))
-            if more_rows(len(entries), REPORT_ROWS):
-                print(more_rows(len(entries), REPORT_ROWS))
+            print(preview_table(entries, all_ids=[e.entry_id for e in queue.get_entries()]))
         print("dry run: nothing was called or changed")
         return EXIT_OK
     with exclusive_lock(args.dir, "replay"):

@@ -12,36 +12,50 @@ from amorsize.errors import InvalidTypeError, PickleNotAllowedError
 from amorsize.serialization import PickledPayload
 
 
-def retried_entry(entry: DLQEntry, error: BaseException, *, include_traceback: bool = True) -> DLQEntry:
-    """``entry`` after one more failed attempt: new error fields, ``retry_count + 1``."""
-    kind = type(error)
-    metadata = dict(entry.metadata)
-    metadata["last_replay_at"] = time.time()
+def failed_again(
+    entry: DLQEntry,
+    *,
+    error_type: str,
+    error_qualname: Optional[str],
+    error_message: str,
+    traceback: Optional[str],
+    reason: str = "exception",
+    **metadata: Any,
+) -> DLQEntry:
+    """``entry`` after a replay attempt that failed: the new error, ``retry_count + 1``.
+
+    Extra keyword arguments are recorded in the entry's metadata.
+    """
+    merged = dict(entry.metadata)
+    merged["last_replay_at"] = time.time()
+    merged.update(metadata)
     return replace(
         entry,
-        error_type=kind.__name__,
-        error_qualname=qualified_type_name(kind),
-        error_message=error_message(error),
-        traceback=format_traceback(error) if include_traceback else None,
+        error_type=error_type,
+        error_qualname=error_qualname,
+        error_message=error_message,
+        traceback=traceback,
         retry_count=entry.retry_count + 1,
-        metadata=metadata,
-        reason="exception",
+        metadata=merged,
+        reason=reason,
     )
 
 
-def failed_again(entry: DLQEntry, failure: DLQEntry) -> DLQEntry:
-    """``entry`` after a replay attempt that failed with ``failure`` (a fresh entry's error)."""
-    metadata = dict(entry.metadata)
-    metadata["last_replay_at"] = time.time()
-    return replace(
-        entry,
-        error_type=failure.error_type,
-        error_qualname=failure.error_qualname,
-        error_message=failure.error_message,
-        traceback=failure.traceback,
-        retry_count=entry.retry_count + 1,
-        metadata=metadata,
-        reason=failure.reason,
+def retried_entry(entry: DLQEntry, error: BaseException, *, include_traceback: bool = True) -> DLQEntry:
+    """``entry`` after one more attempt failed with ``error``."""
+    kind = type(error)
+    return failed_again(
+        entry, error_type=kind.__name__, error_qualname=qualified_type_name(kind),
+        error_message=error_message(error),
+        traceback=format_traceback(error) if include_traceback else None,
+    )
+
+
+def failed_like(entry: DLQEntry, failure: DLQEntry) -> DLQEntry:
+    """``entry`` after a replay attempt that failed as ``failure`` (a fresh entry) records."""
+    return failed_again(
+        entry, error_type=failure.error_type, error_qualname=failure.error_qualname,
+        error_message=failure.error_message, traceback=failure.traceback, reason=failure.reason,
     )
 
 
@@ -128,7 +142,7 @@ def replay_failed_items(
         )
         for index, (entry, value) in enumerate(zip(snapshot, values)):
             if index in failures:
-                still_failed.append(failed_again(entry, failures[index]))
+                still_failed.append(failed_like(entry, failures[index]))
             else:
                 results.append(value)
                 recovered.append(entry.entry_id)
