@@ -146,11 +146,16 @@ def _load_function(data: bytes) -> Tuple[Callable[[Any], Any], Any]:
 def _client(address: Any, authkey: bytes) -> Any:
     from amorsize.dlq.shared import connect_proxy
 
+    return _kept(_clients, address, lambda: connect_proxy(address, authkey))
+
+
+def _kept(table: Dict[Any, Any], address: Any, connect: Callable[[], Any]) -> Any:
+    """This process's kept connection to ``address`` in ``table``, made on first use."""
     with _clients_lock:
-        proxy = _clients.get(address)
-        if proxy is None:
-            proxy = _clients[address] = connect_proxy(address, authkey)
-        return proxy
+        connection = table.get(address)
+        if connection is None:
+            connection = table[address] = connect()
+        return connection
 
 
 def forget_connections(*addresses: Any) -> None:
@@ -164,11 +169,7 @@ def forget_connections(*addresses: Any) -> None:
 
 
 def _lane(address: Any, authkey: bytes) -> IngestClient:
-    with _clients_lock:
-        lane = _lanes.get(address)
-        if lane is None:
-            lane = _lanes[address] = IngestClient(address, authkey)
-        return lane
+    return _kept(_lanes, address, lambda: IngestClient(address, authkey))
 
 
 class CapturedFunction:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from amorsize.errors import InvalidTypeError, check_choice
 from amorsize.tracebacks import traceback_text
 
 REASONS = ("exception", "timeout", "worker_crash", "circuit_open", "unpicklable_result")
@@ -100,7 +101,16 @@ class DLQEntry:
         include_traceback: bool = True,
         reason: str = "exception",
     ) -> DLQEntry:
-        """Build an entry from an exception object (its traceback is read, not kept)."""
+        """Build an entry from an exception object (its traceback is read, not kept).
+
+        Raises:
+            InvalidTypeError: ``error`` is not an exception instance.
+            InvalidArgumentError: ``reason`` is not one of ``REASONS``.
+        """
+        if not isinstance(error, BaseException):
+            raise InvalidTypeError(f"error={error!r} is not valid; expected an exception instance")
+        if reason != "exception":
+            check_choice("reason", reason, REASONS)
         kind = type(error)
         now_ns = time.time_ns()
         return cls(

@@ -106,10 +106,6 @@ class DeadLetterQueue:
         Returns:
             The new :class:`DLQEntry`.
         """
-        if not isinstance(error, BaseException):
-            raise InvalidTypeError(f"error={error!r} is not valid; expected an exception instance")
-        if reason != "exception":
-            check_choice("reason", reason, REASONS)
         entry = DLQEntry.from_exception(
             item,
             error,

@@ -390,9 +390,6 @@ class SharedDeadLetterQueue:
         reason: str = "exception",
     ) -> DLQEntry:
         """Record a failure; see :meth:`DeadLetterQueue.add`."""
-        if not isinstance(error, BaseException):
-            raise InvalidTypeError(f"error={error!r} is not valid; expected an exception instance")
-        check_choice("reason", reason, REASONS)
         entry = DLQEntry.from_exception(
             item, error, retry_count=retry_count, metadata=metadata,
             include_traceback=self.policy.include_traceback, reason=reason,
