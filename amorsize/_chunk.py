@@ -18,7 +18,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import cloudpickle
 
 from amorsize.dlq.entry import DLQEntry
-from amorsize.hook import call_item, failure_entry, failure_of
+from amorsize.failure import failure_entry, failure_of
+from amorsize.retry import call_with_retry
 from amorsize.serialization import PickledValue, short_repr, unpack_transported
 
 
@@ -82,17 +83,20 @@ def run_chunk(
             if clock is not None:
                 slots[1] = clock()
             slots[0] = position
+        value: Optional[BaseException]
         if retry is None:
             try:
                 values.append(func(item))
                 continue
             except Exception as exc:
-                ok, value, attempts = False, exc, 1
+                value, attempts = exc, 1
         else:
-            ok, value, attempts = call_item(func, item, retry)
-            if ok:
-                values.append(value)
+            outcome = call_with_retry(func, item, retry)
+            if outcome.ok:
+                values.append(outcome.value)
                 continue
+            value, attempts = outcome.error, outcome.attempts
+        assert value is not None
         entry = failure_entry(
             item, value, attempts=attempts, function=spec.function_name,
             include_traceback=spec.include_traceback, extra={"index": task.start + position},

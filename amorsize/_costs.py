@@ -45,6 +45,8 @@ from typing import Any, Callable, Iterable
 import cloudpickle
 import psutil
 
+from amorsize.errors import OptimizerWarning
+
 # --- tuning constants (measurement and cache) ---------------------------------
 #: Trivial processes started to time start-up; the fastest is kept, since a busy
 #: machine only ever adds noise on top of the true cost.
@@ -80,10 +82,6 @@ RU_MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
 #: Version of the costs.json layout; a file with another version is re-measured.
 CACHE_FORMAT = 1
 CACHE_FILE = "costs.json"
-
-
-class OptimizerWarning(UserWarning):
-    """Something the optimizer could not measure or had to work around."""
 
 
 # --- start-up and IPC costs ---------------------------------------------------

@@ -51,8 +51,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, TypeVar, Union
 
-from amorsize.errors import CircuitOpenError, invalid_value
-from amorsize.retry import ExceptionSpec, _exception_types, _seconds
+from amorsize._validate import check_seconds, exception_types, invalid_value
+from amorsize.errors import CircuitOpenError
+from amorsize.retry import ExceptionSpec
 
 __all__ = ["BreakerStats", "CircuitBreaker", "CircuitState"]
 
@@ -138,10 +139,10 @@ class CircuitBreaker:
         self.failure_threshold = failure_threshold
         self.failure_rate = None if failure_rate is None else float(failure_rate)
         self.window = window
-        self.reset_timeout = _seconds("reset_timeout", reset_timeout)
+        self.reset_timeout = check_seconds("reset_timeout", reset_timeout)
         self.half_open_max_calls = half_open_max_calls
-        self.counts = _exception_types("counts", counts)
-        self.ignores = _exception_types("ignores", ignores)
+        self.counts = exception_types("counts", counts)
+        self.ignores = exception_types("ignores", ignores)
         self.clock = clock
         self.on_state_change = on_state_change
         self.name = name

@@ -24,8 +24,9 @@ import pickle
 import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from amorsize.dlq.journal import FILE_MODE, write_atomically
-from amorsize.errors import CheckpointMismatchError, invalid_value
+from amorsize._fs import FILE_MODE, write_atomically
+from amorsize._validate import invalid_value
+from amorsize.errors import CheckpointMismatchError
 from amorsize.failure import Failure
 from amorsize.serialization import decode_value, dumps, encode_value
 

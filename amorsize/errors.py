@@ -9,7 +9,7 @@ existing ``except`` clauses keep working (the loky convention).
 from __future__ import annotations
 
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Iterable
+from typing import Any
 
 
 class AmorsizeError(Exception):
@@ -22,18 +22,6 @@ class InvalidArgumentError(AmorsizeError, ValueError):
 
 class InvalidTypeError(AmorsizeError, TypeError):
     """An argument has a type amorsize does not accept."""
-
-
-def invalid_value(name: str, value: Any, accepted: str) -> InvalidArgumentError:
-    """Build the standard validation error: names the field, the value and what is accepted."""
-    return InvalidArgumentError(f"{name}={value!r} is not valid; expected {accepted}")
-
-
-def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raise :class:`InvalidArgumentError` unless ``value`` is one of ``choices``."""
-    options = tuple(choices)
-    if value not in options:
-        raise invalid_value(name, value, "one of " + ", ".join(repr(c) for c in options))
 
 
 # --- dead letter queue -------------------------------------------------------
@@ -123,6 +111,14 @@ class CrashLoopError(AmorsizeError, BrokenProcessPool):
     """Workers crashed more often than the run's crash budget allows."""
 
 
+class WorkerCrashedError(AmorsizeError):
+    """Recorded in the DLQ for an item whose worker process died while running it."""
+
+
+class ItemTimeoutError(AmorsizeError, TimeoutError):
+    """Recorded in the DLQ for an item that ran past the per-item timeout."""
+
+
 class CircuitOpenError(AmorsizeError):
     """A call was refused because its circuit breaker is open."""
 
@@ -133,3 +129,14 @@ class CheckpointMismatchError(AmorsizeError, ValueError):
 
 class BackendNotFoundError(AmorsizeError, LookupError):
     """No execution backend is registered under the requested name."""
+
+
+# --- warnings -----------------------------------------------------------------
+
+
+class AmorsizeWarning(UserWarning):
+    """Root of every warning amorsize issues."""
+
+
+class OptimizerWarning(AmorsizeWarning):
+    """Something the optimizer could not measure or had to work around."""

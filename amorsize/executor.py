@@ -45,6 +45,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 
 from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, finish_in_parent, run_chunk
 from amorsize._costs import SampleFailure, usable_cores
+from amorsize._validate import check_choice, invalid_value
 from amorsize._workers import ChunkDone, ChunkLost
 from amorsize.backends import LocalBackend, resolve_backend
 from amorsize.breaker import CircuitBreaker, CircuitState
@@ -54,12 +55,11 @@ from amorsize.errors import (
     CircuitOpenError,
     CrashLoopError,
     InvalidTypeError,
+    ItemTimeoutError,
     TaskFailedError,
-    check_choice,
-    invalid_value,
+    WorkerCrashedError,
 )
-from amorsize.failure import Failure
-from amorsize.hook import failure_of, function_name, hostname
+from amorsize.failure import Failure, failure_of, function_name, hostname
 from amorsize.optimizer import ChunkSizer, OptimizationResult, OptimizerWarning, optimize
 
 #: Chunks whose results may wait in the reorder buffer per worker before the
@@ -74,14 +74,6 @@ TARGET_CHUNK_SECONDS = 0.2
 ON_FAILURE_MODES = ("dlq", "raise")
 ON_OPEN_MODES = ("dead_letter", "wait")
 _REJECT = -1  # gate verdict: the circuit is open, dead-letter instead of calling
-
-
-class WorkerCrashedError(Exception):
-    """Recorded in the DLQ for an item whose worker process died while running it."""
-
-
-class ItemTimeoutError(TimeoutError):
-    """Recorded in the DLQ for an item that ran past the per-item timeout."""
 
 
 def execute(func: Callable[[Any], Any], items: Iterable[Any], **options: Any) -> List[Any]:

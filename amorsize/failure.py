@@ -1,9 +1,16 @@
-"""Failure: the stand-in a failed item leaves in a result list."""
+"""Failure: the stand-in a failed item leaves in a result list, and the one builder of failure records."""
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Dict, Optional
+
+from amorsize.dlq.entry import DLQEntry
+from amorsize.serialization import UnserializableItem, pack_for_transport
+
+_hostname: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -30,3 +37,59 @@ class Failure:
 def is_failure(value: Any) -> bool:
     """True when ``value`` is a :class:`Failure` stand-in."""
     return isinstance(value, Failure)
+
+
+def hostname() -> str:
+    """This machine's host name, looked up once per process."""
+    global _hostname
+    if _hostname is None:
+        _hostname = socket.gethostname()
+    return _hostname
+
+
+def function_name(func: Any) -> str:
+    """``module.qualname`` of a callable, for failure records."""
+    module = getattr(func, "__module__", None) or "?"
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{module}.{name}"
+
+
+def failure_entry(
+    item: Any,
+    error: BaseException,
+    *,
+    attempts: int,
+    function: str,
+    include_traceback: bool = True,
+    reason: str = "exception",
+    extra: Optional[Dict[str, Any]] = None,
+) -> DLQEntry:
+    """The DLQ entry a worker sends for a failed item, with its item packed for transport.
+
+    ``retry_count`` is the number of retries made (attempts - 1); ``metadata`` holds
+    the attempts, the worker's pid and host, and the function's qualname.
+    """
+    packed = pack_for_transport(item)
+    metadata: Dict[str, Any] = {
+        "attempts": attempts,
+        "pid": os.getpid(),
+        "host": hostname(),
+        "function": function,
+    }
+    if isinstance(packed, UnserializableItem):
+        metadata["item_unserializable"] = True
+    if extra:
+        metadata.update(extra)
+    return DLQEntry.from_exception(
+        packed,
+        error,
+        retry_count=max(0, attempts - 1),
+        metadata=metadata,
+        include_traceback=include_traceback,
+        reason=reason,
+    )
+
+
+def failure_of(entry: DLQEntry) -> Failure:
+    """The :class:`Failure` stand-in for ``entry``."""
+    return Failure(entry.entry_id, entry.error_type, entry.error_message, entry.reason)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import threading
 from multiprocessing import AuthenticationError
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -26,8 +25,9 @@ import cloudpickle
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.ingest import IngestClient, IngestError
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
-from amorsize.failure import Failure
-from amorsize.serialization import UnserializableItem, dumps, pack_for_transport
+from amorsize.failure import failure_entry, failure_of, function_name
+from amorsize.retry import call_with_retry
+from amorsize.serialization import dumps
 
 #: Loaded (function, retry policy) pairs cached per process, keyed by their cloudpickle
 #: bytes, so a pool that unpickles the hook once per task does not unpickle them each time.
@@ -37,7 +37,6 @@ _functions: Dict[bytes, Tuple[Callable[[Any], Any], Any]] = {}
 _clients: Dict[Any, Any] = {}
 _lanes: Dict[Any, IngestClient] = {}
 _clients_lock = threading.Lock()
-_hostname: Optional[str] = None
 
 
 def _forget_parent_state() -> None:
@@ -48,77 +47,6 @@ def _forget_parent_state() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_parent_state)
-
-
-def call_item(func: Callable[[Any], Any], item: Any, retry: Any) -> Tuple[bool, Any, int]:
-    """Run ``func(item)`` under ``retry`` (a RetryPolicy or None for one attempt).
-
-    Returns:
-        ``(ok, value_or_error, attempts)``.
-    """
-    if retry is None:
-        try:
-            return True, func(item), 1
-        except Exception as exc:
-            return False, exc, 1
-    outcome = retry.run(func, item)
-    return outcome.ok, (outcome.value if outcome.ok else outcome.error), outcome.attempts
-
-
-def hostname() -> str:
-    """This machine's host name, looked up once per process."""
-    global _hostname
-    if _hostname is None:
-        _hostname = socket.gethostname()
-    return _hostname
-
-
-def function_name(func: Any) -> str:
-    """``module.qualname`` of a callable, for failure records."""
-    module = getattr(func, "__module__", None) or "?"
-    name = getattr(func, "__qualname__", None) or type(func).__qualname__
-    return f"{module}.{name}"
-
-
-def failure_entry(
-    item: Any,
-    error: BaseException,
-    *,
-    attempts: int,
-    function: str,
-    include_traceback: bool = True,
-    reason: str = "exception",
-    extra: Optional[Dict[str, Any]] = None,
-) -> DLQEntry:
-    """The DLQ entry a worker sends for a failed item, with its item packed for transport.
-
-    ``retry_count`` is the number of retries made (attempts - 1); ``metadata`` holds
-    the attempts, the worker's pid and host, and the function's qualname.
-    """
-    packed = pack_for_transport(item)
-    metadata: Dict[str, Any] = {
-        "attempts": attempts,
-        "pid": os.getpid(),
-        "host": hostname(),
-        "function": function,
-    }
-    if isinstance(packed, UnserializableItem):
-        metadata["item_unserializable"] = True
-    if extra:
-        metadata.update(extra)
-    return DLQEntry.from_exception(
-        packed,
-        error,
-        retry_count=max(0, attempts - 1),
-        metadata=metadata,
-        include_traceback=include_traceback,
-        reason=reason,
-    )
-
-
-def failure_of(entry: DLQEntry) -> Failure:
-    """The :class:`Failure` stand-in for ``entry``."""
-    return Failure(entry.entry_id, entry.error_type, entry.error_message, entry.reason)
 
 
 def picklable_error(error: BaseException, entry: DLQEntry) -> BaseException:
@@ -235,16 +163,18 @@ class CapturedFunction:
         if loaded is None:
             loaded = self._loaded = _load_function(self._func_bytes)
         func, retry = loaded
-        ok, value, attempts = call_item(func, item, retry)
-        if ok:
-            return value
+        outcome = call_with_retry(func, item, retry)
+        if outcome.ok:
+            return outcome.value
+        error = outcome.error
+        assert error is not None
         entry = failure_entry(
-            item, value, attempts=attempts, function=self.function_name,
+            item, error, attempts=outcome.attempts, function=self.function_name,
             include_traceback=self.include_traceback,
         )
         self.record(entry)
         if self.reraise:
-            raise picklable_error(value, entry) from None
+            raise picklable_error(error, entry) from None
         return failure_of(entry)
 
     def record(self, entry: DLQEntry) -> None:

@@ -40,7 +40,8 @@ from amorsize._costs import (
     run_sample,
     usable_cores,
 )
-from amorsize.errors import InvalidTypeError, check_choice, invalid_value
+from amorsize._validate import check_choice, check_int, check_seconds, invalid_value
+from amorsize.errors import InvalidTypeError
 
 __all__ = [
     "ChunkSizer",
@@ -305,21 +306,6 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    """Return ``value`` if it is an int (not a bool) >= ``minimum``; raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise invalid_value(name, value, f"an int >= {minimum}")
-    return value
-
-
-def _check_duration(name: str, value: Any) -> float:
-    """Return ``value`` as a float if it is a finite number > 0; raise otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            math.isfinite(value) and value > 0):
-        raise invalid_value(name, value, "a finite number of seconds > 0")
-    return float(value)
-
-
 def optimize(func: Callable[[Any], Any], items: Iterable[Any], *, sample_size: int = 5,
              target_chunk_duration: float = 0.2, n_jobs_max: int | None = None,
              start_method: str | None = None) -> OptimizationResult:
@@ -348,10 +334,10 @@ def optimize(func: Callable[[Any], Any], items: Iterable[Any], *, sample_size: i
     """
     if not callable(func):
         raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
-    _check_int("sample_size", sample_size, 1)
-    target = _check_duration("target_chunk_duration", target_chunk_duration)
+    check_int("sample_size", sample_size, 1)
+    target = check_seconds("target_chunk_duration", target_chunk_duration, positive=True)
     if n_jobs_max is not None:
-        _check_int("n_jobs_max", n_jobs_max, 1)
+        check_int("n_jobs_max", n_jobs_max, 1)
     methods = multiprocessing.get_all_start_methods()
     if start_method is None:
         # The first listed method is the platform default; this does not fix it.
@@ -412,11 +398,11 @@ class ChunkSizer:
         Raises:
             InvalidArgumentError: an argument is out of range.
         """
-        self._max = _check_int("max_chunksize", max_chunksize, 1)
-        self._initial = min(_check_int("initial", initial, 1), self._max)
-        self._n_jobs = _check_int("n_jobs", n_jobs, 1)
-        self._target = _check_duration("target_chunk_duration", target_chunk_duration)
-        self._total = None if total_items is None else _check_int("total_items", total_items, 0)
+        self._max = check_int("max_chunksize", max_chunksize, 1)
+        self._initial = min(check_int("initial", initial, 1), self._max)
+        self._n_jobs = check_int("n_jobs", n_jobs, 1)
+        self._target = check_seconds("target_chunk_duration", target_chunk_duration, positive=True)
+        self._total = None if total_items is None else check_int("total_items", total_items, 0)
         self._adaptive = bool(adaptive)
         self._size = self._initial
         self._per_item: float | None = None

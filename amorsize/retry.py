@@ -36,9 +36,9 @@ import math
 import random as _random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Tuple, Type, Union
+from typing import Any, Callable, Protocol, Type, Union
 
-from amorsize.errors import invalid_value
+from amorsize._validate import ExceptionTypes, check_seconds, exception_types, invalid_value
 
 __all__ = ["RetryOutcome", "RetryPolicy"]
 
@@ -56,7 +56,6 @@ DEFAULT_EXPONENTIAL_BASE = 2.0
 JITTER_LOW = 0.5
 JITTER_HIGH = 1.5
 
-ExceptionTypes = Tuple[Type[BaseException], ...]
 ExceptionSpec = Union[Type[BaseException], ExceptionTypes]
 
 
@@ -79,28 +78,6 @@ class RetryOutcome:
 
     def __reduce__(self) -> Any:
         return (RetryOutcome, (self.ok, self.value, self.error, self.attempts))
-
-
-def _exception_types(name: str, value: Any) -> ExceptionTypes:
-    """Normalise an exception class or a tuple (or list) of them to a tuple."""
-    if isinstance(value, type) and issubclass(value, BaseException):
-        return (value,)
-    if isinstance(value, (tuple, list)) and all(
-        isinstance(v, type) and issubclass(v, BaseException) for v in value
-    ):
-        return tuple(value)
-    raise invalid_value(name, value, "an exception class or a tuple of exception classes")
-
-
-def _seconds(name: str, value: Any) -> float:
-    """Validate a non-negative finite number of seconds and return it as a float."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (math.isfinite(value) and value >= 0)
-    ):
-        raise invalid_value(name, value, "a non-negative finite number of seconds")
-    return float(value)
 
 
 def _type_names(types: ExceptionTypes) -> str:
@@ -142,8 +119,8 @@ class RetryPolicy:
     ) -> None:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise invalid_value("max_retries", max_retries, "a non-negative int")
-        initial = _seconds("initial_delay", initial_delay)
-        cap = _seconds("max_delay", max_delay)
+        initial = check_seconds("initial_delay", initial_delay)
+        cap = check_seconds("max_delay", max_delay)
         if initial > cap:
             raise invalid_value(
                 "initial_delay", initial_delay, f"a value no greater than max_delay={max_delay!r}"
@@ -157,7 +134,7 @@ class RetryPolicy:
         if not isinstance(jitter, bool):
             raise invalid_value("jitter", jitter, "True or False")
         if max_elapsed is not None:
-            max_elapsed = _seconds("max_elapsed", max_elapsed)
+            max_elapsed = check_seconds("max_elapsed", max_elapsed)
         if not callable(sleep):
             raise invalid_value("sleep", sleep, "a callable taking seconds")
         if not callable(clock):
@@ -170,8 +147,8 @@ class RetryPolicy:
         setattr_(self, "max_delay", cap)
         setattr_(self, "exponential_base", float(exponential_base))
         setattr_(self, "jitter", jitter)
-        setattr_(self, "retry_on", _exception_types("retry_on", retry_on))
-        setattr_(self, "give_up_on", _exception_types("give_up_on", give_up_on))
+        setattr_(self, "retry_on", exception_types("retry_on", retry_on))
+        setattr_(self, "give_up_on", exception_types("give_up_on", give_up_on))
         setattr_(self, "max_elapsed", max_elapsed)
         setattr_(self, "sleep", sleep)
         setattr_(self, "clock", clock)
@@ -294,3 +271,17 @@ class RetryPolicy:
                 if not self._names_explicitly(new_exc):
                     raise
                 exc = new_exc
+
+
+def call_with_retry(func: Callable[[Any], Any], item: Any, retry: RetryPolicy | None) -> RetryOutcome:
+    """Run ``func(item)`` under ``retry`` (None: one attempt); never raises for its error.
+
+    The one place every runner (workers, the in-process backend, ``capture()``, replay
+    and the CLI) calls a user's function.
+    """
+    if retry is None:
+        try:
+            return RetryOutcome(True, func(item), None, 1)
+        except Exception as exc:
+            return RetryOutcome(False, None, exc, 1)
+    return retry.run(func, item)

@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from amorsize.errors import InvalidTypeError, check_choice
+from amorsize._validate import check_choice
+from amorsize.errors import InvalidTypeError
 from amorsize.tracebacks import traceback_text
 
 REASONS = ("exception", "timeout", "worker_crash", "circuit_open", "unpicklable_result")

@@ -29,12 +29,12 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
+from amorsize._fs import FILE_MODE, ensure_directory, write_atomically
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
 from amorsize.errors import DLQCorruptError, DLQFileNotFoundError
@@ -52,8 +52,6 @@ logger = logging.getLogger("amorsize.dlq")
 JOURNAL_FILE_NAME = "dlq.jsonl"
 LOCK_FILE_NAME = ".dlq.lock"
 RECORD_VERSION = 1
-FILE_MODE = 0o600
-DIR_MODE = 0o700
 _ID_PREFIX = b'{"entry_id":"'
 # One encoder for every record: json.dumps() with non-default options builds a new
 # one per call, a measurable part of an add.
@@ -213,42 +211,6 @@ def _parse_line(line: bytes) -> Optional[Dict[str, Any]]:
     if "error_type" not in record or "item_codec" not in record:
         return None
     return record
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(path: str, lines: Iterable[bytes]) -> None:
-    """Write ``lines`` to ``path`` by temp file, fsync and ``os.replace`` (mode 0600)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    ensure_directory(directory)
-    fd, temp_path = tempfile.mkstemp(prefix=".dlq-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for line in lines:
-                handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_path, FILE_MODE)
-        os.replace(temp_path, path)
-    except BaseException:
-        try:
-            os.unlink(temp_path)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def ensure_directory(directory: str) -> None:
-    """Create ``directory`` (and parents) with mode 0700 if it is missing."""
-    if not os.path.isdir(directory):
-        os.makedirs(directory, mode=DIR_MODE, exist_ok=True)
 
 
 class Journal:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from amorsize.errors import check_choice, invalid_value
+from amorsize._validate import check_choice, invalid_value
 
 FSYNC_MODES = ("always", "batch", "never")
 

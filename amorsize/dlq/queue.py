@@ -22,6 +22,7 @@ import os
 import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
 
+from amorsize._validate import check_choice, invalid_value
 from amorsize.dlq.entry import REASONS, DLQEntry
 from amorsize.dlq.journal import (
     Journal,
@@ -31,7 +32,7 @@ from amorsize.dlq.journal import (
     write_atomically,
 )
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
-from amorsize.errors import DLQCorruptError, InvalidTypeError, check_choice, invalid_value
+from amorsize.errors import DLQCorruptError, InvalidTypeError
 
 logger = logging.getLogger("amorsize.dlq")
 

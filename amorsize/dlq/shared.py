@@ -30,12 +30,13 @@ import time
 from multiprocessing.managers import BaseManager, BaseProxy
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union, cast
 
+from amorsize._validate import check_choice, invalid_value
 from amorsize.dlq.entry import REASONS, DLQEntry
 from amorsize.dlq.ingest import IngestServer, ingest_address_for
 from amorsize.dlq.journal import STORED_METADATA_KEY
 from amorsize.dlq.policy import DLQPolicy
 from amorsize.dlq.queue import DeadLetterQueue, TimeBound
-from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, check_choice, invalid_value
+from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError
 from amorsize.serialization import PickledValue, pack_for_transport, unpack_transported
 
 Address = Union[str, Tuple[str, int]]

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, encode_result, run_chunk
 from amorsize.dlq.entry import DLQEntry
-from amorsize.hook import failure_entry, failure_of
+from amorsize.failure import failure_entry, failure_of
 
 #: How often the watchdog compares the running item's age with the timeout.
 WATCHDOG_POLL_SECONDS = 0.05
