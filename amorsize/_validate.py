@@ -75,3 +75,22 @@ def exception_types(name: str, value: Any) -> ExceptionTypes:
     ):
         return tuple(value)
     raise invalid_value(name, value, "an exception class or a tuple of exception classes")
+
+
+def check_iterable(name: str, value: Any) -> Any:
+    """Return ``value`` if ``iter()`` accepts it (without consuming anything)."""
+    try:
+        iter(value)
+    except TypeError:
+        raise InvalidTypeError(f"{name}={value!r} is not valid; expected an iterable") from None
+    return value
+
+
+def check_fraction(name: str, value: Any, *, optional: bool = False) -> Any:
+    """Return ``value`` as a float if it is a number in (0, 1] (or None when optional)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        accepted = "a number in (0, 1]"
+        raise invalid_value(name, value, f"{accepted} or None" if optional else accepted)
+    return float(value)
