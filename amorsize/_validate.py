@@ -8,11 +8,12 @@ an :class:`~amorsize.InvalidArgumentError` (a ``ValueError``) or an
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Tuple, Type
+from collections.abc import Iterable
+from typing import Any
 
 from amorsize.errors import InvalidArgumentError, InvalidTypeError
 
-ExceptionTypes = Tuple[Type[BaseException], ...]
+ExceptionTypes = tuple[type[BaseException], ...]
 
 
 def invalid_value(name: str, value: Any, accepted: str) -> InvalidArgumentError:

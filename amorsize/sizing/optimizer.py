@@ -27,8 +27,9 @@ from __future__ import annotations
 import math
 import multiprocessing
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import psutil
 

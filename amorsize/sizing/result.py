@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from amorsize.sizing.measure import StartupCosts
 from amorsize.sizing.sample import SampleFailure

@@ -21,9 +21,9 @@ import statistics
 import sys
 import time
 import tracemalloc
-from collections.abc import Iterator, Sized
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import cloudpickle
 import psutil
