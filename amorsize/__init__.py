@@ -1,42 +1,69 @@
-"""Amorsize: fault-tolerant parallel map over processes, with a shared dead letter queue."""
+"""Amorsize: fault-tolerant parallel map over processes, with a shared dead letter queue.
+
+``import amorsize`` loads nothing but this file: each public name is imported from
+its module on first use (module ``__getattr__``, as in :mod:`concurrent.futures`),
+so a CLI or a worker that needs one name does not pay for the engine, psutil,
+cloudpickle or the multiprocessing manager.
+"""
 
 from __future__ import annotations
 
-from amorsize.breaker import CircuitBreaker, CircuitState
-from amorsize.checkpoint import Checkpoint
-from amorsize.dlq import (
-    DeadLetterQueue,
-    DLQEntry,
-    DLQFormat,
-    DLQPolicy,
-    replay_failed_items,
-)
-from amorsize.dlq.shared import SharedDeadLetterQueue
-from amorsize.errors import (
-    AmorsizeError,
-    BackendNotFoundError,
-    CheckpointMismatchError,
-    CircuitOpenError,
-    CrashLoopError,
-    DLQCorruptError,
-    DLQError,
-    DLQFileNotFoundError,
-    InvalidArgumentError,
-    InvalidTypeError,
-    PickleNotAllowedError,
-    SharedDLQUnavailableError,
-    TaskFailedError,
-)
-from amorsize.executor import ItemTimeoutError, WorkerCrashedError, execute, imap
-from amorsize.failure import Failure, is_failure
-from amorsize.optimizer import OptimizationResult, optimize
-from amorsize.retry import RetryOutcome, RetryPolicy
-from amorsize.serialization import PickledPayload, UnserializableItem
+import importlib
+
+#: True only for type checkers: importing typing here would cost more than the rest
+#: of this module (mypy and pyright honour a local TYPE_CHECKING).
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
+#: Public name -> the module that defines it. Add a name here (and to the
+#: TYPE_CHECKING block below, for type checkers) to export it.
+_LAZY: dict[str, str] = {
+    # running work
+    "execute": "amorsize.executor",
+    "imap": "amorsize.executor",
+    "optimize": "amorsize.sizing.optimizer",
+    "OptimizationResult": "amorsize.sizing.result",
+    # policies
+    "Checkpoint": "amorsize.checkpoint",
+    "CircuitBreaker": "amorsize.breaker",
+    "CircuitState": "amorsize.breaker",
+    "RetryOutcome": "amorsize.retry",
+    "RetryPolicy": "amorsize.retry",
+    # failures and the dead letter queue
+    "Failure": "amorsize.failure",
+    "is_failure": "amorsize.failure",
+    "DeadLetterQueue": "amorsize.dlq.queue",
+    "DLQEntry": "amorsize.dlq.entry",
+    "DLQFormat": "amorsize.dlq.policy",
+    "DLQPolicy": "amorsize.dlq.policy",
+    "SharedDeadLetterQueue": "amorsize.dlq.shared",
+    "replay_failed_items": "amorsize.dlq",
+    "PickledPayload": "amorsize.serialization",
+    "UnserializableItem": "amorsize.serialization",
+    # errors and warnings
+    "AmorsizeError": "amorsize.errors",
+    "AmorsizeWarning": "amorsize.errors",
+    "BackendNotFoundError": "amorsize.errors",
+    "CheckpointMismatchError": "amorsize.errors",
+    "CircuitOpenError": "amorsize.errors",
+    "CrashLoopError": "amorsize.errors",
+    "DLQCorruptError": "amorsize.errors",
+    "DLQError": "amorsize.errors",
+    "DLQFileNotFoundError": "amorsize.errors",
+    "InvalidArgumentError": "amorsize.errors",
+    "InvalidTypeError": "amorsize.errors",
+    "ItemTimeoutError": "amorsize.errors",
+    "OptimizerWarning": "amorsize.errors",
+    "PickleNotAllowedError": "amorsize.errors",
+    "SharedDLQUnavailableError": "amorsize.errors",
+    "TaskFailedError": "amorsize.errors",
+    "WorkerCrashedError": "amorsize.errors",
+}
+
 __all__ = [
     "AmorsizeError",
+    "AmorsizeWarning",
     "BackendNotFoundError",
     "Checkpoint",
     "CheckpointMismatchError",
@@ -56,6 +83,7 @@ __all__ = [
     "InvalidTypeError",
     "ItemTimeoutError",
     "OptimizationResult",
+    "OptimizerWarning",
     "PickleNotAllowedError",
     "PickledPayload",
     "RetryOutcome",
@@ -72,3 +100,54 @@ __all__ = [
     "optimize",
     "replay_failed_items",
 ]
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from amorsize.breaker import CircuitBreaker, CircuitState
+    from amorsize.checkpoint import Checkpoint
+    from amorsize.dlq import replay_failed_items
+    from amorsize.dlq.entry import DLQEntry
+    from amorsize.dlq.policy import DLQFormat, DLQPolicy
+    from amorsize.dlq.queue import DeadLetterQueue
+    from amorsize.dlq.shared import SharedDeadLetterQueue
+    from amorsize.errors import (
+        AmorsizeError,
+        AmorsizeWarning,
+        BackendNotFoundError,
+        CheckpointMismatchError,
+        CircuitOpenError,
+        CrashLoopError,
+        DLQCorruptError,
+        DLQError,
+        DLQFileNotFoundError,
+        InvalidArgumentError,
+        InvalidTypeError,
+        ItemTimeoutError,
+        OptimizerWarning,
+        PickleNotAllowedError,
+        SharedDLQUnavailableError,
+        TaskFailedError,
+        WorkerCrashedError,
+    )
+    from amorsize.executor import execute, imap
+    from amorsize.failure import Failure, is_failure
+    from amorsize.retry import RetryOutcome, RetryPolicy
+    from amorsize.serialization import PickledPayload, UnserializableItem
+    from amorsize.sizing.optimizer import optimize
+    from amorsize.sizing.result import OptimizationResult
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use, then keep it here."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    """Every public name, loaded or not, plus this module's own attributes."""
+    return sorted(set(globals()) | set(__all__))

@@ -8,11 +8,12 @@ an :class:`~amorsize.InvalidArgumentError` (a ``ValueError``) or an
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Tuple, Type
+from collections.abc import Iterable
+from typing import Any
 
 from amorsize.errors import InvalidArgumentError, InvalidTypeError
 
-ExceptionTypes = Tuple[Type[BaseException], ...]
+ExceptionTypes = tuple[type[BaseException], ...]
 
 
 def invalid_value(name: str, value: Any, accepted: str) -> InvalidArgumentError:
@@ -75,3 +76,22 @@ def exception_types(name: str, value: Any) -> ExceptionTypes:
     ):
         return tuple(value)
     raise invalid_value(name, value, "an exception class or a tuple of exception classes")
+
+
+def check_iterable(name: str, value: Any) -> Any:
+    """Return ``value`` if ``iter()`` accepts it (without consuming anything)."""
+    try:
+        iter(value)
+    except TypeError:
+        raise InvalidTypeError(f"{name}={value!r} is not valid; expected an iterable") from None
+    return value
+
+
+def check_fraction(name: str, value: Any, *, optional: bool = False) -> Any:
+    """Return ``value`` as a float if it is a number in (0, 1] (or None when optional)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        accepted = "a number in (0, 1]"
+        raise invalid_value(name, value, f"{accepted} or None" if optional else accepted)
+    return float(value)

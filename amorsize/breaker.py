@@ -46,12 +46,12 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, TypeVar, Union
+from typing import Any, Callable, TypeVar
 
-from amorsize._validate import check_seconds, exception_types, invalid_value
+from amorsize._breaker_window import ClosedWindow
+from amorsize._validate import check_fraction, check_int, check_seconds, exception_types, invalid_value
 from amorsize.errors import CircuitOpenError
 from amorsize.retry import ExceptionSpec
 
@@ -67,7 +67,7 @@ DEFAULT_RESET_TIMEOUT = 30.0
 DEFAULT_HALF_OPEN_MAX_CALLS = 1
 
 F = TypeVar("F", bound=Callable[..., Any])
-FailureReport = Union[BaseException, type, str, None]
+FailureReport = BaseException | type | str | None
 
 
 class CircuitState(Enum):
@@ -89,13 +89,6 @@ class BreakerStats:
     opens: int  # transitions into OPEN
 
 
-def _positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if (value is not None or not allow_none) and (
-        isinstance(value, bool) or not isinstance(value, int) or value < 1
-    ):
-        raise invalid_value(name, value, "an int >= 1" + (" or None" if allow_none else ""))
-
-
 class CircuitBreaker:
     """Open after repeated failures, refuse calls for ``reset_timeout`` seconds, then probe."""
 
@@ -113,14 +106,9 @@ class CircuitBreaker:
         on_state_change: Callable[[CircuitState, CircuitState], Any] | None = None,
         name: str | None = None,
     ) -> None:
-        _positive_int("failure_threshold", failure_threshold, allow_none=True)
-        if failure_rate is not None and (
-            isinstance(failure_rate, bool)
-            or not isinstance(failure_rate, (int, float))
-            or not 0 < failure_rate <= 1
-        ):
-            raise invalid_value("failure_rate", failure_rate, "a number in (0, 1] or None")
-        _positive_int("window", window, allow_none=True)
+        self.failure_threshold = check_int("failure_threshold", failure_threshold, 1, optional=True)
+        self.failure_rate = check_fraction("failure_rate", failure_rate, optional=True)
+        self.window = check_int("window", window, 1, optional=True)
         if failure_rate is not None and window is None:
             raise invalid_value("window", window, "an int >= 1 when failure_rate is set")
         if window is not None and failure_rate is None:
@@ -129,18 +117,15 @@ class CircuitBreaker:
             raise invalid_value(
                 "failure_threshold", failure_threshold, "an int >= 1 unless failure_rate is set"
             )
-        _positive_int("half_open_max_calls", half_open_max_calls)
+        self.half_open_max_calls = check_int("half_open_max_calls", half_open_max_calls, 1)
+        # Not callable is a ValueError here (InvalidArgumentError), as it always was.
         if not callable(clock):
             raise invalid_value("clock", clock, "a callable returning seconds")
         if on_state_change is not None and not callable(on_state_change):
             raise invalid_value("on_state_change", on_state_change, "None or a callable")
         if name is not None and not isinstance(name, str):
             raise invalid_value("name", name, "None or a str")
-        self.failure_threshold = failure_threshold
-        self.failure_rate = None if failure_rate is None else float(failure_rate)
-        self.window = window
         self.reset_timeout = check_seconds("reset_timeout", reset_timeout)
-        self.half_open_max_calls = half_open_max_calls
         self.counts = exception_types("counts", counts)
         self.ignores = exception_types("ignores", ignores)
         self.clock = clock
@@ -152,9 +137,7 @@ class CircuitBreaker:
         self._lock = threading.Lock()
         self._pending: list[tuple[CircuitState, CircuitState]] = []
         self._state = CircuitState.CLOSED
-        self._consecutive = 0  # counted failures in a row, while CLOSED
-        self._recent: deque[bool] = deque(maxlen=window or 1)  # True = failure, while CLOSED
-        self._recent_failures = 0
+        self._closed = ClosedWindow(window)  # outcomes of the current CLOSED spell
         self._opened_at = 0.0
         self._trials = 0  # trial slots handed out in this HALF_OPEN spell
         self._trial_successes = 0
@@ -164,7 +147,7 @@ class CircuitBreaker:
         label = f"{self.name!r}, " if self.name else ""
         return (
             f"CircuitBreaker({label}state={self._state.value}, "
-            f"failures_in_a_row={self._consecutive}, failure_threshold={self.failure_threshold})"
+            f"failures_in_a_row={self._closed.consecutive}, failure_threshold={self.failure_threshold})"
         )
 
     # --- reading --------------------------------------------------------------
@@ -203,7 +186,7 @@ class CircuitBreaker:
             elif self.failure_threshold is None:
                 headroom = None
             else:
-                headroom = max(1, self.failure_threshold - self._consecutive)
+                headroom = max(1, self.failure_threshold - self._closed.consecutive)
         self._notify(fired)
         return headroom
 
@@ -294,7 +277,7 @@ class CircuitBreaker:
         """Close the circuit and forget recent outcomes (the cumulative stats are kept)."""
         with self._lock:
             self._move(CircuitState.CLOSED)
-            self._clear_closed_counts()
+            self._closed.clear()
             fired = self._take_transitions()
         self._notify(fired)
 
@@ -358,8 +341,7 @@ class CircuitBreaker:
         self._calls += 1
         self._successes += 1
         if self._state is CircuitState.CLOSED:
-            self._consecutive = 0
-            self._remember(False)
+            self._closed.add(False)
         elif self._state is CircuitState.HALF_OPEN and self._trial_successes < self._trials:
             self._trial_successes += 1
             if self._trial_successes >= self.half_open_max_calls:
@@ -373,35 +355,11 @@ class CircuitBreaker:
         self._calls += 1
         self._failures += 1
         if self._state is CircuitState.CLOSED:
-            self._consecutive += 1
-            self._remember(True)
-            if self._should_open():
+            self._closed.add(True)
+            if self._closed.tripped(self.failure_threshold, self.failure_rate):
                 self._move(CircuitState.OPEN)
         elif self._state is CircuitState.HALF_OPEN:
             self._move(CircuitState.OPEN)
-
-    def _remember(self, failed: bool) -> None:
-        if self.window is None:
-            return
-        if len(self._recent) == self.window and self._recent[0]:
-            self._recent_failures -= 1
-        self._recent.append(failed)
-        self._recent_failures += failed
-
-    def _should_open(self) -> bool:
-        if self.failure_threshold is not None and self._consecutive >= self.failure_threshold:
-            return True
-        return (
-            self.window is not None
-            and self.failure_rate is not None
-            and len(self._recent) == self.window
-            and self._recent_failures >= self.failure_rate * self.window
-        )
-
-    def _clear_closed_counts(self) -> None:
-        self._consecutive = 0
-        self._recent.clear()
-        self._recent_failures = 0
 
     def _move(self, new: CircuitState) -> None:
         old = self._state
@@ -412,7 +370,7 @@ class CircuitBreaker:
             self._opened_at = self.clock()
             self._opens += 1
         self._trials = self._trial_successes = 0
-        self._clear_closed_counts()
+        self._closed.clear()
         self._pending.append((old, new))
 
     def _take_transitions(self) -> list[tuple[CircuitState, CircuitState]]:

@@ -22,10 +22,11 @@ import json
 import os
 import pickle
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from amorsize._fs import FILE_MODE, write_atomically
-from amorsize._validate import invalid_value
+from amorsize._validate import check_int, check_seconds, invalid_value
 from amorsize.errors import CheckpointMismatchError
 from amorsize.failure import Failure
 from amorsize.serialization import decode_value, dumps, encode_value
@@ -35,7 +36,7 @@ FINGERPRINT_ITEMS = 1000
 CHECKPOINT_VERSION = 1
 
 
-def fingerprint(func: Any, head: List[Any], total: Optional[int]) -> str:
+def fingerprint(func: Any, head: list[Any], total: int | None) -> str:
     """A digest of ``func`` (its cloudpickle bytes) and of the inputs."""
     digest = hashlib.sha256()
     digest.update(dumps(func))
@@ -61,28 +62,22 @@ class Checkpoint:
 
     def __init__(
         self,
-        path: Union[str, os.PathLike[str]],
-        every_items: Optional[int] = None,
-        every_seconds: Optional[float] = 30.0,
+        path: str | os.PathLike[str],
+        every_items: int | None = None,
+        every_seconds: float | None = 30.0,
         *,
         keep: bool = False,
         allow_pickle: bool = False,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise invalid_value("path", path, "a file path")
-        if every_items is not None and (type(every_items) is not int or every_items < 1):
-            raise invalid_value("every_items", every_items, "None or an int >= 1")
-        if every_seconds is not None and not (
-            isinstance(every_seconds, (int, float)) and every_seconds >= 0
-        ):
-            raise invalid_value("every_seconds", every_seconds, "None or a number of seconds >= 0")
         self.path = os.fspath(path)
-        self.every_items = every_items
-        self.every_seconds = every_seconds
+        self.every_items = check_int("every_items", every_items, 1, optional=True)
+        self.every_seconds = check_seconds("every_seconds", every_seconds, optional=True)
         self.keep = keep
         self.allow_pickle = allow_pickle
-        self.fingerprint: Optional[str] = None
-        self._segments: Dict[int, List[Any]] = {}
+        self.fingerprint: str | None = None
+        self._segments: dict[int, list[Any]] = {}
         self._unsaved = 0
         self._last_save = time.monotonic()
 
@@ -91,7 +86,7 @@ class Checkpoint:
 
     # -- used by execute() -----------------------------------------------------
 
-    def bind(self, func: Any, items: Iterable[Any], total: Optional[int]) -> Iterator[Any]:
+    def bind(self, func: Any, items: Iterable[Any], total: int | None) -> Iterator[Any]:
         """Fingerprint the run and load what a previous run finished.
 
         Returns the items to iterate (the fingerprinted head chained back in).
@@ -106,11 +101,11 @@ class Checkpoint:
             self._load()
         return itertools.chain(head, source)
 
-    def finished(self) -> List[Tuple[int, List[Any]]]:
+    def finished(self) -> list[tuple[int, list[Any]]]:
         """The ``(start, values)`` segments a previous run finished, by start."""
         return sorted(self._segments.items())
 
-    def record(self, start: int, values: List[Any]) -> None:
+    def record(self, start: int, values: list[Any]) -> None:
         """Note that positions ``start..`` finished with ``values``; save if it is time."""
         self._segments[start] = values
         self._unsaved += len(values)

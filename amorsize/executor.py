@@ -44,7 +44,6 @@ import warnings
 from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, finish_in_parent, run_chunk
-from amorsize._costs import SampleFailure, usable_cores
 from amorsize._validate import check_choice, invalid_value
 from amorsize._workers import ChunkDone, ChunkLost
 from amorsize.backends import LocalBackend, resolve_backend
@@ -56,11 +55,15 @@ from amorsize.errors import (
     CrashLoopError,
     InvalidTypeError,
     ItemTimeoutError,
+    OptimizerWarning,
     TaskFailedError,
     WorkerCrashedError,
 )
 from amorsize.failure import Failure, failure_of, function_name, hostname
-from amorsize.optimizer import ChunkSizer, OptimizationResult, OptimizerWarning, optimize
+from amorsize.sizing.chunks import ChunkSizer
+from amorsize.sizing.measure import usable_cores
+from amorsize.sizing.optimizer import OptimizationResult, optimize
+from amorsize.sizing.sample import SampleFailure
 
 #: Chunks whose results may wait in the reorder buffer per worker before the
 #: dispatcher stops cutting new chunks (bounds memory when one chunk is slow).

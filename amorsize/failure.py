@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any
 
 from amorsize.dlq.entry import DLQEntry
 from amorsize.serialization import UnserializableItem, pack_for_transport
 
-_hostname: Optional[str] = None
+_hostname: str | None = None
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Failure:
     the run had no dead letter queue).
     """
 
-    entry_id: Optional[str]
+    entry_id: str | None
     error_type: str
     error_message: str
     reason: str = "exception"
@@ -62,7 +62,7 @@ def failure_entry(
     function: str,
     include_traceback: bool = True,
     reason: str = "exception",
-    extra: Optional[Dict[str, Any]] = None,
+    extra: dict[str, Any] | None = None,
 ) -> DLQEntry:
     """The DLQ entry a worker sends for a failed item, with its item packed for transport.
 
@@ -70,7 +70,7 @@ def failure_entry(
     the attempts, the worker's pid and host, and the function's qualname.
     """
     packed = pack_for_transport(item)
-    metadata: Dict[str, Any] = {
+    metadata: dict[str, Any] = {
         "attempts": attempts,
         "pid": os.getpid(),
         "host": hostname(),

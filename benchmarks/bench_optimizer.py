@@ -35,8 +35,9 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable
 
 import psutil
 
@@ -103,10 +104,10 @@ def sleepy(_x: int) -> int:
 class Workload:
     name: str
     func: Callable[[Any], Any]
-    items: List[Any]
+    items: list[Any]
 
 
-def workloads(quick: bool) -> List[Workload]:
+def workloads(quick: bool) -> list[Workload]:
     """The benchmark inputs; item counts give roughly 1-3 s of serial work (tiny: less)."""
     lps = _LOOPS_PER_SECOND
     scale = 0.3 if quick else 1.0
@@ -171,14 +172,14 @@ def median_time(run: Callable[[], Any], repeats: int) -> float:
 
 
 def grid(w: Workload, repeats: int,
-         log: Callable[[str], None]) -> Tuple[str, Tuple[Optional[int], int], float]:
+         log: Callable[[str], None]) -> tuple[str, tuple[int | None, int], float]:
     """Best fixed setting: serial loop, or (n_jobs, chunksize), pruning hopeless sizes.
 
     Returns its name, ``(n_jobs, chunksize)`` (``(None, 0)`` for the serial loop)
     and the time it took in the search.
     """
     best_name, best = "serial loop", min(timed(serial_loop(w)) for _ in range(repeats))
-    setting: Tuple[Optional[int], int] = (None, 0)
+    setting: tuple[int | None, int] = (None, 0)
     log(f"    serial loop {best:.3f}s")
     total = len(w.items)
     sizes = [2 ** k for k in range(int(math.log2(max(total // 2, 1))), -1, -1)]
@@ -200,7 +201,7 @@ def grid(w: Workload, repeats: int,
 class Row:
     name: str
     grid_name: str
-    setting: Tuple[Optional[int], int]
+    setting: tuple[int | None, int]
     grid_s: float
     auto_s: float
     pool_s: float
@@ -216,7 +217,7 @@ class Row:
     def ratio(self) -> float:
         return self.auto_s / self.grid_s
 
-    def passes(self) -> Tuple[bool, bool, Optional[bool]]:
+    def passes(self) -> tuple[bool, bool, bool | None]:
         """(vs grid, vs serial when serial is best, optimize share or None if < 1 s)."""
         vs_grid = self.ratio <= TARGET_VS_GRID
         vs_serial = (not self.serial_best) or self.ratio <= TARGET_VS_SERIAL
@@ -228,8 +229,8 @@ class Row:
         return all(p is not False for p in self.passes())
 
 
-def rounds(w: Workload, setting: Tuple[Optional[int], int], repeats: int,
-           log: Callable[[str], None]) -> Tuple[str, Tuple[Optional[int], int], float,
+def rounds(w: Workload, setting: tuple[int | None, int], repeats: int,
+           log: Callable[[str], None]) -> tuple[str, tuple[int | None, int], float,
                                                 float, float, float]:
     """Time the serial loop, the grid's winner, ours and the peers in interleaved rounds.
 
@@ -243,7 +244,7 @@ def rounds(w: Workload, setting: Tuple[Optional[int], int], repeats: int,
     runs = [serial_loop(w), ours_auto(w), pool_map(w), joblib_auto(w)]
     if setting[0] is not None:
         runs.append(ours_fixed(w, setting[0], setting[1]))
-    times: List[List[float]] = [[] for _ in runs]
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
         for run, bucket in zip(runs, times):
             bucket.append(timed(run))
@@ -325,7 +326,7 @@ def verdicts(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter inputs, 1 run each")
     parser.add_argument("--repeats", type=int, default=None,
@@ -350,7 +351,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     chosen = [w for w in workloads(args.quick)
               if args.only is None or args.only.lower() in w.name.lower()]
     started = time.perf_counter()
-    rows: List[Row] = []
+    rows: list[Row] = []
     for w in chosen:
         print(f"measuring {w.name} ({len(w.items)} items)...", flush=True)
         row = measure(w, args, log)

@@ -7,9 +7,11 @@ import threading
 from typing import Any
 
 import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from amorsize._breaker_window import ClosedWindow
 from amorsize.breaker import BreakerStats, CircuitBreaker, CircuitState
 from amorsize.errors import AmorsizeError, CircuitOpenError, InvalidArgumentError
 
@@ -624,3 +626,35 @@ def test_half_open_breaker_pickles_its_trial_slots() -> None:
     clone = pickle.loads(pickle.dumps(breaker))
     assert clone.allow()
     assert not clone.allow()
+
+
+# --- the closed window --------------------------------------------------------
+
+
+@given(st.integers(1, 8), st.lists(st.booleans(), max_size=40))
+def test_closed_window_agrees_with_a_recount(size: int, outcomes: list[bool]) -> None:
+    window = ClosedWindow(size)
+    for failed in outcomes:
+        window.add(failed)
+    recent = outcomes[-size:]
+    trailing = len(outcomes) - max((i + 1 for i, failed in enumerate(outcomes) if not failed),
+                                   default=0)
+    assert len(window) == len(recent)
+    assert window.failures == sum(recent)
+    assert window.consecutive == trailing
+    assert window.tripped(None, 0.5) == (len(recent) == size and sum(recent) >= 0.5 * size)
+    assert window.tripped(3, None) == (trailing >= 3)
+    restored = pickle.loads(pickle.dumps(window))
+    assert (restored.failures, restored.consecutive, len(restored)) == (
+        window.failures, window.consecutive, len(window))
+    window.clear()
+    assert (window.failures, window.consecutive, len(window)) == (0, 0, 0)
+
+
+def test_closed_window_without_a_size_counts_only_the_streak() -> None:
+    window = ClosedWindow(None)
+    for failed in (True, True, False, True):
+        window.add(failed)
+    assert (window.consecutive, window.failures, len(window)) == (1, 0, 0)
+    assert not window.tripped(None, 0.1)
+

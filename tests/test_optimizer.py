@@ -21,24 +21,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from amorsize import _costs
-from amorsize.errors import InvalidArgumentError, InvalidTypeError
-from amorsize.optimizer import (
+from amorsize.errors import InvalidArgumentError, InvalidTypeError, OptimizerWarning
+from amorsize.sizing import cache, measure
+from amorsize.sizing import sample as dry_run
+from amorsize.sizing.chunks import MAX_CHUNKSIZE, MIN_PER_ITEM_SECONDS, MIN_TAIL_CHUNK_SECONDS, ChunkSizer
+from amorsize.sizing.measure import StartupCosts
+from amorsize.sizing.optimizer import (
     ASSUMED_UNKNOWN_LENGTH,
-    MAX_CHUNKSIZE,
-    MIN_PER_ITEM_SECONDS,
     MIN_SPEEDUP,
-    MIN_TAIL_CHUNK_SECONDS,
-    ChunkSizer,
     Decision,
     OptimizationResult,
-    OptimizerWarning,
-    SampleFailure,
-    SampleStats,
-    StartupCosts,
     decide,
     optimize,
 )
+from amorsize.sizing.sample import SampleFailure, SampleStats
 
 COSTS = StartupCosts("fork", process_start_seconds=0.01, ipc_round_trip_seconds=1e-4,
                      seconds_per_byte=1e-8)
@@ -76,7 +72,7 @@ def measured(monkeypatch):
         calls.append(start_method)
         return StartupCosts(start_method, 0.01, 1e-4, 1e-8)
 
-    monkeypatch.setattr(_costs, "measure_startup_costs", fake_measure)
+    monkeypatch.setattr(cache, "measure_startup_costs", fake_measure)
     return calls
 
 
@@ -281,7 +277,7 @@ def test_short_and_empty_inputs(measured):
 def test_peak_memory_is_measured_without_leaving_tracemalloc_on(measured, monkeypatch):
     # The first call of allocate_a_megabyte can take over TRACE_MAX_ITEM_SECONDS
     # (fresh pages); pin the tracemalloc path, whose peak is exact.
-    monkeypatch.setattr(_costs, "TRACE_MAX_ITEM_SECONDS", math.inf)
+    monkeypatch.setattr(dry_run, "TRACE_MAX_ITEM_SECONDS", math.inf)
     result = optimize(allocate_a_megabyte, range(10), sample_size=2)
     assert result.peak_memory_per_item is not None
     assert result.peak_memory_per_item >= 2**20
@@ -289,7 +285,7 @@ def test_peak_memory_is_measured_without_leaving_tracemalloc_on(measured, monkey
 
 
 def test_peak_memory_respects_a_users_own_tracing(measured, monkeypatch):
-    monkeypatch.setattr(_costs, "TRACE_MAX_ITEM_SECONDS", math.inf)
+    monkeypatch.setattr(dry_run, "TRACE_MAX_ITEM_SECONDS", math.inf)
     tracemalloc.start()
     try:
         optimize(allocate_a_megabyte, range(10), sample_size=2)
@@ -300,7 +296,7 @@ def test_peak_memory_respects_a_users_own_tracing(measured, monkeypatch):
 
 def test_slow_items_stop_the_sample_early(measured, monkeypatch):
     # Every sampled item runs serially in the parent: slow ones are priced from fewer.
-    monkeypatch.setattr(_costs, "SAMPLE_BUDGET_SECONDS", 0.0)
+    monkeypatch.setattr(dry_run, "SAMPLE_BUDGET_SECONDS", 0.0)
     result = optimize(square, (i for i in range(100)), sample_size=5)
     assert result.sample_results == (0, 1)
     assert list(result.data) == list(range(100))
@@ -310,14 +306,14 @@ def test_slow_items_stop_the_sample_early(measured, monkeypatch):
 
 
 def test_fast_items_fill_the_sample(measured, monkeypatch):
-    monkeypatch.setattr(_costs, "SAMPLE_BUDGET_SECONDS", math.inf)
+    monkeypatch.setattr(dry_run, "SAMPLE_BUDGET_SECONDS", math.inf)
     result = optimize(square, iter(range(100)), sample_size=5)
     assert result.sample_results == (0, 1, 4, 9, 16)
     assert list(result.data) == list(range(100))
 
 
 def test_sample_budget_counts_items_that_raised(measured, monkeypatch):
-    monkeypatch.setattr(_costs, "SAMPLE_BUDGET_SECONDS", 0.0)
+    monkeypatch.setattr(dry_run, "SAMPLE_BUDGET_SECONDS", 0.0)
     with pytest.warns(OptimizerWarning, match="raised on 1 of 2"):
         result = optimize(boom_on_one, range(10))
     assert isinstance(result.sample_results[1], SampleFailure)
@@ -328,9 +324,9 @@ def test_slow_items_skip_tracemalloc_and_estimate_peak_from_rss(monkeypatch):
     # Tracing slows allocation-heavy code 10-30x: for slow items the traced call
     # would cost the dry run more than the rest of the sample.
     traced: list[object] = []
-    monkeypatch.setattr(_costs, "_traced_call", lambda f, x: traced.append(x))
-    monkeypatch.setattr(_costs, "TRACE_MAX_ITEM_SECONDS", 0.0)
-    sample = _costs.run_sample(allocate_a_megabyte, range(10), 3)
+    monkeypatch.setattr(dry_run, "_traced_call", lambda f, x: traced.append(x))
+    monkeypatch.setattr(dry_run, "TRACE_MAX_ITEM_SECONDS", 0.0)
+    sample = dry_run.run_sample(allocate_a_megabyte, range(10), 3)
     assert traced == []
     assert not tracemalloc.is_tracing()
     assert sample.stats.peak_memory_per_item is not None
@@ -339,15 +335,15 @@ def test_slow_items_skip_tracemalloc_and_estimate_peak_from_rss(monkeypatch):
 
 
 def test_fast_items_are_traced(monkeypatch):
-    monkeypatch.setattr(_costs, "TRACE_MAX_ITEM_SECONDS", math.inf)
+    monkeypatch.setattr(dry_run, "TRACE_MAX_ITEM_SECONDS", math.inf)
     calls: list[object] = []
 
     def rss_call(func, item):
         calls.append(item)
         return func(item), 0.0, 0
 
-    monkeypatch.setattr(_costs, "_rss_call", rss_call)
-    sample = _costs.run_sample(allocate_a_megabyte, range(10), 3)
+    monkeypatch.setattr(dry_run, "_rss_call", rss_call)
+    sample = dry_run.run_sample(allocate_a_megabyte, range(10), 3)
     assert calls == []
     assert sample.stats.peak_memory_per_item >= 2**20
 
@@ -355,7 +351,7 @@ def test_fast_items_are_traced(monkeypatch):
 def test_rss_estimate_sees_a_retained_allocation():
     kept: list[bytearray] = []
     size = 64 * 2**20
-    result, seconds, grown = _costs._rss_call(lambda n: kept.append(bytearray(n)), size)
+    result, seconds, grown = dry_run._rss_call(lambda n: kept.append(bytearray(n)), size)
     assert result is None and seconds >= 0
     assert grown >= size // 2  # bytearray(n) touches its pages; allow allocator slack
 
@@ -408,26 +404,26 @@ def test_invalid_types_are_rejected():
 
 
 def test_costs_are_measured_once_then_reused(measured):
-    first = _costs.get_startup_costs("fork")
-    assert _costs.get_startup_costs("fork") == first
+    first = cache.get_startup_costs("fork")
+    assert cache.get_startup_costs("fork") == first
     optimize(square, range(10), start_method="fork")
     assert measured == ["fork"]
 
 
 def test_cache_is_keyed_by_start_method(measured):
-    _costs.get_startup_costs("fork")
-    _costs.get_startup_costs("spawn")
-    _costs.get_startup_costs("spawn", refresh=True)
+    cache.get_startup_costs("fork")
+    cache.get_startup_costs("spawn")
+    cache.get_startup_costs("spawn", refresh=True)
     assert measured == ["fork", "spawn", "spawn"]
 
 
 def test_cache_file_is_private_and_written_atomically(measured, cache_dir):
-    _costs.get_startup_costs("spawn")
-    path = _costs.cache_path()
+    cache.get_startup_costs("spawn")
+    path = cache.cache_path()
     assert path == cache_dir / "costs.json"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert os.listdir(cache_dir) == ["costs.json"]  # no temp file left behind
-    entry = json.loads(path.read_text())["entries"][_costs.cache_key("spawn")]
+    entry = json.loads(path.read_text())["entries"][cache.cache_key("spawn")]
     assert entry["start_method"] == "spawn"
 
 
@@ -439,23 +435,23 @@ def test_corrupt_cache_warns_is_remeasured_and_rewritten(measured, cache_dir, ga
     cache_dir.mkdir()
     (cache_dir / "costs.json").write_bytes(garbage)
     with pytest.warns(OptimizerWarning, match="corrupt"):
-        costs = _costs.get_startup_costs("fork")
+        costs = cache.get_startup_costs("fork")
     assert measured == ["fork"]
     document = json.loads((cache_dir / "costs.json").read_text())
-    assert document["entries"][_costs.cache_key("fork")]["process_start_seconds"] == (
+    assert document["entries"][cache.cache_key("fork")]["process_start_seconds"] == (
         costs.process_start_seconds)
-    _costs.get_startup_costs("fork")  # now valid: no warning, no measurement
+    cache.get_startup_costs("fork")  # now valid: no warning, no measurement
     assert measured == ["fork"]
 
 
 def test_bad_cache_entry_is_remeasured(measured, cache_dir):
-    _costs.get_startup_costs("fork")
+    cache.get_startup_costs("fork")
     path = cache_dir / "costs.json"
     document = json.loads(path.read_text())
-    document["entries"][_costs.cache_key("fork")]["seconds_per_byte"] = -1
+    document["entries"][cache.cache_key("fork")]["seconds_per_byte"] = -1
     path.write_text(json.dumps(document))
     with pytest.warns(OptimizerWarning, match="bad entry"):
-        _costs.get_startup_costs("fork")
+        cache.get_startup_costs("fork")
     assert measured == ["fork", "fork"]
 
 
@@ -464,9 +460,9 @@ def test_failed_measurement_falls_back_without_caching(monkeypatch, cache_dir, e
     def broken(start_method: str) -> StartupCosts:
         raise error("no processes for you")
 
-    monkeypatch.setattr(_costs, "measure_startup_costs", broken)
+    monkeypatch.setattr(cache, "measure_startup_costs", broken)
     with pytest.warns(OptimizerWarning, match="no processes for you"):
-        costs = _costs.get_startup_costs("spawn")
+        costs = cache.get_startup_costs("spawn")
     assert costs.process_start_seconds > 0
     assert not (cache_dir / "costs.json").exists()
 
@@ -476,28 +472,28 @@ def test_unwritable_cache_warns_and_still_answers(measured, tmp_path, monkeypatc
     not_a_dir.write_text("")
     monkeypatch.setenv("AMORSIZE_CACHE_DIR", str(not_a_dir))
     with pytest.warns(OptimizerWarning, match="cannot"):
-        assert _costs.get_startup_costs("fork").start_method == "fork"
+        assert cache.get_startup_costs("fork").start_method == "fork"
 
 
 def test_cache_location_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("AMORSIZE_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert _costs.cache_path() == tmp_path / "xdg" / "amorsize" / "costs.json"
+    assert cache.cache_path() == tmp_path / "xdg" / "amorsize" / "costs.json"
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/is/ignored")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert _costs.cache_path() == tmp_path / "home" / ".cache" / "amorsize" / "costs.json"
+    assert cache.cache_path() == tmp_path / "home" / ".cache" / "amorsize" / "costs.json"
 
 
 def test_usable_cores_respects_affinity_and_quota(monkeypatch):
-    monkeypatch.setattr(_costs.psutil, "cpu_count", lambda logical=True: 64)
-    monkeypatch.setattr(_costs.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    monkeypatch.setattr(_costs, "_cgroup_cpu_limit", lambda: None)
-    assert _costs.usable_cores() == 3
-    monkeypatch.setattr(_costs, "_cgroup_cpu_limit", lambda: 2)
-    assert _costs.usable_cores() == 2
-    monkeypatch.setattr(_costs.psutil, "cpu_count", lambda logical=True: None)
-    monkeypatch.setattr(_costs.os, "cpu_count", lambda: 1)
-    assert _costs.usable_cores() == 1
+    monkeypatch.setattr(measure.psutil, "cpu_count", lambda logical=True: 64)
+    monkeypatch.setattr(measure.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(measure, "_cgroup_cpu_limit", lambda: None)
+    assert measure.usable_cores() == 3
+    monkeypatch.setattr(measure, "_cgroup_cpu_limit", lambda: 2)
+    assert measure.usable_cores() == 2
+    monkeypatch.setattr(measure.psutil, "cpu_count", lambda logical=True: None)
+    monkeypatch.setattr(measure.os, "cpu_count", lambda: 1)
+    assert measure.usable_cores() == 1
 
 
 def test_records_pickle():
@@ -517,7 +513,7 @@ def resource_tracker():
 
 
 def test_measure_startup_costs_for_real(start_method, resource_tracker, no_leaked_children):
-    costs = _costs.measure_startup_costs(start_method)
+    costs = measure.measure_startup_costs(start_method)
     assert costs.start_method == start_method
     assert costs.process_start_seconds > 0
     for value in (costs.ipc_round_trip_seconds, costs.seconds_per_byte):
