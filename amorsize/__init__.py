@@ -30,6 +30,7 @@ from amorsize.errors import (
 from amorsize.executor import ItemTimeoutError, WorkerCrashedError, execute, imap
 from amorsize.failure import Failure, is_failure
 from amorsize.optimizer import OptimizationResult, optimize
+from amorsize.pacing import RateLimit
 from amorsize.retry import RetryOutcome, RetryPolicy
 from amorsize.serialization import PickledPayload, UnserializableItem
 
@@ -58,6 +59,7 @@ __all__ = [
     "OptimizationResult",
     "PickleNotAllowedError",
     "PickledPayload",
+    "RateLimit",
     "RetryOutcome",
     "RetryPolicy",
     "SharedDLQUnavailableError",
