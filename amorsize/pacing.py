@@ -160,7 +160,7 @@ class RateLimit:
         """Close this process's handles; in the creating process also delete the state."""
         local, self._local = self._local, None
         if local is not None and local.pid == os.getpid():
-            local.state.close()
+            local.close()
         if local is not None and local.finalizer is not None:
             local.finalizer()
 
@@ -259,6 +259,12 @@ class _ProcessLocal:
         self._slots = slots
         self._state: _pace_state.ProcessState | None = None
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the handles if they were ever opened."""
+        state, self._state = self._state, None
+        if state is not None:
+            state.close()
 
     @property
     def state(self) -> _pace_state.ProcessState:
