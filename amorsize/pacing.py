@@ -60,21 +60,33 @@ SLOT_POLL_MAX = 0.01
 #: What identifies a limit: calls, per, burst, max_concurrent.
 Params = Tuple[int, float, Optional[int], Optional[int]]
 
+#: Serialises a process's first use of a limiter (rare: once per limiter per process).
+#: Re-created after a fork, in case a thread held it when the process forked.
+_OPENING = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _OPENING
+    _OPENING = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
 
 class Permit:
     """The right to run one call; :meth:`release` (or leaving ``with``) frees its slot."""
 
-    __slots__ = ("_limit", "_slot")
+    __slots__ = ("_slot", "_state")
 
-    def __init__(self, limit: RateLimit, slot: int | None) -> None:
-        self._limit = limit
+    def __init__(self, state: _pace_state.ProcessState, slot: int | None) -> None:
+        self._state = state
         self._slot = slot
 
     def release(self) -> None:
         """Give back the concurrency slot, if any; releasing twice is harmless."""
         slot, self._slot = self._slot, None
         if slot is not None:
-            self._limit._process_state().release_slot(slot)
+            self._state.release_slot(slot)
 
     def __enter__(self) -> Permit:
         return self
@@ -138,11 +150,11 @@ class RateLimit:
                     raise RateLimitTimeoutError(f"{self!r}: no start before the deadline {deadline!r}")
                 delay = start - self.clock()
                 if delay <= 0:
-                    return Permit(self, slot)
+                    return Permit(state, slot)
                 self.sleep(delay)
                 # A pause that began while we slept (a Retry-After) voids the booking.
                 if state.paused_until() <= self.clock():
-                    return Permit(self, slot)
+                    return Permit(state, slot)
         except BaseException:
             if slot is not None:
                 state.release_slot(slot)
@@ -217,7 +229,10 @@ class RateLimit:
         """This process's open handles, opened again after a fork (flocks must not be shared)."""
         local = self._local
         if local is None or local.pid != os.getpid():
-            local = self._local = _ProcessLocal(self.path, self.max_concurrent or 0, None)
+            with _OPENING:
+                local = self._local
+                if local is None or local.pid != os.getpid():
+                    local = self._local = _ProcessLocal(self.path, self.max_concurrent or 0, None)
         return local.state
 
     def _take_slot(self, state: _pace_state.ProcessState, deadline: float | None) -> int:
@@ -279,9 +294,10 @@ class Limited:
     """``func`` wrapped so each call waits for its :class:`RateLimit`; pickles by value or by name."""
 
     def __init__(self, limit: RateLimit, func: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, check_callable("func", func))
+        # After update_wrapper: wrapping a Limited copies its __dict__, limit included.
         self.limit = limit
-        self.__wrapped__ = check_callable("func", func)
-        functools.update_wrapper(self, func)
+        self.__wrapped__ = func
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with self.limit.acquire():
@@ -350,12 +366,12 @@ def _inherited_path(key: str) -> str | None:
     pid_text, _, path = value.partition(":")
     try:
         pid = int(pid_text)
+        if pid == os.getpid() or not os.path.isdir(path):
+            return None
         ancestors = {p.pid for p in psutil.Process().parents()}
     except (ValueError, psutil.Error):
         return None
-    if pid == os.getpid() or pid not in ancestors or not os.path.isdir(path):
-        return None
-    return path
+    return path if pid in ancestors else None
 
 
 def _remove_owned(path: str, owner: int, key: str) -> None:

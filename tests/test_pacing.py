@@ -309,3 +309,13 @@ def test_refuses_a_state_directory_others_can_read(tmp_path: Any) -> None:
     with pytest.raises(InvalidArgumentError, match="private"):
         copy.acquire()
     limit.close()
+
+
+def test_stacked_decorators_keep_each_limit() -> None:
+    inner, clock = fake_limit(1, per=10.0)
+    outer = RateLimit(1000, clock=clock, sleep=clock.sleep)
+    both = outer(inner(abs))
+    assert both.limit is outer and both.__wrapped__.limit is inner
+    assert both(-1) == 1 and both(-2) == 2
+    assert clock.now == pytest.approx(1010.0)  # the inner limit paced the second call
+    inner.close(), outer.close()
