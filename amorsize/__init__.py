@@ -30,6 +30,7 @@ _LAZY: dict[str, str] = {
     "CircuitState": "amorsize.breaker",
     "RetryOutcome": "amorsize.retry",
     "RetryPolicy": "amorsize.retry",
+    "RateLimit": "amorsize.pacing",
     # failures and the dead letter queue
     "Failure": "amorsize.failure",
     "is_failure": "amorsize.failure",
@@ -56,6 +57,7 @@ _LAZY: dict[str, str] = {
     "ItemTimeoutError": "amorsize.errors",
     "OptimizerWarning": "amorsize.errors",
     "PickleNotAllowedError": "amorsize.errors",
+    "RateLimitTimeoutError": "amorsize.errors",
     "SharedDLQUnavailableError": "amorsize.errors",
     "TaskFailedError": "amorsize.errors",
     "WorkerCrashedError": "amorsize.errors",
@@ -86,6 +88,8 @@ __all__ = [
     "OptimizerWarning",
     "PickleNotAllowedError",
     "PickledPayload",
+    "RateLimit",
+    "RateLimitTimeoutError",
     "RetryOutcome",
     "RetryPolicy",
     "SharedDLQUnavailableError",
@@ -126,12 +130,14 @@ if TYPE_CHECKING:
         ItemTimeoutError,
         OptimizerWarning,
         PickleNotAllowedError,
+        RateLimitTimeoutError,
         SharedDLQUnavailableError,
         TaskFailedError,
         WorkerCrashedError,
     )
     from amorsize.executor import execute, imap
     from amorsize.failure import Failure, is_failure
+    from amorsize.pacing import RateLimit
     from amorsize.retry import RetryOutcome, RetryPolicy
     from amorsize.serialization import PickledPayload, UnserializableItem
     from amorsize.sizing.optimizer import optimize

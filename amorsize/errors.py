@@ -123,6 +123,10 @@ class CircuitOpenError(AmorsizeError):
     """A call was refused because its circuit breaker is open."""
 
 
+class RateLimitTimeoutError(AmorsizeError, TimeoutError):
+    """A call could not start under its :class:`~amorsize.RateLimit` before its deadline."""
+
+
 class CheckpointMismatchError(AmorsizeError, ValueError):
     """A checkpoint belongs to another function or another input."""
 

@@ -24,6 +24,13 @@ base delay), and clamped to ``max_delay`` once more, so the cap holds after jitt
 Clamping before the jitter keeps delays at the cap spread over ``[0.5, 1] * max_delay``
 instead of all landing on exactly ``max_delay``.
 
+Retry-After: with ``retry_after=True`` (the default) an error that says when to come
+back (a ``retry_after`` attribute, or an HTTP response with a ``Retry-After`` header:
+see :mod:`amorsize.retry_after`) sets the delay itself, capped by ``max_delay`` and
+not jittered (the server named the time). A runner that shares a rate limiter passes
+it to :meth:`RetryPolicy.run` as ``pacer``: the same delay then pauses every process
+using that limiter, not only the one that saw the error.
+
 Time is injected: ``sleep`` and ``clock`` default to :func:`time.sleep` and
 :func:`time.monotonic`, ``random`` to the :mod:`random` module, so tests never sleep.
 The defaults are module-level functions, so a policy pickles (protocol 3 or later:
@@ -39,8 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Type, Union
 
 from amorsize._validate import ExceptionTypes, check_seconds, exception_types, invalid_value
+from amorsize.retry_after import retry_after_seconds
 
-__all__ = ["RetryOutcome", "RetryPolicy"]
+__all__ = ["Pacer", "RetryOutcome", "RetryPolicy"]
 
 # --- tuning constants ---------------------------------------------------------
 
@@ -57,6 +65,12 @@ JITTER_LOW = 0.5
 JITTER_HIGH = 1.5
 
 ExceptionSpec = Union[Type[BaseException], ExceptionTypes]
+
+
+class Pacer(Protocol):
+    """Anything a Retry-After can pause for every worker, like :class:`amorsize.RateLimit`."""
+
+    def pause(self, seconds: float) -> None: ...
 
 
 class RandomSource(Protocol):
@@ -97,6 +111,7 @@ class RetryPolicy:
     retry_on: ExceptionTypes
     give_up_on: ExceptionTypes
     max_elapsed: float | None
+    retry_after: bool
     # Injected collaborators: not part of the policy's value (equality, hash).
     sleep: Callable[[float], Any] = field(compare=False)
     clock: Callable[[], float] = field(compare=False)
@@ -113,6 +128,7 @@ class RetryPolicy:
         give_up_on: ExceptionSpec = (),
         *,
         max_elapsed: float | None = None,
+        retry_after: bool = True,
         sleep: Callable[[float], Any] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         random: RandomSource | None = None,
@@ -131,8 +147,9 @@ class RetryPolicy:
             or not (math.isfinite(exponential_base) and exponential_base >= 1)
         ):
             raise invalid_value("exponential_base", exponential_base, "a finite number >= 1")
-        if not isinstance(jitter, bool):
-            raise invalid_value("jitter", jitter, "True or False")
+        for name, flag in (("jitter", jitter), ("retry_after", retry_after)):
+            if not isinstance(flag, bool):
+                raise invalid_value(name, flag, "True or False")
         if max_elapsed is not None:
             max_elapsed = check_seconds("max_elapsed", max_elapsed)
         if not callable(sleep):
@@ -150,6 +167,7 @@ class RetryPolicy:
         setattr_(self, "retry_on", exception_types("retry_on", retry_on))
         setattr_(self, "give_up_on", exception_types("give_up_on", give_up_on))
         setattr_(self, "max_elapsed", max_elapsed)
+        setattr_(self, "retry_after", retry_after)
         setattr_(self, "sleep", sleep)
         setattr_(self, "clock", clock)
         setattr_(self, "random", random)
@@ -171,6 +189,8 @@ class RetryPolicy:
         ]
         if self.max_elapsed is not None:
             parts.append(f"max_elapsed={self.max_elapsed!r}")
+        if not self.retry_after:
+            parts.append("retry_after=False")
         for name, default in (("sleep", time.sleep), ("clock", time.monotonic), ("random", None)):
             value = getattr(self, name)
             if value is not default:
@@ -198,19 +218,29 @@ class RetryPolicy:
             delay *= JITTER_LOW + spread * source.random()
         return min(delay, self.max_delay)
 
+    def requested_delay(self, exc: BaseException) -> float | None:
+        """The Retry-After ``exc`` carries, capped by ``max_delay`` (None: not asked, or not honoured)."""
+        if not self.retry_after:
+            return None
+        seconds = retry_after_seconds(exc)
+        return None if seconds is None else min(seconds, self.max_delay)
+
     # --- running --------------------------------------------------------------
 
-    def run(self, func: Callable[[Any], Any], item: Any) -> RetryOutcome:
-        """Call ``func(item)`` with retries; report the value or the last error, never raise it."""
+    def run(self, func: Callable[[Any], Any], item: Any, *, pacer: Pacer | None = None) -> RetryOutcome:
+        """Call ``func(item)`` with retries; report the value or the last error, never raise it.
+
+        A Retry-After seen on any attempt also pauses ``pacer`` (a shared rate limit).
+        """
         start = self.clock() if self.max_elapsed is not None else 0.0
         try:
             return RetryOutcome(True, func(item), None, 1)
         except Exception as exc:
-            return self._retry(func, (item,), {}, exc, start)
+            return self._retry(func, (item,), {}, exc, start, pacer)
         except BaseException as exc:
             if not self._names_explicitly(exc):
                 raise
-            return self._retry(func, (item,), {}, exc, start)
+            return self._retry(func, (item,), {}, exc, start, pacer)
 
     def call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call ``func(*args, **kwargs)`` with retries; return its value or raise the last error."""
@@ -252,13 +282,17 @@ class RetryPolicy:
         kwargs: dict[str, Any],
         exc: BaseException,
         start: float,
+        pacer: Pacer | None = None,
     ) -> RetryOutcome:
         """The slow path: attempt 1 failed with ``exc``; keep going while the policy allows."""
         attempt = 1
         while True:
+            requested = self.requested_delay(exc)
+            if requested is not None and pacer is not None:
+                pacer.pause(requested)
             if not self.should_retry(exc, attempt):
                 return RetryOutcome(False, None, exc, attempt)
-            delay = self.compute_delay(attempt)
+            delay = self.compute_delay(attempt) if requested is None else requested
             if self.max_elapsed is not None and self.clock() - start + delay > self.max_elapsed:
                 return RetryOutcome(False, None, exc, attempt)
             self.sleep(delay)
@@ -273,15 +307,18 @@ class RetryPolicy:
                 exc = new_exc
 
 
-def call_with_retry(func: Callable[[Any], Any], item: Any, retry: RetryPolicy | None) -> RetryOutcome:
+def call_with_retry(
+    func: Callable[[Any], Any], item: Any, retry: RetryPolicy | None, pacer: Pacer | None = None
+) -> RetryOutcome:
     """Run ``func(item)`` under ``retry`` (None: one attempt); never raises for its error.
 
     The one place every runner (workers, the in-process backend, ``capture()``, replay
-    and the CLI) calls a user's function.
+    and the CLI) calls a user's function. ``pacer``: the run's shared rate limit, paused
+    by a Retry-After (see :meth:`RetryPolicy.run`).
     """
     if retry is None:
         try:
             return RetryOutcome(True, func(item), None, 1)
         except Exception as exc:
             return RetryOutcome(False, None, exc, 1)
-    return retry.run(func, item)
+    return retry.run(func, item, pacer=pacer)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from typing import Any, Callable, Iterator
 
 import psutil
 import pytest
+from _http_service import HTTPService
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -54,3 +56,18 @@ def no_leaked_children():
             break
         psutil.wait_procs(deadline_children, timeout=0.1)
     assert not deadline_children, f"leaked child processes: {deadline_children}"
+
+
+@pytest.fixture
+def http_service() -> Iterator[Callable[..., HTTPService]]:
+    """Start rate-limited HTTP services on 127.0.0.1 (see tests/_http_service.py); stopped after."""
+    started: list[HTTPService] = []
+
+    def start(**options: Any) -> HTTPService:
+        service = HTTPService(**options).start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
