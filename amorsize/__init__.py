@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from amorsize.breaker import CircuitBreaker, CircuitState
 from amorsize.checkpoint import Checkpoint
-from amorsize.dlq import (
-    DeadLetterQueue,
-    DLQEntry,
-    DLQFormat,
-    DLQPolicy,
-    replay_failed_items,
-)
+from amorsize.dlq import DeadLetterQueue, DeadLetterQueueBase, DLQEntry, DLQFormat, DLQPolicy
 from amorsize.dlq.shared import SharedDeadLetterQueue
 from amorsize.errors import (
     AmorsizeError,
@@ -30,6 +24,7 @@ from amorsize.errors import (
 from amorsize.executor import ItemTimeoutError, WorkerCrashedError, execute, imap
 from amorsize.failure import Failure, is_failure
 from amorsize.optimizer import OptimizationResult, optimize
+from amorsize.replay import replay_failed_items
 from amorsize.retry import RetryOutcome, RetryPolicy
 from amorsize.serialization import PickledPayload, UnserializableItem
 
@@ -51,6 +46,7 @@ __all__ = [
     "DLQFormat",
     "DLQPolicy",
     "DeadLetterQueue",
+    "DeadLetterQueueBase",
     "Failure",
     "InvalidArgumentError",
     "InvalidTypeError",

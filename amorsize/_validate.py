@@ -7,6 +7,7 @@ an :class:`~amorsize.InvalidArgumentError` (a ``ValueError``) or an
 
 from __future__ import annotations
 
+import datetime
 import math
 from typing import Any, Iterable, Tuple, Type
 
@@ -75,3 +76,14 @@ def exception_types(name: str, value: Any) -> ExceptionTypes:
     ):
         return tuple(value)
     raise invalid_value(name, value, "an exception class or a tuple of exception classes")
+
+
+def check_timestamp(name: str, value: Any) -> float | None:
+    """Return ``value`` as POSIX seconds: None, a number (not a bool) or a datetime."""
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise invalid_value(name, value, "None, a POSIX timestamp (float) or a datetime")

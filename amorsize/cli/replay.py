@@ -28,6 +28,7 @@ import traceback
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import amorsize
+from amorsize import replay as replay_core
 from amorsize.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -51,11 +52,10 @@ from amorsize.cli.render import (
     preview_table,
     truncate,
 )
-from amorsize.dlq import replay as replay_core
-from amorsize.dlq.entry import DLQEntry, error_message, format_traceback, qualified_type_name
-from amorsize.dlq.replay import is_pickle_locked
-from amorsize.failure import Failure, is_failure
-from amorsize.retry import RetryPolicy
+from amorsize.dlq.entry import DLQEntry
+from amorsize.failure import Failure, failure_entry, function_name, is_failure
+from amorsize.replay import is_pickle_locked
+from amorsize.retry import RetryPolicy, call_with_retry
 
 Outcome = Tuple[bool, Any]  # (True, value) or (False, ErrorInfo)
 
@@ -72,10 +72,9 @@ class ErrorInfo:
     attempts: int = 1
 
     @classmethod
-    def from_exception(cls, error: BaseException, attempts: int) -> ErrorInfo:
-        kind = type(error)
-        return cls(kind.__name__, qualified_type_name(kind), error_message(error),
-                   format_traceback(error), "exception", attempts)
+    def from_exception(cls, func: Callable[[Any], Any], error: BaseException, attempts: int) -> ErrorInfo:
+        """From an error raised in this process (the record ``failure_entry`` builds)."""
+        return cls.from_entry(failure_entry(None, error, attempts=attempts, function=function_name(func)))
 
     @classmethod
     def from_entry(cls, entry: DLQEntry) -> ErrorInfo:
@@ -181,9 +180,9 @@ def _run_items(
 
     The i-th outcome belongs to ``items[i]``. Nothing new starts once ``stop()`` is
     true, so a consumer that stops early holds a prefix. Serial, in this process,
-    with ``n_jobs == 1``, with ``rate``, or while ``amorsize.execute`` does not exist.
+    with ``n_jobs == 1`` or with ``rate``.
     """
-    if n_jobs != 1 and rate is None and hasattr(amorsize, "execute"):
+    if n_jobs != 1 and rate is None:
         yield from _run_parallel(func, items, n_jobs=n_jobs, retries=retries, stop=stop)
         return
     policy = RetryPolicy(max_retries=retries)
@@ -196,15 +195,15 @@ def _run_items(
             if stop():
                 return
         try:
-            outcome = policy.run(func, item)
+            outcome = call_with_retry(func, item, policy)
         except SystemExit as exc:  # a func calling sys.exit() fails its item, not the replay
-            yield False, ErrorInfo.from_exception(exc, 1)
+            yield False, ErrorInfo.from_exception(func, exc, 1)
             continue
         if outcome.ok:
             yield True, outcome.value
         else:
             assert outcome.error is not None
-            yield False, ErrorInfo.from_exception(outcome.error, outcome.attempts)
+            yield False, ErrorInfo.from_exception(func, outcome.error, outcome.attempts)
 
 
 class _FailureSink:
