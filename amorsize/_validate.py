@@ -87,3 +87,10 @@ def check_timestamp(name: str, value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise invalid_value(name, value, "None, a POSIX timestamp (float) or a datetime")
+
+
+def check_bool(name: str, value: Any, *, optional: bool = False) -> Any:
+    """Return ``value`` if it is True or False (or None when optional)."""
+    if (optional and value is None) or isinstance(value, bool):
+        return value
+    raise invalid_value(name, value, "True, False or None" if optional else "True or False")
