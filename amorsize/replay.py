@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from amorsize._validate import check_callable
 from amorsize.dlq.base import DeadLetterQueueBase
@@ -29,9 +29,9 @@ def failed_again(
     entry: DLQEntry,
     *,
     error_type: str,
-    error_qualname: Optional[str],
+    error_qualname: str | None,
     error_message: str,
-    traceback: Optional[str],
+    traceback: str | None,
     reason: str = "exception",
     **metadata: Any,
 ) -> DLQEntry:
@@ -90,7 +90,7 @@ Outcomes = Tuple[List[Any], List[str], List[DLQEntry]]  # results, recovered ids
 
 
 def _replay_serially(
-    snapshot: List[DLQEntry], func: Callable[[Any], Any], retry: Optional[RetryPolicy],
+    snapshot: List[DLQEntry], func: Callable[[Any], Any], retry: RetryPolicy | None,
     include_traceback: bool,
 ) -> Outcomes:
     results: List[Any] = []
@@ -111,8 +111,8 @@ def _replay_serially(
 
 
 def _replay_in_workers(
-    snapshot: List[DLQEntry], func: Callable[[Any], Any], retry: Optional[RetryPolicy],
-    n_jobs: Optional[int],
+    snapshot: List[DLQEntry], func: Callable[[Any], Any], retry: RetryPolicy | None,
+    n_jobs: int | None,
 ) -> Outcomes:
     failures: Dict[int, DLQEntry] = {}
     values = execute(
@@ -136,9 +136,9 @@ def replay_failed_items(
     func: Callable[[Any], Any],
     clear_on_success: bool = True,
     *,
-    n_jobs: Optional[int] = 1,
-    retry: Optional[RetryPolicy] = None,
-    entries: Optional[List[DLQEntry]] = None,
+    n_jobs: int | None = 1,
+    retry: RetryPolicy | None = None,
+    entries: List[DLQEntry] | None = None,
 ) -> Tuple[List[Any], List[DLQEntry]]:
     """Call ``func`` on every item in ``dlq`` (or on ``entries`` of it), in DLQ order.
 

@@ -21,7 +21,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import List
 
 from amorsize.cli.commands import cmd_export, cmd_list, cmd_purge, cmd_show, cmd_summary, export_path
 from amorsize.cli.common import (
@@ -146,7 +146,7 @@ def _setup_output() -> None:
             reconfigure(errors="backslashreplace")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: List[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse exits 2 on bad usage itself)."""
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import amorsize
 from amorsize import replay as replay_core
@@ -65,9 +65,9 @@ class ErrorInfo:
     """Why an item failed again: the fields its DLQ entry gets (no exception object)."""
 
     error_type: str
-    error_qualname: Optional[str]
+    error_qualname: str | None
     error_message: str
-    traceback: Optional[str]
+    traceback: str | None
     reason: str = "exception"
     attempts: int = 1
 
@@ -173,7 +173,7 @@ def _run_items(
     *,
     n_jobs: int,
     retries: int,
-    rate: Optional[float],
+    rate: float | None,
     stop: Callable[[], bool] = _never,
 ) -> Iterator[Outcome]:
     """THE SEAM: run ``func`` over ``items``; yield ``(True, value)`` or ``(False, ErrorInfo)``.
@@ -210,7 +210,7 @@ class _FailureSink:
     """``on_failure`` for execute(): keeps each failure's entry by id (called in the parent)."""
 
     def __init__(self) -> None:
-        self.entries: Dict[Optional[str], DLQEntry] = {}
+        self.entries: Dict[str | None, DLQEntry] = {}
 
     def __call__(self, entry: DLQEntry) -> None:
         self.entries[entry.entry_id] = entry
@@ -253,7 +253,7 @@ class _Cancel:
     """First SIGINT/SIGTERM: finish the current item, start no more. Second: stop now."""
 
     def __init__(self) -> None:
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self._previous: Dict[int, Any] = {}
 
     def __call__(self, signum: int, frame: Any) -> None:
@@ -336,7 +336,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, selected: List[DLQEntry], recovered: List[DLQEntry],
-            still: List[DLQEntry], all_ids: List[str], signum: Optional[int]) -> None:
+            still: List[DLQEntry], all_ids: List[str], signum: int | None) -> None:
     done = len(recovered) + len(still)
     print(f"replayed {done} of {len(selected)} selected entries with {_settings(args)}")
     if signum is not None:

@@ -5,7 +5,7 @@ built on them here, so :class:`~amorsize.DeadLetterQueue` (in this process) and
 :class:`~amorsize.SharedDeadLetterQueue` (in a manager process, through a proxy)
 behave alike by construction:
 
-* ``_store(entries)``: add checked entries (replacing any with the same id);
+* ``_store(entries)``: add checked entries (replacing any with the same id) as they are;
 * ``_update(entries, remove_ids)``: replace ``entries`` and drop ``remove_ids`` at once,
   returning how many were dropped;
 * ``_select(error_type, reason, since, until)``: the matching entries, times as POSIX;
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import os
-from typing import Any, Callable, Dict, Iterable, List, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Sequence, TypeVar, Union
 
 from amorsize._validate import check_choice, check_timestamp, check_type, invalid_value
 from amorsize.dlq.entry import REASONS, DLQEntry
@@ -36,7 +36,8 @@ def checked_policy(policy: Any) -> DLQPolicy:
 
 
 def _checked(entry: Any) -> DLQEntry:
-    return check_type("entry", entry, DLQEntry, "a DLQEntry")
+    # The isinstance test first: extend() checks every entry of a run's failures.
+    return entry if isinstance(entry, DLQEntry) else check_type("entry", entry, DLQEntry, "a DLQEntry")
 
 
 class DeadLetterQueueBase(abc.ABC):
@@ -64,17 +65,23 @@ class DeadLetterQueueBase(abc.ABC):
             item, error, retry_count=retry_count, metadata=metadata,
             include_traceback=self.policy.include_traceback, reason=reason,
         )
-        self._store([entry])
+        self._store((entry,))
         return entry
 
     def add_entry(self, entry: DLQEntry) -> DLQEntry:
         """Add a ready-made entry (an entry already present under its id is replaced)."""
-        self._store([_checked(entry)])
+        self.extend([entry])
         return entry
 
     def extend(self, entries: Iterable[DLQEntry]) -> int:
-        """Add a batch of entries with one journal write. Returns how many were added."""
+        """Add a batch of entries with one journal write. Returns how many were added.
+
+        With ``policy.include_traceback`` False the entries' tracebacks are dropped.
+        """
         batch = [_checked(e) for e in entries]
+        if not self.policy.include_traceback:
+            for entry in batch:
+                entry.traceback = None
         if batch:
             self._store(batch)
         return len(batch)
@@ -134,7 +141,7 @@ class DeadLetterQueueBase(abc.ABC):
     # -- what each store provides -----------------------------------------------
 
     @abc.abstractmethod
-    def _store(self, entries: List[DLQEntry]) -> None:
+    def _store(self, entries: Sequence[DLQEntry]) -> None:
         """Add checked ``entries``, replacing any with the same id."""
 
     @abc.abstractmethod

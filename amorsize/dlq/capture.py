@@ -23,7 +23,7 @@ import os
 import pickle
 import threading
 from multiprocessing import AuthenticationError
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import cloudpickle
 
@@ -135,7 +135,7 @@ class CapturedFunction:
         # refer to (an exception in retry_on, defined in __main__ or locally, so carried
         # by value) must come out as one class in the worker, or retry_on never matches.
         self._func_bytes = dumps((func, retry))
-        self._loaded: Optional[Tuple[Callable[[Any], Any], Any]] = (func, retry)
+        self._loaded: Tuple[Callable[[Any], Any], Any] | None = (func, retry)
         self.function_name = function_name(func)
         self.address = address
         self._authkey = authkey

@@ -32,7 +32,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Set
 
 from amorsize._fs import FILE_MODE, ensure_directory, write_atomically
 from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
@@ -114,12 +114,12 @@ class Journal:
         self.path = os.path.join(directory, JOURNAL_FILE_NAME)
         self.lock_path = os.path.join(directory, LOCK_FILE_NAME)
         self.fsync = fsync
-        self._fd: Optional[int] = None
-        self._lock_fd: Optional[int] = None
-        self._inode: Optional[int] = None
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._inode: int | None = None
         # Where our last append ended; if the file still ends there, nobody wrote
         # since and its tail needs no check.
-        self._end: Optional[int] = None
+        self._end: int | None = None
         self._pid = os.getpid()
         self._last_sync = time.monotonic()
         self._dirty = False

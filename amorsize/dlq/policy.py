@@ -8,7 +8,6 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from amorsize._validate import check_bool, check_choice, check_int, invalid_value
 
@@ -56,13 +55,13 @@ class DLQPolicy:
         InvalidArgumentError: a field has a value that is not accepted.
     """
 
-    directory: Union[str, os.PathLike[str]] = ".amorsize_dlq"
+    directory: str | os.PathLike[str] = ".amorsize_dlq"
     format: DLQFormat = DLQFormat.JSON
     max_entries: int = 10000
     include_traceback: bool = True
     auto_persist: bool = True
     fsync: str = "batch"
-    allow_pickle: Optional[bool] = field(default=None)
+    allow_pickle: bool | None = field(default=None)
     strict: bool = True
 
     def __post_init__(self) -> None:

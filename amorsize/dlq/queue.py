@@ -19,7 +19,7 @@ import collections
 import logging
 import os
 import threading
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Sequence, Set
 
 from amorsize._fs import write_atomically
 from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
@@ -45,7 +45,7 @@ class DeadLetterQueue(DeadLetterQueueBase):
         policy: a :class:`DLQPolicy`; defaults to ``DLQPolicy()``.
     """
 
-    def __init__(self, policy: Optional[DLQPolicy] = None, *, _lazy_pickle: bool = False) -> None:
+    def __init__(self, policy: DLQPolicy | None = None, *, _lazy_pickle: bool = False) -> None:
         self.policy = policy = checked_policy(policy)
         self._lock = threading.RLock()
         self._entries: collections.OrderedDict[str, DLQEntry] = collections.OrderedDict()
@@ -61,7 +61,7 @@ class DeadLetterQueue(DeadLetterQueueBase):
         self._persist_errors = 0
         self._corrupt_skipped = 0
         self._unpersisted: Dict[str, None] = {}
-        self._journal: Optional[Journal] = None
+        self._journal: Journal | None = None
         self._pickle_everything = policy.format is DLQFormat.PICKLE
         # The manager process of a SharedDeadLetterQueue keeps pickled items as bytes.
         self._lazy_pickle = _lazy_pickle
@@ -72,15 +72,15 @@ class DeadLetterQueue(DeadLetterQueueBase):
 
     # -- adding ---------------------------------------------------------------
 
-    def _store(self, batch: List[DLQEntry]) -> None:
-        if not self.policy.include_traceback:
-            for entry in batch:
-                entry.traceback = None
+    def _store(self, batch: Sequence[DLQEntry]) -> None:
+        # The hot path of add(): no call that has nothing to do.
         with self._lock:
             for entry in batch:
                 self._entries[entry.entry_id] = entry
-            self._persist([e.entry_id for e in batch])
-            self._prune()
+            if self._journal is not None:
+                self._persist([e.entry_id for e in batch])
+            if self.policy.max_entries:
+                self._prune()
 
     # -- persistence ----------------------------------------------------------
 
@@ -123,7 +123,7 @@ class DeadLetterQueue(DeadLetterQueueBase):
     def _compact(
         self,
         drop_ids: Set[str],
-        replace: Optional[List[DLQEntry]] = None,
+        replace: List[DLQEntry] | None = None,
         *,
         raise_errors: bool = False,
         retry: bool = False,
@@ -288,8 +288,8 @@ class DeadLetterQueue(DeadLetterQueueBase):
         return f"DeadLetterQueue({len(self)} entries, directory={self.policy.path!r})"
 
     def _select(
-        self, error_type: Optional[str], reason: Optional[str], since: Optional[float],
-        until: Optional[float],
+        self, error_type: str | None, reason: str | None, since: float | None,
+        until: float | None,
     ) -> List[DLQEntry]:
         return select_entries(self.get_entries(), error_type, reason, since, until)
 

@@ -10,7 +10,7 @@ beyond its id.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from amorsize.dlq.entry import DLQEntry
 from amorsize.serialization import (
@@ -101,7 +101,7 @@ def decode_record(record: Dict[str, Any], *, allow_pickle: bool, lazy: bool = Fa
     )
 
 
-def record_id(line: bytes) -> Optional[str]:
+def record_id(line: bytes) -> str | None:
     # Fast path for our own lines; compaction reads every record and only needs the id.
     if line.startswith(_ID_PREFIX):
         end = line.find(b'"', len(_ID_PREFIX))
@@ -112,7 +112,7 @@ def record_id(line: bytes) -> Optional[str]:
     return None
 
 
-def parse_line(line: bytes) -> Optional[Dict[str, Any]]:
+def parse_line(line: bytes) -> Dict[str, Any] | None:
     try:
         record = json.loads(line)
     except (ValueError, UnicodeDecodeError):

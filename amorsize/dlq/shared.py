@@ -25,7 +25,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, List, Optional, cast
+from typing import Any, Callable, Dict, List, Sequence, cast
 
 from amorsize._validate import check_type
 from amorsize.dlq._manager import (
@@ -66,23 +66,23 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
 
     def __init__(
         self,
-        policy: Optional[DLQPolicy] = None,
+        policy: DLQPolicy | None = None,
         *,
-        address: Optional[Address] = None,
-        authkey: Optional[bytes] = None,
-        start_method: Optional[str] = None,
+        address: Address | None = None,
+        authkey: bytes | None = None,
+        start_method: str | None = None,
     ) -> None:
         policy = checked_policy(policy)
         check_type("authkey", authkey, bytes, "bytes or None", optional=True)
         self.policy = policy
-        self._socket_dir: Optional[str] = None
+        self._socket_dir: str | None = None
         if address is None:
             self._socket_dir = tempfile.mkdtemp(prefix="amorsize-dlq-")  # mode 0700
             address = os.path.join(self._socket_dir, "dlq.sock")
         address = check_address(address)
         self._authkey = authkey if authkey is not None else secrets.token_bytes(AUTHKEY_BYTES)
         ctx = multiprocessing.get_context(start_method)
-        self._manager: Optional[DLQManager] = DLQManager(
+        self._manager: DLQManager | None = DLQManager(
             address=address, authkey=self._authkey, ctx=ctx
         )
         try:
@@ -96,7 +96,7 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         self._address: Address = cast(Address, self._manager.address)
         self._proxy: QueueProxy = self._manager.get_queue()  # type: ignore[attr-defined]
         self._closed = False
-        self._ingest_address: Optional[Address] = self._call("ingest_address")
+        self._ingest_address: Address | None = self._call("ingest_address")
 
     @classmethod
     def connect(cls, address: Address, authkey: bytes) -> SharedDeadLetterQueue:
@@ -190,15 +190,15 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
 
     # -- the DeadLetterQueueBase primitives, served by the manager ------------------
 
-    def _store(self, entries: List[DLQEntry]) -> None:
+    def _store(self, entries: Sequence[DLQEntry]) -> None:
         self._call("_store", [pack_entry(e) for e in entries])
 
     def _update(self, entries: List[DLQEntry], remove_ids: List[str]) -> int:
         return int(self._call("_update", [pack_entry(e) for e in entries], remove_ids))
 
     def _select(
-        self, error_type: Optional[str], reason: Optional[str], since: Optional[float],
-        until: Optional[float],
+        self, error_type: str | None, reason: str | None, since: float | None,
+        until: float | None,
     ) -> List[DLQEntry]:
         return [unpack_entry(e) for e in self._call("_select", error_type, reason, since, until)]
 
