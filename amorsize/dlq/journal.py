@@ -1,6 +1,7 @@
-"""The append-only journal behind a persistent dead letter queue.
+"""The append-only journal behind a persistent dead letter queue: the file handling.
 
-One JSON record per line in ``<directory>/dlq.jsonl``:
+One JSON record per line in ``<directory>/dlq.jsonl`` (encoded and decoded by
+:mod:`amorsize.dlq.records`; this module only reads a record's id):
 
 * **O(1) appends.** An add is one ``write(2)`` of one line to a file opened with
   ``O_APPEND``, so its cost does not depend on the queue's length and the line is
