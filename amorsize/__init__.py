@@ -35,11 +35,12 @@ _LAZY: dict[str, str] = {
     "Failure": "amorsize.failure",
     "is_failure": "amorsize.failure",
     "DeadLetterQueue": "amorsize.dlq.queue",
+    "DeadLetterQueueBase": "amorsize.dlq.base",
     "DLQEntry": "amorsize.dlq.entry",
     "DLQFormat": "amorsize.dlq.policy",
     "DLQPolicy": "amorsize.dlq.policy",
     "SharedDeadLetterQueue": "amorsize.dlq.shared",
-    "replay_failed_items": "amorsize.dlq",
+    "replay_failed_items": "amorsize.replay",
     "PickledPayload": "amorsize.serialization",
     "UnserializableItem": "amorsize.serialization",
     # errors and warnings
@@ -80,6 +81,7 @@ __all__ = [
     "DLQFormat",
     "DLQPolicy",
     "DeadLetterQueue",
+    "DeadLetterQueueBase",
     "Failure",
     "InvalidArgumentError",
     "InvalidTypeError",
@@ -110,7 +112,7 @@ if TYPE_CHECKING:
 
     from amorsize.breaker import CircuitBreaker, CircuitState
     from amorsize.checkpoint import Checkpoint
-    from amorsize.dlq import replay_failed_items
+    from amorsize.dlq.base import DeadLetterQueueBase
     from amorsize.dlq.entry import DLQEntry
     from amorsize.dlq.policy import DLQFormat, DLQPolicy
     from amorsize.dlq.queue import DeadLetterQueue
@@ -138,6 +140,7 @@ if TYPE_CHECKING:
     from amorsize.executor import execute, imap
     from amorsize.failure import Failure, is_failure
     from amorsize.pacing import RateLimit
+    from amorsize.replay import replay_failed_items
     from amorsize.retry import RetryOutcome, RetryPolicy
     from amorsize.serialization import PickledPayload, UnserializableItem
     from amorsize.sizing.optimizer import optimize

@@ -7,6 +7,7 @@ an :class:`~amorsize.InvalidArgumentError` (a ``ValueError``) or an
 
 from __future__ import annotations
 
+import datetime
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -95,3 +96,21 @@ def check_fraction(name: str, value: Any, *, optional: bool = False) -> Any:
         accepted = "a number in (0, 1]"
         raise invalid_value(name, value, f"{accepted} or None" if optional else accepted)
     return float(value)
+
+
+def check_timestamp(name: str, value: Any) -> float | None:
+    """Return ``value`` as POSIX seconds: None, a number (not a bool) or a datetime."""
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise invalid_value(name, value, "None, a POSIX timestamp (float) or a datetime")
+
+
+def check_bool(name: str, value: Any, *, optional: bool = False) -> Any:
+    """Return ``value`` if it is True or False (or None when optional)."""
+    if (optional and value is None) or isinstance(value, bool):
+        return value
+    raise invalid_value(name, value, "True, False or None" if optional else "True or False")

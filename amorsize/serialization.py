@@ -87,19 +87,6 @@ def dumps(value: Any) -> bytes:
     return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def fast_dumps(value: Any) -> bytes:
-    """Serialize with the stdlib pickle, falling back to cloudpickle (lambdas, local classes)."""
-    try:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def loads(data: bytes) -> Any:
-    """Inverse of :func:`dumps` / :func:`fast_dumps` (cloudpickle output is plain pickle)."""
-    return pickle.loads(data)
-
-
 def pack_for_transport(value: Any) -> Any:
     """Make ``value`` safe to send through a stdlib-pickling channel (a manager proxy).
 

@@ -24,6 +24,7 @@ from amorsize import (
     DLQPolicy,
 )
 from amorsize.dlq import journal as journal_module
+from amorsize.dlq.records import encode_entry
 
 ERR = ValueError("boom")
 
@@ -191,7 +192,7 @@ def _good_lines(directory, items):
     queue = DeadLetterQueue(policy(directory, auto_persist=False))
     for item in items:
         queue.add(item, ERR)
-    return [journal_module.encode_entry(e, pickle_everything=False).rstrip(b"\n")
+    return [encode_entry(e, pickle_everything=False).rstrip(b"\n")
             for e in queue.get_entries()]
 
 

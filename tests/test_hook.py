@@ -30,7 +30,7 @@ from amorsize import (
     TaskFailedError,
     is_failure,
 )
-from amorsize.hook import CapturedFunction
+from amorsize.dlq.capture import CapturedFunction
 from amorsize.serialization import UnserializableItem
 
 NOWHERE = "/nonexistent-amorsize-dir/dlq.sock"

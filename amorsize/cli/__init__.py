@@ -21,7 +21,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import List
 
 from amorsize.cli.commands import cmd_export, cmd_list, cmd_purge, cmd_show, cmd_summary, export_path
 from amorsize.cli.common import (
@@ -56,6 +56,26 @@ def _subcommand(sub: argparse._SubParsersAction, name: str, summary: str) -> arg
                             formatter_class=_RAW)
     add_common_options(parser)
     return parser
+
+
+def _add_replay(sub: argparse._SubParsersAction) -> None:
+    """The ``dlq replay`` subcommand: the one that runs a user's function."""
+    p = _subcommand(sub, "replay", "run the (filtered) entries' items again with a fixed function")
+    p.add_argument("--func", required=True, metavar="MODULE:FUNCTION",
+                   help="the function to call on each item, like mypkg.etl:parse_record or "
+                   "mymod:Parser.parse; the current directory is searched first, like python -m")
+    add_filter_options(p)
+    p.add_argument("--n-jobs", type=positive_int, default=1, metavar="N",
+                   help="worker processes (default 1: serially, in this process)")
+    p.add_argument("--retries", type=non_negative_int, default=0, metavar="N",
+                   help="retries per item after the first attempt, with backoff (default 0)")
+    p.add_argument("--rate", type=parse_rate, metavar="N/s",
+                   help="start at most N items per second (10/s, 10, 0.5/s); runs serially")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what would be replayed; call and change nothing (the module "
+                   "of --func is still imported, to check it)")
+    p.set_defaults(handler=cmd_replay)
+    p.epilog = REPLAY_HELP + EXIT_CODES_HELP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,22 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="really remove them (one atomic rewrite of the journal)")
     p.set_defaults(handler=cmd_purge)
 
-    p = _subcommand(sub, "replay", "run the (filtered) entries' items again with a fixed function")
-    p.add_argument("--func", required=True, metavar="MODULE:FUNCTION",
-                   help="the function to call on each item, like mypkg.etl:parse_record or "
-                   "mymod:Parser.parse; the current directory is searched first, like python -m")
-    add_filter_options(p)
-    p.add_argument("--n-jobs", type=positive_int, default=1, metavar="N",
-                   help="worker processes (default 1: serially, in this process)")
-    p.add_argument("--retries", type=non_negative_int, default=0, metavar="N",
-                   help="retries per item after the first attempt, with backoff (default 0)")
-    p.add_argument("--rate", type=parse_rate, metavar="N/s",
-                   help="start at most N items per second (10/s, 10, 0.5/s); runs serially")
-    p.add_argument("--dry-run", action="store_true",
-                   help="show what would be replayed; call and change nothing (the module "
-                   "of --func is still imported, to check it)")
-    p.set_defaults(handler=cmd_replay)
-    p.epilog = REPLAY_HELP + EXIT_CODES_HELP
+    _add_replay(sub)
     parser.set_defaults(parsers={"": parser, "dlq": dlq})
     return parser
 
@@ -141,7 +146,7 @@ def _setup_output() -> None:
             reconfigure(errors="backslashreplace")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: List[str] | None = None) -> int:
     """Run the command line; returns the exit code (argparse exits 2 on bad usage itself)."""
     parser = build_parser()
     args = parser.parse_args(argv)

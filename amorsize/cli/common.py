@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 import warnings
-from typing import Callable, Iterable, Iterator, List, Optional
+from typing import Callable, Iterable, Iterator, List
 
 from amorsize.cli.render import item_repr
 from amorsize.dlq.entry import REASONS, DLQEntry
@@ -59,7 +59,7 @@ REPLAY_LOCK_NAME = ".replay.lock"
 class CLIError(Exception):
     """A failure to report on stderr as ``amorsize: error: ...`` with exit code ``code``."""
 
-    def __init__(self, message: str, code: int = EXIT_USAGE, hint: Optional[str] = None) -> None:
+    def __init__(self, message: str, code: int = EXIT_USAGE, hint: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.hint = hint

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 from amorsize.dlq.entry import DLQEntry
 from amorsize.serialization import (
@@ -96,7 +96,7 @@ def jsonable(value: Any) -> Any:
     return {"codec": "cloudpickle", "repr": short_repr(value)}
 
 
-def item_repr(item: Any, *, limit: Optional[int] = 2000) -> str:
+def item_repr(item: Any, *, limit: int | None = 2000) -> str:
     """Readable one-line text of an item: JSON for JSON values, else its (stored) repr."""
     if isinstance(item, PickledPayload):
         text = "[pickled] " + (item.repr or f"{len(item.data)} bytes")
@@ -154,7 +154,7 @@ def format_table(
     droppable: Sequence[int] = (),
     minimum: int = 10,
     comfortable: int = 10,
-    columns: Optional[int] = None,
+    columns: int | None = None,
 ) -> str:
     """Left-aligned columns two spaces apart, fitted to ``columns`` (the terminal).
 

@@ -25,9 +25,10 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import amorsize
+from amorsize import replay as replay_core
 from amorsize.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -51,11 +52,10 @@ from amorsize.cli.render import (
     preview_table,
     truncate,
 )
-from amorsize.dlq import replay as replay_core
-from amorsize.dlq.entry import DLQEntry, error_message, format_traceback, qualified_type_name
-from amorsize.dlq.replay import is_pickle_locked
-from amorsize.failure import Failure, is_failure
-from amorsize.retry import RetryPolicy
+from amorsize.dlq.entry import DLQEntry
+from amorsize.failure import Failure, failure_entry, function_name, is_failure
+from amorsize.replay import is_pickle_locked
+from amorsize.retry import RetryPolicy, call_with_retry
 
 Outcome = Tuple[bool, Any]  # (True, value) or (False, ErrorInfo)
 
@@ -65,17 +65,16 @@ class ErrorInfo:
     """Why an item failed again: the fields its DLQ entry gets (no exception object)."""
 
     error_type: str
-    error_qualname: Optional[str]
+    error_qualname: str | None
     error_message: str
-    traceback: Optional[str]
+    traceback: str | None
     reason: str = "exception"
     attempts: int = 1
 
     @classmethod
-    def from_exception(cls, error: BaseException, attempts: int) -> ErrorInfo:
-        kind = type(error)
-        return cls(kind.__name__, qualified_type_name(kind), error_message(error),
-                   format_traceback(error), "exception", attempts)
+    def from_exception(cls, func: Callable[[Any], Any], error: BaseException, attempts: int) -> ErrorInfo:
+        """From an error raised in this process (the record ``failure_entry`` builds)."""
+        return cls.from_entry(failure_entry(None, error, attempts=attempts, function=function_name(func)))
 
     @classmethod
     def from_entry(cls, entry: DLQEntry) -> ErrorInfo:
@@ -174,16 +173,16 @@ def _run_items(
     *,
     n_jobs: int,
     retries: int,
-    rate: Optional[float],
+    rate: float | None,
     stop: Callable[[], bool] = _never,
 ) -> Iterator[Outcome]:
     """THE SEAM: run ``func`` over ``items``; yield ``(True, value)`` or ``(False, ErrorInfo)``.
 
     The i-th outcome belongs to ``items[i]``. Nothing new starts once ``stop()`` is
     true, so a consumer that stops early holds a prefix. Serial, in this process,
-    with ``n_jobs == 1``, with ``rate``, or while ``amorsize.execute`` does not exist.
+    with ``n_jobs == 1`` or with ``rate``.
     """
-    if n_jobs != 1 and rate is None and hasattr(amorsize, "execute"):
+    if n_jobs != 1 and rate is None:
         yield from _run_parallel(func, items, n_jobs=n_jobs, retries=retries, stop=stop)
         return
     policy = RetryPolicy(max_retries=retries)
@@ -196,22 +195,22 @@ def _run_items(
             if stop():
                 return
         try:
-            outcome = policy.run(func, item)
+            outcome = call_with_retry(func, item, policy)
         except SystemExit as exc:  # a func calling sys.exit() fails its item, not the replay
-            yield False, ErrorInfo.from_exception(exc, 1)
+            yield False, ErrorInfo.from_exception(func, exc, 1)
             continue
         if outcome.ok:
             yield True, outcome.value
         else:
             assert outcome.error is not None
-            yield False, ErrorInfo.from_exception(outcome.error, outcome.attempts)
+            yield False, ErrorInfo.from_exception(func, outcome.error, outcome.attempts)
 
 
 class _FailureSink:
     """``on_failure`` for execute(): keeps each failure's entry by id (called in the parent)."""
 
     def __init__(self) -> None:
-        self.entries: Dict[Optional[str], DLQEntry] = {}
+        self.entries: Dict[str | None, DLQEntry] = {}
 
     def __call__(self, entry: DLQEntry) -> None:
         self.entries[entry.entry_id] = entry
@@ -254,7 +253,7 @@ class _Cancel:
     """First SIGINT/SIGTERM: finish the current item, start no more. Second: stop now."""
 
     def __init__(self) -> None:
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self._previous: Dict[int, Any] = {}
 
     def __call__(self, signum: int, frame: Any) -> None:
@@ -337,7 +336,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, selected: List[DLQEntry], recovered: List[DLQEntry],
-            still: List[DLQEntry], all_ids: List[str], signum: Optional[int]) -> None:
+            still: List[DLQEntry], all_ids: List[str], signum: int | None) -> None:
     done = len(recovered) + len(still)
     print(f"replayed {done} of {len(selected)} selected entries with {_settings(args)}")
     if signum is not None:

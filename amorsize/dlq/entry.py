@@ -7,10 +7,9 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-from amorsize._validate import check_choice
-from amorsize.errors import InvalidTypeError
+from amorsize._validate import check_choice, check_type
 from amorsize.tracebacks import traceback_text
 
 REASONS = ("exception", "timeout", "worker_crash", "circuit_open", "unpicklable_result")
@@ -29,7 +28,7 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def new_entry_id(time_ns: Optional[int] = None) -> str:
+def new_entry_id(time_ns: int | None = None) -> str:
     """A unique id that sorts by creation time.
 
     16 hex digits of wall-clock nanoseconds, then a per-process sequence number and
@@ -54,7 +53,7 @@ def qualified_type_name(cls: type) -> str:
     return name
 
 
-def format_traceback(error: BaseException) -> Optional[str]:
+def format_traceback(error: BaseException) -> str | None:
     """The traceback text of ``error`` from its own ``__traceback__``, with chained causes.
 
     Works outside an ``except`` block. Returns None for an exception that was never raised
@@ -84,12 +83,12 @@ class DLQEntry:
     error_type: str
     error_message: str
     timestamp: float
-    traceback: Optional[str] = None
+    traceback: str | None = None
     retry_count: int = 0
     metadata: Dict[str, Any] = field(default_factory=dict)
     entry_id: str = field(default_factory=new_entry_id)
     reason: str = "exception"
-    error_qualname: Optional[str] = None
+    error_qualname: str | None = None
 
     @classmethod
     def from_exception(
@@ -98,7 +97,7 @@ class DLQEntry:
         error: BaseException,
         *,
         retry_count: int = 0,
-        metadata: Optional[Dict[str, Any]] = None,
+        metadata: Dict[str, Any] | None = None,
         include_traceback: bool = True,
         reason: str = "exception",
     ) -> DLQEntry:
@@ -108,8 +107,8 @@ class DLQEntry:
             InvalidTypeError: ``error`` is not an exception instance.
             InvalidArgumentError: ``reason`` is not one of ``REASONS``.
         """
-        if not isinstance(error, BaseException):
-            raise InvalidTypeError(f"error={error!r} is not valid; expected an exception instance")
+        if not isinstance(error, BaseException):  # checked inline first: add() is a hot path
+            check_type("error", error, BaseException, "an exception instance")
         if reason != "exception":
             check_choice("reason", reason, REASONS)
         kind = type(error)

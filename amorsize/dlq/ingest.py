@@ -37,7 +37,7 @@ import struct
 import threading
 from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
 from multiprocessing.util import Finalize
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from amorsize.dlq.entry import DLQEntry
 
@@ -172,7 +172,7 @@ class IngestServer:
 
     def _serve(self) -> None:
         while True:
-            acks: Dict[socket.socket, List[Optional[str]]] = {}
+            acks: Dict[socket.socket, List[str | None]] = {}
             batch: List[DLQEntry] = []
             owners: List[Tuple[socket.socket, int]] = []
             for key, _ in self._selector.select():
@@ -215,7 +215,7 @@ class IngestServer:
     def _read(
         self,
         peer: _Peer,
-        acks: Dict[socket.socket, List[Optional[str]]],
+        acks: Dict[socket.socket, List[str | None]],
         batch: List[DLQEntry],
         owners: List[Tuple[socket.socket, int]],
     ) -> None:
@@ -248,7 +248,7 @@ class IngestServer:
             start = end
         del buffer[:start]
 
-    def _reply(self, sock: socket.socket, results: List[Optional[str]]) -> None:
+    def _reply(self, sock: socket.socket, results: List[str | None]) -> None:
         out = bytearray()
         for reason in results:
             if reason is None:

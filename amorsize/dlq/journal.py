@@ -1,6 +1,7 @@
-"""The append-only journal behind a persistent dead letter queue.
+"""The append-only journal behind a persistent dead letter queue: the file handling.
 
-One JSON record per line in ``<directory>/dlq.jsonl``:
+One JSON record per line in ``<directory>/dlq.jsonl`` (encoded and decoded by
+:mod:`amorsize.dlq.records`; this module only reads a record's id):
 
 * **O(1) appends.** An add is one ``write(2)`` of one line to a file opened with
   ``O_APPEND``, so its cost does not depend on the queue's length and the line is
@@ -32,102 +33,17 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Set
 
 from amorsize._fs import FILE_MODE, ensure_directory, write_atomically
-from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
+from amorsize.dlq.records import parse_line, record_id
 from amorsize.errors import DLQCorruptError, DLQFileNotFoundError
-from amorsize.serialization import (
-    PickledPayload,
-    PickledValue,
-    UnserializableItem,
-    decode_value,
-    encode_value,
-    short_repr,
-)
 
 logger = logging.getLogger("amorsize.dlq")
 
 JOURNAL_FILE_NAME = "dlq.jsonl"
 LOCK_FILE_NAME = ".dlq.lock"
-RECORD_VERSION = 1
-_ID_PREFIX = b'{"entry_id":"'
-# One encoder for every record: json.dumps() with non-default options builds a new
-# one per call, a measurable part of an add.
-_encoder = json.JSONEncoder(separators=(",", ":"))
-
-
-#: Metadata that could not be loaded as a dict (pickle not allowed) is kept under
-#: this key, as a placeholder that is written back byte for byte.
-STORED_METADATA_KEY = "_stored"
-
-
-def encode_entry(entry: DLQEntry, *, pickle_everything: bool) -> bytes:
-    """One journal line (with its newline) for ``entry``."""
-    item_codec, item = encode_value(entry.item, force_pickle=pickle_everything)
-    meta: Any = entry.metadata
-    if (
-        type(meta) is dict
-        and len(meta) == 1
-        and isinstance(
-            meta.get(STORED_METADATA_KEY), (PickledPayload, PickledValue, UnserializableItem)
-        )
-    ):
-        meta = meta[STORED_METADATA_KEY]  # a placeholder from decode_record: store it as it came
-    if meta:
-        meta_codec, meta_payload = encode_value(meta, force_pickle=pickle_everything)
-    else:
-        meta_codec, meta_payload = "json", {}
-    record: Dict[str, Any] = {
-        "entry_id": entry.entry_id,
-        "v": RECORD_VERSION,
-        "error_type": entry.error_type,
-        "error_qualname": entry.error_qualname,
-        "error_message": entry.error_message,
-        "reason": entry.reason,
-        "timestamp": entry.timestamp,
-        "retry_count": entry.retry_count,
-        "item_codec": item_codec,
-        "item": item,
-        "metadata_codec": meta_codec,
-        "metadata": meta_payload,
-        "traceback": entry.traceback,
-    }
-    if item_codec != "json":
-        # A placeholder keeps the repr of the value it stands for, not its own.
-        item_repr = entry.item.repr if isinstance(entry.item, PickledPayload) else None
-        record["item_repr"] = item_repr if item_repr is not None else short_repr(entry.item)
-    try:
-        text = _encoder.encode(record)
-    except (ValueError, TypeError, RecursionError):
-        if pickle_everything:
-            raise
-        # JSON-native by type, yet too deep for the encoder: store item and metadata pickled.
-        return encode_entry(entry, pickle_everything=True)
-    return (text + "\n").encode("ascii")
-
-
-def decode_record(record: Dict[str, Any], *, allow_pickle: bool, lazy: bool = False) -> DLQEntry:
-    """Inverse of :func:`encode_entry` for a parsed line (``lazy``: see ``decode_value``)."""
-    item_repr = record.get("item_repr")
-    item = decode_value(record["item_codec"], record["item"], allow_pickle=allow_pickle,
-                        repr_text=item_repr, lazy=lazy)
-    metadata = decode_value(record.get("metadata_codec", "json"), record.get("metadata") or {},
-                            allow_pickle=allow_pickle, repr_text="metadata", lazy=lazy)
-    return DLQEntry(
-        item=item,
-        error_type=record["error_type"],
-        error_message=record["error_message"],
-        timestamp=record["timestamp"],
-        traceback=record.get("traceback"),
-        retry_count=record.get("retry_count", 0),
-        # A lazily decoded or not-allowed pickle stays a stand-in until a trusted reader loads it.
-        metadata=metadata if isinstance(metadata, dict) else {STORED_METADATA_KEY: metadata},
-        entry_id=record["entry_id"],
-        reason=record.get("reason", "exception"),
-        error_qualname=record.get("error_qualname"),
-    )
 
 
 @dataclass
@@ -139,17 +55,6 @@ class ReadResult:
     lines: List[bytes] = field(default_factory=list)
     corrupt_skipped: int = 0
     torn_tail: bool = False
-
-
-def _record_id(line: bytes) -> Optional[str]:
-    # Fast path for our own lines; compaction reads every record and only needs the id.
-    if line.startswith(_ID_PREFIX):
-        end = line.find(b'"', len(_ID_PREFIX))
-        if end > 0:
-            raw = line[len(_ID_PREFIX):end]
-            if b"\\" not in raw:  # an escaped character: let the JSON parser read it
-                return raw.decode("ascii")
-    return None
 
 
 def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadResult:
@@ -177,8 +82,8 @@ def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadR
         if not line.strip():
             continue
         record = None
-        if parse or number - 1 == last or _record_id(line) is None:
-            record = _parse_line(line)
+        if parse or number - 1 == last or record_id(line) is None:
+            record = parse_line(line)
             if record is None:
                 if number - 1 == last:
                     result.torn_tail = True
@@ -201,18 +106,6 @@ def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadR
     return result
 
 
-def _parse_line(line: bytes) -> Optional[Dict[str, Any]]:
-    try:
-        record = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("entry_id"), str):
-        return None
-    if "error_type" not in record or "item_codec" not in record:
-        return None
-    return record
-
-
 class Journal:
     """The on-disk side of one queue. Not thread-safe: the queue's lock guards it."""
 
@@ -222,12 +115,12 @@ class Journal:
         self.path = os.path.join(directory, JOURNAL_FILE_NAME)
         self.lock_path = os.path.join(directory, LOCK_FILE_NAME)
         self.fsync = fsync
-        self._fd: Optional[int] = None
-        self._lock_fd: Optional[int] = None
-        self._inode: Optional[int] = None
+        self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self._inode: int | None = None
         # Where our last append ended; if the file still ends there, nobody wrote
         # since and its tail needs no check.
-        self._end: Optional[int] = None
+        self._end: int | None = None
         self._pid = os.getpid()
         self._last_sync = time.monotonic()
         self._dirty = False
@@ -311,7 +204,7 @@ class Journal:
             cut = chunk.rfind(b"\n")
         keep = start + cut + 1  # 0 when the file holds no newline at all
         tail = _pread_all(fd, size - keep, keep)
-        if _parse_line(tail) is not None:
+        if parse_line(tail) is not None:
             _write_all(fd, b"\n")
             return size + 1
         os.ftruncate(fd, keep)
@@ -385,12 +278,12 @@ class Journal:
             # the position of the first, as when the file is read.
             kept: Dict[str, bytes] = {}
             for line in current:
-                entry_id = _record_id(line) or json.loads(line)["entry_id"]
+                entry_id = record_id(line) or json.loads(line)["entry_id"]
                 if entry_id not in drop_ids:
                     kept[entry_id] = line
             kept.update(replace)
             for line in add:
-                kept[_record_id(line) or json.loads(line)["entry_id"]] = line
+                kept[record_id(line) or json.loads(line)["entry_id"]] = line
             write_atomically(self.path, kept.values())
             if self._fd is not None:
                 fd, self._fd, self._end = self._fd, None, None

@@ -8,9 +8,8 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
-from amorsize._validate import check_choice, invalid_value
+from amorsize._validate import check_bool, check_choice, check_int, invalid_value
 
 FSYNC_MODES = ("always", "batch", "never")
 
@@ -56,13 +55,13 @@ class DLQPolicy:
         InvalidArgumentError: a field has a value that is not accepted.
     """
 
-    directory: Union[str, os.PathLike[str]] = ".amorsize_dlq"
+    directory: str | os.PathLike[str] = ".amorsize_dlq"
     format: DLQFormat = DLQFormat.JSON
     max_entries: int = 10000
     include_traceback: bool = True
     auto_persist: bool = True
     fsync: str = "batch"
-    allow_pickle: Optional[bool] = field(default=None)
+    allow_pickle: bool | None = field(default=None)
     strict: bool = True
 
     def __post_init__(self) -> None:
@@ -73,16 +72,12 @@ class DLQPolicy:
         except ValueError:
             raise invalid_value("format", self.format, "DLQFormat.JSON or DLQFormat.PICKLE") from None
         object.__setattr__(self, "format", fmt)
-        if type(self.max_entries) is not int or self.max_entries < 0:
-            raise invalid_value("max_entries", self.max_entries, "an int >= 0 (0 means unbounded)")
+        check_int("max_entries", self.max_entries, 0)  # 0 means unbounded
         for name in ("include_traceback", "auto_persist", "strict"):
-            if not isinstance(getattr(self, name), bool):
-                raise invalid_value(name, getattr(self, name), "True or False")
+            check_bool(name, getattr(self, name))
         check_choice("fsync", self.fsync, FSYNC_MODES)
-        if self.allow_pickle is None:
+        if check_bool("allow_pickle", self.allow_pickle, optional=True) is None:
             object.__setattr__(self, "allow_pickle", fmt is DLQFormat.PICKLE)
-        elif not isinstance(self.allow_pickle, bool):
-            raise invalid_value("allow_pickle", self.allow_pickle, "True, False or None")
 
     @property
     def path(self) -> str:

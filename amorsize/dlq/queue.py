@@ -16,23 +16,19 @@ plus what it added, and ``load()`` picks up what others appended since.
 from __future__ import annotations
 
 import collections
-import datetime
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Union
+from typing import Any, Dict, List, Sequence, Set
 
-from amorsize._validate import check_choice, invalid_value
-from amorsize.dlq.entry import REASONS, DLQEntry
-from amorsize.dlq.journal import (
-    Journal,
-    decode_record,
-    encode_entry,
-    read_records,
-    write_atomically,
-)
+from amorsize._fs import write_atomically
+from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
+from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.journal import Journal, read_records
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
-from amorsize.errors import DLQCorruptError, InvalidTypeError
+from amorsize.dlq.records import decode_record, encode_entry
+from amorsize.dlq.summary import select_entries, summarize
+from amorsize.errors import DLQCorruptError
 
 logger = logging.getLogger("amorsize.dlq")
 
@@ -40,34 +36,17 @@ logger = logging.getLogger("amorsize.dlq")
 #: batches, so pruning stays O(1) per add: compact once this many (or
 #: ``max_entries``, if larger) pruned records have built up on disk.
 PRUNE_COMPACTION_MIN_BATCH = 256
-TOP_MESSAGES = 5
-
-TimeBound = Union[float, int, datetime.datetime, None]
 
 
-def _to_epoch(name: str, value: TimeBound) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, datetime.datetime):
-        return value.timestamp()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise invalid_value(name, value, "None, a POSIX timestamp (float) or a datetime")
-
-
-class DeadLetterQueue:
+class DeadLetterQueue(DeadLetterQueueBase):
     """Keeps items that failed for good, with their errors, for inspection and replay.
 
     Args:
         policy: a :class:`DLQPolicy`; defaults to ``DLQPolicy()``.
     """
 
-    def __init__(self, policy: Optional[DLQPolicy] = None, *, _lazy_pickle: bool = False) -> None:
-        if policy is None:
-            policy = DLQPolicy()
-        elif not isinstance(policy, DLQPolicy):
-            raise InvalidTypeError(f"policy={policy!r} is not valid; expected a DLQPolicy or None")
-        self.policy = policy
+    def __init__(self, policy: DLQPolicy | None = None, *, _lazy_pickle: bool = False) -> None:
+        self.policy = policy = checked_policy(policy)
         self._lock = threading.RLock()
         self._entries: collections.OrderedDict[str, DLQEntry] = collections.OrderedDict()
         self._pruned = 0
@@ -82,7 +61,7 @@ class DeadLetterQueue:
         self._persist_errors = 0
         self._corrupt_skipped = 0
         self._unpersisted: Dict[str, None] = {}
-        self._journal: Optional[Journal] = None
+        self._journal: Journal | None = None
         self._pickle_everything = policy.format is DLQFormat.PICKLE
         # The manager process of a SharedDeadLetterQueue keeps pickled items as bytes.
         self._lazy_pickle = _lazy_pickle
@@ -93,63 +72,15 @@ class DeadLetterQueue:
 
     # -- adding ---------------------------------------------------------------
 
-    def add(
-        self,
-        item: Any,
-        error: BaseException,
-        retry_count: int = 0,
-        metadata: Optional[Dict[str, Any]] = None,
-        *,
-        reason: str = "exception",
-    ) -> DLQEntry:
-        """Record that ``item`` failed with ``error``. Never raises on a persistence failure.
-
-        Returns:
-            The new :class:`DLQEntry`.
-        """
-        entry = DLQEntry.from_exception(
-            item,
-            error,
-            retry_count=retry_count,
-            metadata=metadata,
-            include_traceback=self.policy.include_traceback,
-            reason=reason,
-        )
-        with self._lock:
-            self._entries[entry.entry_id] = entry
-            if self._journal is not None:
-                self._persist([entry.entry_id])
-            if self.policy.max_entries:
-                self._prune()
-        return entry
-
-    def add_entry(self, entry: DLQEntry) -> DLQEntry:
-        """Add a ready-made entry (an entry already present under its id is replaced)."""
-        self._add_entries([self._checked(entry)])
-        return entry
-
-    def extend(self, entries: Iterable[DLQEntry]) -> int:
-        """Add a batch of entries with one journal write. Returns how many were added."""
-        batch = [self._checked(e) for e in entries]
-        if batch:
-            self._add_entries(batch)
-        return len(batch)
-
-    @staticmethod
-    def _checked(entry: Any) -> DLQEntry:
-        if not isinstance(entry, DLQEntry):
-            raise InvalidTypeError(f"entry={entry!r} is not valid; expected a DLQEntry")
-        return entry
-
-    def _add_entries(self, batch: List[DLQEntry]) -> None:
-        if not self.policy.include_traceback:
-            for entry in batch:
-                entry.traceback = None
+    def _store(self, batch: Sequence[DLQEntry]) -> None:
+        # The hot path of add(): no call that has nothing to do.
         with self._lock:
             for entry in batch:
                 self._entries[entry.entry_id] = entry
-            self._persist([e.entry_id for e in batch])
-            self._prune()
+            if self._journal is not None:
+                self._persist([e.entry_id for e in batch])
+            if self.policy.max_entries:
+                self._prune()
 
     # -- persistence ----------------------------------------------------------
 
@@ -192,7 +123,7 @@ class DeadLetterQueue:
     def _compact(
         self,
         drop_ids: Set[str],
-        replace: Optional[List[DLQEntry]] = None,
+        replace: List[DLQEntry] | None = None,
         *,
         raise_errors: bool = False,
         retry: bool = False,
@@ -251,7 +182,7 @@ class DeadLetterQueue:
                 limit, PRUNE_COMPACTION_MIN_BATCH
             )
 
-    def save(self, path: Optional[Union[str, os.PathLike[str]]] = None) -> str:
+    def save(self, path: PathArg = None) -> str:
         """Write every entry to ``path`` atomically (default: the journal). Returns the path.
 
         Raises:
@@ -269,7 +200,7 @@ class DeadLetterQueue:
             write_atomically(target, [self._encode(e) for e in self._entries.values()])
             return target
 
-    def load(self, path: Optional[Union[str, os.PathLike[str]]] = None) -> int:
+    def load(self, path: PathArg = None) -> int:
         """Merge the entries stored at ``path`` (default: the journal) into this queue.
 
         Entries already present (same ``entry_id``) are updated in place; the others
@@ -342,12 +273,6 @@ class DeadLetterQueue:
                 self._catch_up()
                 self._journal.close()
 
-    def __enter__(self) -> DeadLetterQueue:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     # -- reading --------------------------------------------------------------
 
     def get_entries(self) -> List[DLQEntry]:
@@ -359,64 +284,21 @@ class DeadLetterQueue:
         """How many entries the queue holds."""
         return len(self._entries)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def __repr__(self) -> str:
         return f"DeadLetterQueue({len(self)} entries, directory={self.policy.path!r})"
 
-    def filter(
-        self,
-        error_type: Optional[str] = None,
-        reason: Optional[str] = None,
-        since: TimeBound = None,
-        until: TimeBound = None,
-        predicate: Optional[Callable[[DLQEntry], bool]] = None,
+    def _select(
+        self, error_type: str | None, reason: str | None, since: float | None,
+        until: float | None,
     ) -> List[DLQEntry]:
-        """Entries matching every given condition, in insertion order.
-
-        ``error_type`` matches the short or the module-qualified type name;
-        ``since``/``until`` bound ``timestamp`` (inclusive), as POSIX time or datetime.
-        """
-        if reason is not None:
-            check_choice("reason", reason, REASONS)
-        low, high = _to_epoch("since", since), _to_epoch("until", until)
-        if predicate is not None and not callable(predicate):
-            raise invalid_value("predicate", predicate, "a callable taking a DLQEntry, or None")
-        out = []
-        for entry in self.get_entries():
-            if error_type is not None and error_type not in (entry.error_type, entry.error_qualname):
-                continue
-            if reason is not None and entry.reason != reason:
-                continue
-            if low is not None and entry.timestamp < low:
-                continue
-            if high is not None and entry.timestamp > high:
-                continue
-            if predicate is not None and not predicate(entry):
-                continue
-            out.append(entry)
-        return out
+        return select_entries(self.get_entries(), error_type, reason, since, until)
 
     def get_summary(self) -> Dict[str, Any]:
         """Counts by error type and reason, retry average, time span, top messages and health."""
-        entries = self.get_entries()
-        error_types = collections.Counter(e.error_type for e in entries)
-        reasons = collections.Counter(e.reason for e in entries)
-        messages = collections.Counter(e.error_message for e in entries)
-        stamps = [e.timestamp for e in entries]
-        return {
-            "total_entries": len(entries),
-            "error_types": dict(error_types),
-            "reasons": dict(reasons),
-            "avg_retry_count": (sum(e.retry_count for e in entries) / len(entries)) if entries else 0.0,
-            "oldest_timestamp": min(stamps) if stamps else None,
-            "newest_timestamp": max(stamps) if stamps else None,
-            "top_messages": messages.most_common(TOP_MESSAGES),
-            "pruned": self._pruned,
-            "persist_errors": self._persist_errors,
-            "corrupt_skipped": self._corrupt_skipped,
-        }
+        return summarize(
+            self.get_entries(), pruned=self._pruned, persist_errors=self._persist_errors,
+            corrupt_skipped=self._corrupt_skipped,
+        )
 
     # -- removing -------------------------------------------------------------
 
@@ -429,25 +311,13 @@ class DeadLetterQueue:
             self._compact(ids)
             return len(ids)
 
-    def remove(self, entry_ids: Iterable[str]) -> int:
-        """Remove the entries with these ids (and compact the journal). Returns how many."""
-        return self.update(remove_ids=entry_ids)
-
-    def update(self, entries: Iterable[DLQEntry] = (), remove_ids: Iterable[str] = ()) -> int:
-        """Atomically replace ``entries`` (matched by ``entry_id``) and remove ``remove_ids``.
-
-        One journal compaction covers both, so a crash leaves either the old or the new
-        state. Entries not currently in the queue are added. Returns how many were removed.
-        """
-        if isinstance(remove_ids, str):
-            raise invalid_value("remove_ids", remove_ids, "an iterable of entry ids, not a str")
-        updated = [self._checked(e) for e in entries]
+    def _update(self, entries: List[DLQEntry], remove_ids: List[str]) -> int:
         with self._lock:
             removed = {i for i in remove_ids if self._entries.pop(i, None) is not None}
             for i in removed:
                 self._unpersisted.pop(i, None)
-            for entry in updated:
+            for entry in entries:
                 self._entries[entry.entry_id] = entry
-            if removed or updated:
-                self._compact(removed, updated)
+            if removed or entries:
+                self._compact(removed, entries)
             return len(removed)

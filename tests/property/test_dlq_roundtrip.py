@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from amorsize import DLQEntry
 from amorsize.dlq.entry import REASONS
-from amorsize.dlq.journal import decode_record, encode_entry
+from amorsize.dlq.records import decode_record, encode_entry
 from amorsize.serialization import decode_value, encode_value, is_json_native
 
 # -- strategies ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The executor hook: a picklable wrapper that runs a function and records its failures.
+"""The capture hook: a picklable wrapper that runs a function and records its failures.
 
 ``SharedDeadLetterQueue.capture(func)`` returns a :class:`CapturedFunction`.
 Hand it to any process pool (``multiprocessing.Pool``, ``concurrent.futures``,
@@ -9,7 +9,12 @@ a falsy :class:`~amorsize.Failure` instead of an exception, so the pool never
 aborts and results stay aligned with inputs.
 
 The success path makes no call to the manager: a worker connects on its first
-failure and keeps that connection for the rest of its life.
+failure and keeps that connection for the rest of its life (the per-process
+connection cache below; :func:`forget_connections` drops it when a queue closes).
+
+This module never imports :mod:`amorsize.dlq.shared`: it reaches the manager
+through :mod:`amorsize.dlq._manager` and :mod:`amorsize.dlq.ingest`, which the
+shared queue imports too, so ``shared -> capture`` is the only edge between them.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import os
 import pickle
 import threading
 from multiprocessing import AuthenticationError
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import cloudpickle
 
+from amorsize._validate import check_callable
+from amorsize.dlq._manager import connect_proxy
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.ingest import IngestClient, IngestError
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
@@ -72,8 +79,6 @@ def _load_function(data: bytes) -> Tuple[Callable[[Any], Any], Any]:
 
 
 def _client(address: Any, authkey: bytes) -> Any:
-    from amorsize.dlq.shared import connect_proxy
-
     return _kept(_clients, address, lambda: connect_proxy(address, authkey))
 
 
@@ -123,15 +128,14 @@ class CapturedFunction:
         reraise: bool = False,
         ingest_address: Any = None,
     ) -> None:
-        if not callable(func):
-            raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
+        check_callable("func", func)
         if retry is not None and not callable(getattr(retry, "run", None)):
             raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
         # The function and the policy travel in ONE cloudpickle payload: a class both
         # refer to (an exception in retry_on, defined in __main__ or locally, so carried
         # by value) must come out as one class in the worker, or retry_on never matches.
         self._func_bytes = dumps((func, retry))
-        self._loaded: Optional[Tuple[Callable[[Any], Any], Any]] = (func, retry)
+        self._loaded: Tuple[Callable[[Any], Any], Any] | None = (func, retry)
         self.function_name = function_name(func)
         self.address = address
         self._authkey = authkey
@@ -208,7 +212,7 @@ class CapturedFunction:
 
     def _record_by_proxy(self, entry: DLQEntry) -> None:
         try:
-            _client(self.address, self._authkey).call("add_entries", [entry])
+            _client(self.address, self._authkey).call("_store", [entry])
         except SharedDLQUnavailableError as exc:
             # Connecting failed (nothing listens, or the authkey was refused).
             raise self._unavailable(entry, str(exc)) from None

@@ -1,0 +1,193 @@
+"""The manager process behind a SharedDeadLetterQueue: its server, its proxy, connecting.
+
+```
+ SharedDeadLetterQueue (parent)    manager process                     pool worker
+ ──────────────────────────────    ───────────────                     ───────────
+ QueueProxy.call("_store", ...) ─► _ServerQueue: a DeadLetterQueue ◄── capture hook:
+                                    (lazy pickle), its journal,          ingest lane, or
+                                    the ingest lane, a parent watch      connect_proxy()
+```
+
+The server object *is* a :class:`~amorsize.dlq.queue.DeadLetterQueue`: the
+proxy calls the primitives of :class:`~amorsize.dlq.base.DeadLetterQueueBase`
+on it, so every rule (pruning, journaling, filtering) has one implementation.
+Entries cross the proxy packed (:func:`pack_entry`): the manager stores and
+journals pickled items as bytes, never importing users' classes.
+
+Both the shared queue and the capture hook import this module; neither imports
+the other's side of the connection, so there is no import cycle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+from multiprocessing.managers import BaseManager, BaseProxy
+from typing import Any, Tuple, Union
+
+from amorsize._validate import invalid_value
+from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.ingest import IngestServer, ingest_address_for
+from amorsize.dlq.policy import DLQPolicy
+from amorsize.dlq.queue import DeadLetterQueue
+from amorsize.dlq.records import STORED_METADATA_KEY
+from amorsize.errors import SharedDLQUnavailableError
+from amorsize.serialization import PickledValue, pack_for_transport, unpack_transported
+
+Address = Union[str, Tuple[str, int]]
+
+logger = logging.getLogger("amorsize.dlq")
+
+#: How often the manager process checks that the process that started it is alive.
+PARENT_WATCH_INTERVAL_SECONDS = 0.5
+
+#: What a dead or unreachable manager raises on a proxy call or a connect.
+CONNECTION_ERRORS = (EOFError, ConnectionError, OSError, multiprocessing.AuthenticationError)
+
+
+def pack_entry(entry: DLQEntry) -> DLQEntry:
+    """A copy of ``entry`` whose item and metadata are safe to send to the manager."""
+    return dataclasses.replace(
+        entry, item=pack_for_transport(entry.item), metadata=pack_for_transport(entry.metadata)
+    )
+
+
+def unpack_entry(entry: DLQEntry) -> DLQEntry:
+    """Inverse of :func:`pack_entry`, run by the reader."""
+    metadata: Any = entry.metadata
+    stored = metadata.get(STORED_METADATA_KEY) if isinstance(metadata, dict) else None
+    if isinstance(stored, PickledValue) and len(metadata) == 1:
+        metadata = stored  # read lazily from the journal by the manager: unpickle it here
+    metadata = unpack_transported(metadata)
+    if not isinstance(metadata, dict):
+        metadata = {STORED_METADATA_KEY: metadata}
+    return dataclasses.replace(entry, item=unpack_transported(entry.item), metadata=metadata)
+
+
+class _ServerQueue(DeadLetterQueue):
+    """The queue the manager serves: a DeadLetterQueue plus what only a server knows."""
+
+    def __init__(self, policy: DLQPolicy) -> None:
+        super().__init__(policy, _lazy_pickle=True)
+        self.lane_address: Address | None = None
+
+    def get_policy(self) -> DLQPolicy:
+        return self.policy
+
+    def ingest_address(self) -> Address | None:
+        return self.lane_address
+
+
+class QueueProxy(BaseProxy):
+    # The DeadLetterQueueBase primitives, plus what the proxy-backed queue reads directly.
+    _exposed_ = (
+        "_store", "_update", "_select", "get_entries", "size", "clear", "save", "load",
+        "get_summary", "flush", "close", "get_policy", "ingest_address",
+    )
+
+    def call(self, name: str, *args: Any) -> Any:
+        return self._callmethod(name, args)
+
+
+_server_queue: _ServerQueue | None = None
+
+
+def _get_server_queue() -> _ServerQueue:
+    assert _server_queue is not None, "the DLQ manager was started without its initializer"
+    return _server_queue
+
+
+def init_server(
+    policy: DLQPolicy,
+    socket_dir: str | None = None,
+    owner_pid: int = 0,
+    address: Address | None = None,
+    authkey: bytes | None = None,
+) -> None:
+    """Runs in the manager process before it serves: builds the queue, opens the
+    workers' fast lane (:mod:`amorsize.dlq.ingest`) next to ``address``, and watches
+    the owner.
+
+    ``owner_pid`` is the pid of the process that started us, passed in rather than read
+    with ``getppid()`` here, so an owner that died while we were starting is noticed too.
+    """
+    global _server_queue
+    served = _server_queue = _ServerQueue(policy)
+    if address is not None and authkey is not None:
+        try:
+            lane = IngestServer(ingest_address_for(address), authkey, served._store)
+        except OSError as exc:  # hooks fall back to proxy calls
+            logger.warning("DLQ manager: no fast lane for workers (%s: %s)", type(exc).__name__, exc)
+        else:
+            lane.start()
+            served.lane_address = lane.address
+    threading.Thread(
+        target=_watch_parent, args=(owner_pid or os.getppid(), served, socket_dir),
+        name="amorsize-parent-watch", daemon=True,
+    ).start()
+
+
+def _watch_parent(parent_pid: int, served: _ServerQueue, socket_dir: str | None) -> None:
+    # The process that started us died without closing us: flush, remove the private
+    # socket directory it would have removed, then leave no orphan.
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_WATCH_INTERVAL_SECONDS)
+    try:
+        served.close()
+    finally:
+        if socket_dir is not None:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+        os._exit(0)
+
+
+class DLQManager(BaseManager):
+    """The multiprocessing manager whose server holds one :class:`_ServerQueue`."""
+
+
+DLQManager.register("get_queue", callable=_get_server_queue, proxytype=QueueProxy)
+
+
+def check_address(address: Any) -> Address:
+    """A unix socket path, or a loopback ``(host, port)``; anything else is refused."""
+    if isinstance(address, (str, os.PathLike)):
+        return os.fspath(address)
+    if isinstance(address, tuple) and len(address) == 2 and isinstance(address[1], int):
+        host = address[0]
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return (host, address[1])
+    raise invalid_value(
+        "address", address, "None (a private unix socket), a unix socket path, or a loopback "
+        "(host, port) such as ('127.0.0.1', 0)"
+    )
+
+
+def connect_proxy(address: Address, authkey: bytes) -> QueueProxy:
+    """Connect to a running shared queue's manager and return a proxy to its queue.
+
+    Raises:
+        SharedDLQUnavailableError: nothing listens at ``address``, or the authkey was refused.
+    """
+    manager = DLQManager(address=address, authkey=authkey)
+    try:
+        manager.connect()
+        return manager.get_queue()  # type: ignore[attr-defined]
+    except multiprocessing.AuthenticationError as exc:
+        raise SharedDLQUnavailableError(
+            f"the shared DLQ at {address!r} refused the connection: wrong authkey ({exc})", address
+        ) from exc
+    except CONNECTION_ERRORS as exc:
+        raise SharedDLQUnavailableError(
+            f"no shared DLQ is reachable at {address!r} ({type(exc).__name__}: {exc}); "
+            "is the SharedDeadLetterQueue that owns it still open?",
+            address,
+        ) from exc
