@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import docblocks  # noqa: E402
+import docblocks
 
 PAGE = docblocks.ROOT / "docs" / "cli.md"
 SHOWN_DIR = "/tmp/amorsize-demo"  # the session directory, as the page shows it
@@ -77,7 +77,8 @@ _SLOW_MODULE = "import time\n\n\ndef parse_record(rec):\n    time.sleep(60)\n"
 
 def _env() -> dict[str, str]:
     bin_dir = os.path.dirname(sys.executable)  # this interpreter's `python` and `amorsize`
-    env = dict(os.environ, COLUMNS=COLUMNS, PYTHONUNBUFFERED="1", PATH=bin_dir + os.pathsep + os.environ["PATH"])
+    path = bin_dir + os.pathsep + os.environ["PATH"]
+    env = dict(os.environ, COLUMNS=COLUMNS, PYTHONUNBUFFERED="1", PATH=path)
     env.pop("PYTHONPATH", None)
     return env
 

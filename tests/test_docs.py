@@ -19,8 +19,8 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
-import docblocks  # noqa: E402
-import gen_transcripts  # noqa: E402
+import docblocks
+import gen_transcripts
 
 PYTHON_BLOCKS = [b for page in docblocks.pages() for b in docblocks.blocks(page) if b.lang == "python"]
 BLOCK_TIMEOUT_SECONDS = 90
