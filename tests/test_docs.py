@@ -11,7 +11,6 @@ matches anything). The conventions are in ``scripts/docblocks.py``.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -80,8 +79,7 @@ def test_cli_transcripts_match_a_fresh_run(no_leaked_children):
 
 @pytest.mark.timeout(180)
 def test_site_builds_strict(tmp_path):
-    if shutil.which("mkdocs") is None and not _has_module("mkdocs"):
-        pytest.skip("mkdocs is not installed (it comes with the dev extra)")
+    pytest.importorskip("mkdocs", reason="mkdocs comes with the dev extra")
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
         cwd=docblocks.ROOT, capture_output=True, text=True, timeout=170,
@@ -106,9 +104,3 @@ def _nav_files(nav) -> list[str]:
     if isinstance(nav, dict):
         return [f for v in nav.values() for f in _nav_files(v)]
     return [f for item in nav for f in _nav_files(item)]
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
