@@ -68,6 +68,25 @@ def always_fails(x: int) -> int:
     raise RuntimeError(f"always {x}")
 
 
+def lookup_missing(x: int) -> int:
+    table = {x: x for x in range(10) if x != 3}
+    return table[x] if x in table else {}[f"missing-{x}"]
+
+
+class UnloadableError(Exception):
+    """Pickles, but cannot be rebuilt: its __init__ takes two arguments."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def raise_unloadable(x: int) -> int:
+    if x == 2:
+        raise UnloadableError(7, f"item {x}")
+    return x
+
+
 # -- validation ----------------------------------------------------------------------
 
 BAD_OPTIONS = [
@@ -268,24 +287,48 @@ def test_dlq_default_mode_records_and_continues(tmp_path: Path) -> None:
 
 
 def test_raise_mode_is_the_default_without_a_dlq(no_leaked_children: None) -> None:
-    with pytest.raises(TaskFailedError) as info:
+    # The worker's own exception type comes back, with the worker's traceback as its cause.
+    with pytest.raises(ValueError, match=r"^no multiples of five: \d+$") as info:
         execute(fail_on_multiples_of_five, range(1, 40), n_jobs=2, chunksize=3)
     error = info.value
+    assert type(error) is ValueError
+    cause = error.__cause__
+    assert cause is not None and "Traceback (most recent call last)" in str(cause)
+    assert "fail_on_multiples_of_five" in str(cause)
+    assert f"ValueError: {error}" in str(cause)
+
+
+def test_raise_mode_lets_except_catch_the_workers_exception_type(start_method: str) -> None:
+    caught = None
+    try:
+        execute(lookup_missing, range(6), n_jobs=2, chunksize=2, start_method=start_method)
+    except KeyError as exc:
+        caught = exc
+    assert caught is not None and caught.args == ("missing-3",)
+    assert "lookup_missing" in str(caught.__cause__)
+
+
+def test_raise_mode_with_an_unrebuildable_exception_raises_task_failed() -> None:
+    with pytest.raises(TaskFailedError) as info:
+        execute(raise_unloadable, range(4), n_jobs=2, chunksize=1)
+    error = info.value
     assert isinstance(error, AmorsizeError)
-    assert error.error_type == "ValueError"
-    assert error.error_message.startswith("no multiples of five:")
-    assert "fail_on_multiples_of_five" in (error.traceback_text or "")
+    assert error.error_type.endswith("UnloadableError") and error.error_message == "item 2"
+    assert "raise_unloadable" in (error.traceback_text or "")
     assert "Worker traceback" in str(error)
 
 
 def test_raise_mode_in_process() -> None:
-    with pytest.raises(TaskFailedError, match="always 0"):
+    with pytest.raises(RuntimeError, match="always 0") as info:
         execute(always_fails, range(3), n_jobs=1)
+    assert type(info.value) is RuntimeError
+    frames = [frame.name for frame in info.traceback]
+    assert "always_fails" in frames  # the real traceback: the call happened here
 
 
 def test_raise_mode_can_be_asked_for_with_a_dlq() -> None:
     dlq = memory_dlq()
-    with pytest.raises(TaskFailedError):
+    with pytest.raises(RuntimeError, match="always"):
         execute(always_fails, range(3), n_jobs=2, dlq=dlq, on_failure="raise")
 
 

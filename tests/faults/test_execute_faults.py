@@ -31,8 +31,7 @@ from amorsize import (
     TaskFailedError,
     execute,
 )
-from amorsize._chunk import ChunkSpec, ChunkTask
-from amorsize._workers import ChunkDone, LocalProcessPool
+from amorsize.backends import ChunkDone, ChunkSpec, ChunkTask, LocalProcessPool
 
 ROOT = Path(__file__).resolve().parents[2]
 

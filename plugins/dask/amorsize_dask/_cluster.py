@@ -24,7 +24,7 @@ def start_local_cluster(n_workers: Optional[int] = None, **options: Any) -> Any:
     import dask
     from distributed import LocalCluster
 
-    from amorsize._costs import usable_cores
+    from amorsize.backends import usable_cores
 
     settings: Dict[str, Any] = {
         "n_workers": n_workers or usable_cores(),

@@ -47,9 +47,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import cloudpickle
 
-from amorsize._chunk import ChunkSpec, ChunkTask
-from amorsize._workers import ChunkDone, ChunkLost
-from amorsize.errors import AmorsizeError
+from amorsize import AmorsizeError
+from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
 from amorsize_dask._cluster import close_quietly, repair_cluster, start_local_cluster
 from amorsize_dask._remote import TIMEOUT_EXIT_CODE, run_task
 
