@@ -6,9 +6,13 @@ conservation property (every item ends exactly once) in tests/property/.
 
 from __future__ import annotations
 
+import copyreg
+import dataclasses
 import functools
+import inspect
 import itertools
 import os
+import pydoc
 import time
 import tracemalloc
 from pathlib import Path
@@ -31,6 +35,8 @@ from amorsize import (
     imap,
     is_failure,
 )
+from amorsize.errors import UnknownArgumentError
+from amorsize.run.options import RunOptions
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -136,6 +142,29 @@ def test_on_failure_dlq_needs_a_dlq() -> None:
 def test_unknown_backend_is_named() -> None:
     with pytest.raises(LookupError, match="nope"):
         execute(double, range(3), backend="nope")
+
+
+def test_an_unknown_keyword_suggests_the_nearest_name() -> None:
+    for call in (execute, imap):
+        with pytest.raises(UnknownArgumentError, match=r"did you mean n_jobs\?") as info:
+            call(double, range(3), njobs=2)
+        assert isinstance(info.value, TypeError) and isinstance(info.value, AmorsizeError)
+        assert "'njobs'" in str(info.value)
+    with pytest.raises(UnknownArgumentError, match=r"it accepts: .*n_jobs.*checkpoint"):
+        execute(double, range(3), zzzzzz=1)
+    with pytest.raises(UnknownArgumentError, match="did you mean ordered"):
+        imap(double, range(3), orderd=False)
+
+
+def test_options_are_explicit_keyword_parameters_in_help() -> None:
+    fields = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+    for call, skipped in ((execute, {"ordered"}), (imap, set())):
+        params = inspect.signature(call).parameters
+        assert list(params)[:2] == ["func", "items"]
+        options = {name: p.default for name, p in params.items() if name not in ("func", "items")}
+        assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in options)
+        assert options == {n: d for n, d in fields.items() if n not in skipped}
+        assert "target_chunk_duration: 'float' = 0.2" in pydoc.render_doc(call, renderer=pydoc.plaintext)
 
 
 # -- results and ordering ---------------------------------------------------------------
@@ -309,6 +338,7 @@ def test_raise_mode_lets_except_catch_the_workers_exception_type(start_method: s
 
 
 def test_raise_mode_with_an_unrebuildable_exception_raises_task_failed() -> None:
+    copyreg.dispatch_table.pop(UnloadableError, None)  # undo tblib (installed by dask's import)
     with pytest.raises(TaskFailedError) as info:
         execute(raise_unloadable, range(4), n_jobs=2, chunksize=1)
     error = info.value

@@ -27,6 +27,7 @@ from amorsize.dlq.entry import DLQEntry
 from amorsize.failure import failure_entry, failure_of
 from amorsize.retry import call_with_retry
 from amorsize.serialization import PickledValue, short_repr, unpack_transported
+from amorsize.tracebacks import traceback_text
 
 
 def run_chunk(
@@ -137,8 +138,9 @@ def _fast_slots(progress: Optional[Any]) -> Optional[Any]:
 
 def encode_result(result: ChunkResult, spec: ChunkSpec) -> bytes:
     """Serialize ``result``; values that cannot be pickled become failures, never errors."""
-    if result.error is not None and not _survives_pickle(result.error):
-        result = replace(result, error=None)  # the parent raises TaskFailedError from the text
+    if result.error is not None:
+        shipped = _RemoteError(result.error) if _survives_pickle(result.error) else None
+        result = replace(result, error=shipped)  # type: ignore[arg-type]  # unpickles as the error
     try:
         return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
@@ -160,6 +162,37 @@ def encode_result(result: ChunkResult, spec: ChunkSpec) -> bytes:
         values[position] = failure_of(entry)
     safe = replace(result, values=values, failures=failures, packed_values=True)
     return pickle.dumps(safe, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _RemoteTraceback(Exception):
+    """The ``__cause__`` of an exception shipped from a worker: its traceback text there."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _RemoteError:
+    """Pickles as ``error`` with the worker's traceback text as its ``__cause__``.
+
+    Pickling drops an exception's traceback and cause; this carries the text across
+    (CPython's ``concurrent.futures.process._ExceptionWithTraceback``).
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.text = traceback_text(error) or f"{type(error).__name__}: {error}\n"
+
+    def __reduce__(self) -> Any:
+        return _rebuild_error, (self.error, self.text)
+
+
+def _rebuild_error(error: BaseException, text: str) -> BaseException:
+    error.__cause__ = _RemoteTraceback(f'\n"""\n{text}"""')
+    return error
 
 
 def _survives_pickle(error: BaseException) -> bool:

@@ -34,17 +34,6 @@ CRASH_BUDGET_BASE = 10
 CRASH_BUDGET_FRACTION = 0.01
 
 
-class _RemoteTraceback(Exception):
-    """The ``__cause__`` of a re-raised worker exception: the worker's traceback text."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return self.text
-
-
 def rebuilt_error(entry: DLQEntry, error: Optional[BaseException]) -> BaseException:
     """What ``on_failure="raise"`` raises for ``entry``; ``error`` is its shipped exception."""
     if error is None or entry.reason != "exception" or isinstance(error, StopIteration):
@@ -52,9 +41,7 @@ def rebuilt_error(entry: DLQEntry, error: Optional[BaseException]) -> BaseExcept
         return TaskFailedError(
             entry.error_type, entry.error_message, entry.traceback, entry.item, entry.reason
         )
-    if error.__traceback__ is None and entry.traceback:  # it crossed a process boundary
-        error.__cause__ = _RemoteTraceback(f'\n"""\n{entry.traceback}"""')
-    return error
+    return error  # from a worker process, its traceback text there is its __cause__
 
 
 class FailureRouter:
