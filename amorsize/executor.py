@@ -113,47 +113,39 @@ def imap(
     on_open: str = "dead_letter",
     checkpoint: Checkpoint | None = None,
 ) -> Iterator[Any]:
-    """Lazily yield ``func(item)`` for each item, in input order or (``ordered=False``)
-    as chunks complete.
+    """Lazily yield ``func(item)`` per item, in input order or (``ordered=False``) as chunks finish.
 
     Args:
         func: a callable of one argument; lambdas and closures work (cloudpickle).
         items: any iterable, read lazily with bounded look-ahead.
         n_jobs: worker processes. With ``n_jobs`` and ``chunksize`` both None (and no
-            timeout) a dry run of the first few items in this process chooses them,
-            and may choose to run serially; their results are kept. ``n_jobs=1``
-            without a timeout runs in this process (the in-process backend).
+            timeout) a dry run of the first few items here chooses them (their results
+            are kept). A width of 1 without a timeout runs in this process.
         chunksize: items per chunk; None adapts it while running from measured times.
         retry: a :class:`~amorsize.RetryPolicy` applied to each item in the worker.
         dlq: a DeadLetterQueue or SharedDeadLetterQueue receiving failed items.
         timeout: seconds an item may run before its worker is killed.
-        on_failure: ``"dlq"`` (default with a dlq), ``"raise"`` (default without),
-            or a callable receiving each failure's DLQEntry. ``"raise"`` re-raises the
-            item's own exception (the worker's traceback text is its ``__cause__``), or
-            a TaskFailedError when it cannot be rebuilt here or the worker was lost.
+        on_failure: ``"dlq"`` (default with a dlq), a callable receiving each DLQEntry,
+            or ``"raise"`` (default without a dlq): re-raises the item's own exception
+            (the worker's traceback text is its ``__cause__``), or a TaskFailedError
+            when it cannot be rebuilt here or the item's worker was lost.
         ordered: yield in input order (True) or completion order (False).
         progress: show a tqdm progress bar (needs the ``progress`` extra).
         on_progress: callable ``(done, total)`` called after each chunk.
         start_method: multiprocessing start method for the workers.
-        max_crashes: crash-loop guard; None means 10 + 1% of the items done so far.
+        max_crashes: crash-loop guard (CrashLoopError); None: 10 + 1% of the items done.
         target_chunk_duration: seconds of work per chunk that adaptive chunking aims at.
-        backend: None or ``"processes"`` (local worker processes), ``"in_process"``,
-            a name from :func:`amorsize.backends.register_backend` or the entry-point
-            group ``amorsize.backends`` (``"dask"`` with the amorsize-dask plugin), or
-            a backend object such as ``DaskBackend(address=...)``.
-        dry_run: set False to skip the optimizer's in-process dry run (every call of
-            ``func`` then happens in a worker process).
-        circuit_breaker: a :class:`~amorsize.CircuitBreaker` whose state the dispatcher
-            decides from every worker's failures; while CLOSED at most as many items are
-            in flight as failures it takes to open it.
-        on_open: while the circuit is open, ``"dead_letter"`` items without calling
-            ``func`` (reason ``circuit_open``) or ``"wait"`` until it half-opens.
+        backend: None or ``"processes"`` (worker processes here), ``"in_process"``, a
+            name registered with :func:`amorsize.backends.register_backend` or under the
+            entry-point group ``amorsize.backends`` (``"dask"``), or a backend object.
+        dry_run: False skips the dry run: every call of ``func`` happens in a worker.
+        circuit_breaker: a :class:`~amorsize.CircuitBreaker` fed by every worker's outcomes;
+            while CLOSED, at most as many items are in flight as failures it takes to open.
+        on_open: while it is open, ``"dead_letter"`` items without calling ``func``
+            (reason ``circuit_open``) or ``"wait"`` until it half-opens.
         checkpoint: a :class:`~amorsize.Checkpoint`; a killed run resumes from it.
 
-    Raises:
-        UnknownArgumentError: a keyword this function does not take (a TypeError).
-        CrashLoopError: workers crashed more often than ``max_crashes`` (the DLQ is
-            flushed first).
+    An unknown keyword raises UnknownArgumentError (a TypeError) naming the nearest.
     """
     check_func(func)
     run = Dispatcher(func, items, RunOptions.of(locals()))  # validate now, like map()

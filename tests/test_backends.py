@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+from pathlib import Path
 from typing import Any, List, Optional
 
 import pytest
@@ -165,3 +167,11 @@ def test_in_process_backend_runs_here_and_routes_failures() -> None:
 def test_in_process_backend_refuses_a_timeout() -> None:
     with pytest.raises(InvalidArgumentError, match="timeout=5"):
         execute(abs, [1], backend="in_process", timeout=5)
+
+
+def test_the_worked_example_in_the_docs_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(amorsize.backends, "_registered", {})  # the example registers "here"
+    text = (Path(__file__).resolve().parents[1] / "docs" / "backends.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    exec(compile(code, "docs/backends.md", "exec"), {"__name__": "docs_backends"})
+    assert "here" in available_backends()

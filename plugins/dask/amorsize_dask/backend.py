@@ -49,7 +49,7 @@ import cloudpickle
 
 from amorsize import AmorsizeError
 from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
-from amorsize_dask._cluster import close_quietly, repair_cluster, start_local_cluster
+from amorsize_dask._cluster import close_quietly, describe_task_error, repair_cluster, start_local_cluster
 from amorsize_dask._remote import TIMEOUT_EXIT_CODE, run_task
 
 #: How long one wait on the futures lasts before the pool checks timeout reports
@@ -282,7 +282,7 @@ class DaskPool:
                 report = self._report_for(key)
                 if report is not None:
                     return self._timed_out(task, report)
-                return self._lost(entry, _describe(error), error)
+                return self._lost(entry, describe_task_error(error), error)
             if self._client.status not in ("running", "connecting"):
                 raise DaskBackendError(
                     f"lost the connection to the Dask scheduler ({self._client.status}); "
@@ -392,11 +392,3 @@ class DaskPool:
                 f"{len(self._in_flight)} chunk(s) waited"
             )
 
-
-def _describe(error: Any) -> str:
-    name = type(error).__name__
-    if name == "KilledWorker":
-        return "the Dask worker died (KilledWorker: a crash, os._exit, a signal or out of memory)"
-    if name == "CommClosedError":
-        return "the connection to the Dask worker closed (the worker died)"
-    return f"the Dask task failed ({name}: {str(error)[:200]})"
