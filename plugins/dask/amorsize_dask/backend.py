@@ -87,6 +87,7 @@ class DaskBackend:
     """
 
     name = "dask"
+    chooses_width = True  # n_jobs=None: as many chunks at once as the cluster has threads
 
     def __init__(
         self,
