@@ -327,7 +327,9 @@ def test_raise_mode_is_the_default_without_a_dlq(no_leaked_children: None) -> No
     assert f"ValueError: {error}" in str(cause)
 
 
-def test_raise_mode_lets_except_catch_the_workers_exception_type(start_method: str) -> None:
+def test_raise_mode_lets_except_catch_the_workers_exception_type(
+    start_method: str, no_leaked_children: None
+) -> None:
     caught = None
     try:
         execute(lookup_missing, range(6), n_jobs=2, chunksize=2, start_method=start_method)
@@ -337,7 +339,7 @@ def test_raise_mode_lets_except_catch_the_workers_exception_type(start_method: s
     assert "lookup_missing" in str(caught.__cause__)
 
 
-def test_raise_mode_with_an_unrebuildable_exception_raises_task_failed() -> None:
+def test_raise_mode_with_an_unrebuildable_exception_raises_task_failed(no_leaked_children: None) -> None:
     copyreg.dispatch_table.pop(UnloadableError, None)  # undo tblib (installed by dask's import)
     with pytest.raises(TaskFailedError) as info:
         execute(raise_unloadable, range(4), n_jobs=2, chunksize=1)
