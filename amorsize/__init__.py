@@ -61,6 +61,7 @@ _LAZY: dict[str, str] = {
     "RateLimitTimeoutError": "amorsize.errors",
     "SharedDLQUnavailableError": "amorsize.errors",
     "TaskFailedError": "amorsize.errors",
+    "UnknownArgumentError": "amorsize.errors",
     "WorkerCrashedError": "amorsize.errors",
 }
 
@@ -97,6 +98,7 @@ __all__ = [
     "SharedDLQUnavailableError",
     "SharedDeadLetterQueue",
     "TaskFailedError",
+    "UnknownArgumentError",
     "UnserializableItem",
     "WorkerCrashedError",
     "__version__",
@@ -135,6 +137,7 @@ if TYPE_CHECKING:
         RateLimitTimeoutError,
         SharedDLQUnavailableError,
         TaskFailedError,
+        UnknownArgumentError,
         WorkerCrashedError,
     )
     from amorsize.executor import execute, imap

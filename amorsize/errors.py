@@ -24,6 +24,10 @@ class InvalidTypeError(AmorsizeError, TypeError):
     """An argument has a type amorsize does not accept."""
 
 
+class UnknownArgumentError(AmorsizeError, TypeError):
+    """A call got a keyword argument it does not take; the message suggests the nearest."""
+
+
 # --- dead letter queue -------------------------------------------------------
 
 

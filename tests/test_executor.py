@@ -6,9 +6,13 @@ conservation property (every item ends exactly once) in tests/property/.
 
 from __future__ import annotations
 
+import copyreg
+import dataclasses
 import functools
+import inspect
 import itertools
 import os
+import pydoc
 import time
 import tracemalloc
 from pathlib import Path
@@ -31,6 +35,8 @@ from amorsize import (
     imap,
     is_failure,
 )
+from amorsize.errors import UnknownArgumentError
+from amorsize.run.options import RunOptions
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -66,6 +72,25 @@ def pid_of(_x: Any) -> int:
 
 def always_fails(x: int) -> int:
     raise RuntimeError(f"always {x}")
+
+
+def lookup_missing(x: int) -> int:
+    table = {x: x for x in range(10) if x != 3}
+    return table[x] if x in table else {}[f"missing-{x}"]
+
+
+class UnloadableError(Exception):
+    """Pickles, but cannot be rebuilt: its __init__ takes two arguments."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def raise_unloadable(x: int) -> int:
+    if x == 2:
+        raise UnloadableError(7, f"item {x}")
+    return x
 
 
 # -- validation ----------------------------------------------------------------------
@@ -117,6 +142,29 @@ def test_on_failure_dlq_needs_a_dlq() -> None:
 def test_unknown_backend_is_named() -> None:
     with pytest.raises(LookupError, match="nope"):
         execute(double, range(3), backend="nope")
+
+
+def test_an_unknown_keyword_suggests_the_nearest_name() -> None:
+    for call in (execute, imap):
+        with pytest.raises(UnknownArgumentError, match=r"did you mean n_jobs\?") as info:
+            call(double, range(3), njobs=2)
+        assert isinstance(info.value, TypeError) and isinstance(info.value, AmorsizeError)
+        assert "'njobs'" in str(info.value)
+    with pytest.raises(UnknownArgumentError, match=r"it accepts: .*n_jobs.*checkpoint"):
+        execute(double, range(3), zzzzzz=1)
+    with pytest.raises(UnknownArgumentError, match="did you mean ordered"):
+        imap(double, range(3), orderd=False)
+
+
+def test_options_are_explicit_keyword_parameters_in_help() -> None:
+    fields = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+    for call, skipped in ((execute, {"ordered"}), (imap, set())):
+        params = inspect.signature(call).parameters
+        assert list(params)[:2] == ["func", "items"]
+        options = {name: p.default for name, p in params.items() if name not in ("func", "items")}
+        assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in options)
+        assert options == {n: d for n, d in fields.items() if n not in skipped}
+        assert "target_chunk_duration: 'float' = 0.2" in pydoc.render_doc(call, renderer=pydoc.plaintext)
 
 
 # -- results and ordering ---------------------------------------------------------------
@@ -268,24 +316,51 @@ def test_dlq_default_mode_records_and_continues(tmp_path: Path) -> None:
 
 
 def test_raise_mode_is_the_default_without_a_dlq(no_leaked_children: None) -> None:
-    with pytest.raises(TaskFailedError) as info:
+    # The worker's own exception type comes back, with the worker's traceback as its cause.
+    with pytest.raises(ValueError, match=r"^no multiples of five: \d+$") as info:
         execute(fail_on_multiples_of_five, range(1, 40), n_jobs=2, chunksize=3)
     error = info.value
+    assert type(error) is ValueError
+    cause = error.__cause__
+    assert cause is not None and "Traceback (most recent call last)" in str(cause)
+    assert "fail_on_multiples_of_five" in str(cause)
+    assert f"ValueError: {error}" in str(cause)
+
+
+def test_raise_mode_lets_except_catch_the_workers_exception_type(
+    start_method: str, no_leaked_children: None
+) -> None:
+    caught = None
+    try:
+        execute(lookup_missing, range(6), n_jobs=2, chunksize=2, start_method=start_method)
+    except KeyError as exc:
+        caught = exc
+    assert caught is not None and caught.args == ("missing-3",)
+    assert "lookup_missing" in str(caught.__cause__)
+
+
+def test_raise_mode_with_an_unrebuildable_exception_raises_task_failed(no_leaked_children: None) -> None:
+    copyreg.dispatch_table.pop(UnloadableError, None)  # undo tblib (installed by dask's import)
+    with pytest.raises(TaskFailedError) as info:
+        execute(raise_unloadable, range(4), n_jobs=2, chunksize=1)
+    error = info.value
     assert isinstance(error, AmorsizeError)
-    assert error.error_type == "ValueError"
-    assert error.error_message.startswith("no multiples of five:")
-    assert "fail_on_multiples_of_five" in (error.traceback_text or "")
+    assert error.error_type.endswith("UnloadableError") and error.error_message == "item 2"
+    assert "raise_unloadable" in (error.traceback_text or "")
     assert "Worker traceback" in str(error)
 
 
 def test_raise_mode_in_process() -> None:
-    with pytest.raises(TaskFailedError, match="always 0"):
+    with pytest.raises(RuntimeError, match="always 0") as info:
         execute(always_fails, range(3), n_jobs=1)
+    assert type(info.value) is RuntimeError
+    frames = [frame.name for frame in info.traceback]
+    assert "always_fails" in frames  # the real traceback: the call happened here
 
 
 def test_raise_mode_can_be_asked_for_with_a_dlq() -> None:
     dlq = memory_dlq()
-    with pytest.raises(TaskFailedError):
+    with pytest.raises(RuntimeError, match="always"):
         execute(always_fails, range(3), n_jobs=2, dlq=dlq, on_failure="raise")
 
 

@@ -6,6 +6,7 @@ core crash and timeout tests run under fork and spawn (``start_method`` fixture)
 
 from __future__ import annotations
 
+import copyreg
 import ctypes
 import faulthandler
 import functools
@@ -31,8 +32,7 @@ from amorsize import (
     TaskFailedError,
     execute,
 )
-from amorsize._chunk import ChunkSpec, ChunkTask
-from amorsize._workers import ChunkDone, LocalProcessPool
+from amorsize.backends import ChunkDone, ChunkSpec, ChunkTask, LocalProcessPool
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,6 +85,15 @@ class TwoArgError(Exception):
     def __init__(self, code: int, detail: str) -> None:
         super().__init__(f"code {code}: {detail}")
         self.code = code
+
+
+@pytest.fixture(autouse=True)
+def _two_arg_error_stays_unpicklable() -> Any:
+    """Importing dask.distributed (its plugin tests share this session) installs tblib's
+    pickling for every exception class that exists at that moment, which would make
+    TwoArgError picklable; undo it so these tests exercise the unpicklable case."""
+    copyreg.dispatch_table.pop(TwoArgError, None)
+    yield
 
 
 def raise_two_arg(x: int) -> int:

@@ -1,4 +1,4 @@
-"""Clusters amorsize starts itself: loopback only, configured for crash isolation, kept at width."""
+"""Clusters amorsize starts itself (loopback only, crash isolation, kept at width); task errors in words."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def start_local_cluster(n_workers: Optional[int] = None, **options: Any) -> Any:
     import dask
     from distributed import LocalCluster
 
-    from amorsize.sizing.measure import usable_cores
+    from amorsize.backends import usable_cores
 
     settings: Dict[str, Any] = {
         "n_workers": n_workers or usable_cores(),
@@ -92,3 +92,13 @@ def close_quietly(client: Any, cluster: Any) -> None:
     finally:
         if cluster is not None:
             cluster.close(timeout=CLUSTER_CLOSE_TIMEOUT_SECONDS)
+
+
+def describe_task_error(error: Any) -> str:
+    """Why a Dask task of ours failed, in words (the likely cause first)."""
+    name = type(error).__name__
+    if name == "KilledWorker":
+        return "the Dask worker died (KilledWorker: a crash, os._exit, a signal or out of memory)"
+    if name == "CommClosedError":
+        return "the connection to the Dask worker closed (the worker died)"
+    return f"the Dask task failed ({name}: {str(error)[:200]})"

@@ -2,9 +2,9 @@
 
 :func:`run_task` receives only bytes and plain values, so Dask never has to
 deserialize user code before the task starts. It loads the run's
-:class:`~amorsize._chunk.ChunkSpec` (cloudpickle; cached per worker process and
-run), loads the chunk, runs it with :func:`~amorsize._chunk.run_chunk` and ships it
-with :func:`~amorsize._chunk.encode_result`, exactly like the local pool. If the
+:class:`~amorsize.backends.ChunkSpec` (cloudpickle; cached per worker process and
+run), loads the chunk, runs it with :func:`~amorsize.backends.run_chunk` and ships it
+with :func:`~amorsize.backends.encode_result`, exactly like the local pool. If the
 function or an item cannot be loaded on the worker (a module the worker cannot
 import), every item of the chunk becomes an ordinary failure record instead of a
 Dask error or a hang.
@@ -29,9 +29,16 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, encode_result, run_chunk
-from amorsize.dlq.entry import DLQEntry
-from amorsize.failure import failure_entry, failure_of
+from amorsize import DLQEntry
+from amorsize.backends import (
+    ChunkResult,
+    ChunkSpec,
+    ChunkTask,
+    encode_result,
+    failure_entry,
+    failure_of,
+    run_chunk,
+)
 
 #: How often the watchdog compares the running item's age with the timeout.
 WATCHDOG_POLL_SECONDS = 0.05

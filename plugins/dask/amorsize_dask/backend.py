@@ -47,10 +47,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import cloudpickle
 
-from amorsize._chunk import ChunkSpec, ChunkTask
-from amorsize._workers import ChunkDone, ChunkLost
-from amorsize.errors import AmorsizeError
-from amorsize_dask._cluster import close_quietly, repair_cluster, start_local_cluster
+from amorsize import AmorsizeError
+from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
+from amorsize_dask._cluster import close_quietly, describe_task_error, repair_cluster, start_local_cluster
 from amorsize_dask._remote import TIMEOUT_EXIT_CODE, run_task
 
 #: How long one wait on the futures lasts before the pool checks timeout reports
@@ -88,6 +87,7 @@ class DaskBackend:
     """
 
     name = "dask"
+    chooses_width = True  # n_jobs=None: as many chunks at once as the cluster has threads
 
     def __init__(
         self,
@@ -283,7 +283,7 @@ class DaskPool:
                 report = self._report_for(key)
                 if report is not None:
                     return self._timed_out(task, report)
-                return self._lost(entry, _describe(error), error)
+                return self._lost(entry, describe_task_error(error), error)
             if self._client.status not in ("running", "connecting"):
                 raise DaskBackendError(
                     f"lost the connection to the Dask scheduler ({self._client.status}); "
@@ -393,11 +393,3 @@ class DaskPool:
                 f"{len(self._in_flight)} chunk(s) waited"
             )
 
-
-def _describe(error: Any) -> str:
-    name = type(error).__name__
-    if name == "KilledWorker":
-        return "the Dask worker died (KilledWorker: a crash, os._exit, a signal or out of memory)"
-    if name == "CommClosedError":
-        return "the connection to the Dask worker closed (the worker died)"
-    return f"the Dask task failed ({name}: {str(error)[:200]})"

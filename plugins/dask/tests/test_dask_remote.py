@@ -15,7 +15,7 @@ import pytest
 from amorsize_dask import _remote
 from amorsize_dask._remote import run_task
 
-from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask
+from amorsize.backends import ChunkResult, ChunkSpec, ChunkTask
 from amorsize.failure import is_failure
 
 

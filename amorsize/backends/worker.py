@@ -1,10 +1,15 @@
-"""Worker-side chunk execution and the records that cross the process boundary.
+"""Worker side: run one chunk, and encode its result for the trip back.
 
-Every backend (the local process pool, and engines in plugins/) runs chunks with
-:func:`run_chunk` and ships the outcome with :func:`encode_result`, so item
-errors never become engine errors and every outcome can be deserialized by the
-parent: an unpicklable result becomes an ``unpicklable_result`` failure in the
-worker instead of a hang or a crash in the parent.
+Every backend (the process pool, the in-process pool, engines in plugins/) runs
+chunks with :func:`run_chunk` and ships the outcome with :func:`encode_result`,
+so item errors never become engine errors and every outcome can be deserialized
+by the parent: an unpicklable result becomes an ``unpicklable_result`` failure in
+the worker instead of a hang or a crash in the parent.
+
+**The exception object.** When the run raises on failure (``spec.keep_error``),
+the first failing item's exception rides back in :attr:`ChunkResult.error` if it
+survives a pickle round trip in the worker; otherwise only its text does (the
+DLQ entry), and the parent raises a ``TaskFailedError`` carrying that text.
 """
 
 from __future__ import annotations
@@ -12,47 +17,17 @@ from __future__ import annotations
 import itertools
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import cloudpickle
 
+from amorsize.backends import ChunkResult, ChunkSpec, ChunkTask
 from amorsize.dlq.entry import DLQEntry
 from amorsize.failure import failure_entry, failure_of
 from amorsize.retry import call_with_retry
 from amorsize.serialization import PickledValue, short_repr, unpack_transported
-
-
-@dataclass(frozen=True)
-class ChunkTask:
-    """A contiguous run of input items: positions ``start .. start+len(items)-1``."""
-
-    chunk_id: int
-    start: int
-    items: List[Any]
-
-
-@dataclass(frozen=True)
-class ChunkSpec:
-    """What every chunk of one run shares; sent to each worker once."""
-
-    func: Callable[[Any], Any]
-    retry: Any
-    include_traceback: bool
-    function_name: str
-
-
-@dataclass(frozen=True)
-class ChunkResult:
-    """A finished chunk: one value per item (a Failure where it failed) and the failures."""
-
-    chunk_id: int
-    start: int
-    values: List[Any]
-    failures: List[DLQEntry]
-    compute_seconds: float
-    #: Some values were pre-pickled with cloudpickle (``PickledValue``) to cross over.
-    packed_values: bool = False
+from amorsize.tracebacks import traceback_text
 
 
 def run_chunk(
@@ -70,64 +45,84 @@ def run_chunk(
         clock: None to leave slot 1 alone (no timeout to enforce): reading the clock
             per item costs more than a tiny task.
     """
-    func, retry = spec.func, spec.retry
     values: List[Any] = []
     failures: List[DLQEntry] = []
     begin = time.perf_counter()
     slots = _fast_slots(progress)
-    if slots is None and retry is None:
-        _run_plain(spec, task, values, failures)
-        return ChunkResult(task.chunk_id, task.start, values, failures, time.perf_counter() - begin)
+    if slots is None and spec.retry is None:
+        error = _run_plain(spec, task, values, failures)
+    else:
+        error = _run_tracked(spec, task, values, failures, slots, clock)
+    seconds = time.perf_counter() - begin
+    return ChunkResult(task.chunk_id, task.start, values, failures, seconds, error=error)
+
+
+def _run_tracked(
+    spec: ChunkSpec, task: ChunkTask, values: List[Any], failures: List[DLQEntry],
+    slots: Optional[Any], clock: Optional[Callable[[], float]],
+) -> Optional[BaseException]:
+    """One item at a time: progress slots and the retry policy; returns the kept error."""
+    func, retry = spec.func, spec.retry
+    kept: Optional[BaseException] = None
     for position, item in enumerate(task.items):
         if slots is not None:
             if clock is not None:
                 slots[1] = clock()
             slots[0] = position
-        value: Optional[BaseException]
+        error: Optional[BaseException]
         if retry is None:
             try:
                 values.append(func(item))
                 continue
             except Exception as exc:
-                value, attempts = exc, 1
+                error, attempts = exc, 1
         else:
             outcome = call_with_retry(func, item, retry)
             if outcome.ok:
                 values.append(outcome.value)
                 continue
-            value, attempts = outcome.error, outcome.attempts
-        assert value is not None
-        entry = failure_entry(
-            item, value, attempts=attempts, function=spec.function_name,
-            include_traceback=spec.include_traceback, extra={"index": task.start + position},
-        )
-        failures.append(entry)
-        values.append(failure_of(entry))
-    return ChunkResult(task.chunk_id, task.start, values, failures, time.perf_counter() - begin)
+            error, attempts = outcome.error, outcome.attempts
+        assert error is not None
+        _fail(spec, task, position, error, attempts, values, failures)
+        if kept is None and spec.keep_error:
+            kept = error
+    return kept
 
 
-def _run_plain(spec: ChunkSpec, task: ChunkTask, values: List[Any], failures: List[DLQEntry]) -> None:
-    """The in-process path without retry or progress slots: as fast as a list comprehension.
+def _run_plain(
+    spec: ChunkSpec, task: ChunkTask, values: List[Any], failures: List[DLQEntry]
+) -> Optional[BaseException]:
+    """Without retry or progress slots: as fast as a list comprehension; returns the kept error.
 
     ``list.extend`` keeps the values appended before ``func`` raised, so ``len(values)``
     is the position of the failing item; the map resumes after it.
     """
     items, func = task.items, spec.func
+    kept: Optional[BaseException] = None
     position = 0
     while position < len(items):
         try:
             values.extend(map(func, itertools.islice(items, position, None)))
-            return
+            break
         except Exception as exc:
             position = len(values)
-            entry = failure_entry(
-                items[position], exc, attempts=1, function=spec.function_name,
-                include_traceback=spec.include_traceback,
-                extra={"index": task.start + position},
-            )
-            failures.append(entry)
-            values.append(failure_of(entry))
+            _fail(spec, task, position, exc, 1, values, failures)
+            if kept is None and spec.keep_error:
+                kept = exc
             position += 1
+    return kept
+
+
+def _fail(
+    spec: ChunkSpec, task: ChunkTask, position: int, error: BaseException, attempts: int,
+    values: List[Any], failures: List[DLQEntry],
+) -> None:
+    entry = failure_entry(
+        task.items[position], error, attempts=attempts, function=spec.function_name,
+        include_traceback=spec.include_traceback, extra={"index": task.start + position},
+    )
+    failures.append(entry)
+    values.append(failure_of(entry))
 
 
 def _fast_slots(progress: Optional[Any]) -> Optional[Any]:
@@ -143,6 +138,9 @@ def _fast_slots(progress: Optional[Any]) -> Optional[Any]:
 
 def encode_result(result: ChunkResult, spec: ChunkSpec) -> bytes:
     """Serialize ``result``; values that cannot be pickled become failures, never errors."""
+    if result.error is not None:
+        shipped = _RemoteError(result.error) if _survives_pickle(result.error) else None
+        result = replace(result, error=shipped)  # type: ignore[arg-type]  # unpickles as the error
     try:
         return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
@@ -162,10 +160,49 @@ def encode_result(result: ChunkResult, spec: ChunkSpec) -> bytes:
         )
         failures.append(entry)
         values[position] = failure_of(entry)
-    safe = ChunkResult(
-        result.chunk_id, result.start, values, failures, result.compute_seconds, packed_values=True
-    )
+    safe = replace(result, values=values, failures=failures, packed_values=True)
     return pickle.dumps(safe, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _RemoteTraceback(Exception):
+    """The ``__cause__`` of an exception shipped from a worker: its traceback text there."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _RemoteError:
+    """Pickles as ``error`` with the worker's traceback text as its ``__cause__``.
+
+    Pickling drops an exception's traceback and cause; this carries the text across
+    (CPython's ``concurrent.futures.process._ExceptionWithTraceback``).
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.text = traceback_text(error) or f"{type(error).__name__}: {error}\n"
+
+    def __reduce__(self) -> Any:
+        return _rebuild_error, (self.error, self.text)
+
+
+def _rebuild_error(error: BaseException, text: str) -> BaseException:
+    error.__cause__ = _RemoteTraceback(f'\n"""\n{text}"""')
+    return error
+
+
+def _survives_pickle(error: BaseException) -> bool:
+    # A round trip, not just dumps: an exception whose __init__ takes other arguments
+    # than its args pickles fine and fails to load, which would break the whole result.
+    try:
+        pickle.loads(pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL))
+        return True
+    except Exception:
+        return False
 
 
 def _packable(value: Any) -> Tuple[Any, Optional[BaseException]]:

@@ -1,4 +1,4 @@
-"""The local backend: a pool of worker processes, one chunk in flight per worker.
+"""The ``"processes"`` backend (the default): worker processes on this machine, one chunk each.
 
 Each worker owns a duplex pipe and a two-slot shared array (the position and the
 start time of the item it is running). One chunk per worker means the parent
@@ -21,13 +21,14 @@ import pickle
 import signal
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Dict, List, Optional
 
 import cloudpickle
 
-from amorsize._chunk import ChunkResult, ChunkSpec, ChunkTask, encode_result, run_chunk
+from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
+from amorsize.backends.worker import encode_result, run_chunk
 from amorsize.errors import CrashLoopError
 
 #: After SIGTERM, how long a stopping worker gets before SIGKILL.
@@ -38,28 +39,6 @@ TIMEOUT_POLL_SECONDS = 0.05
 #: fresh worker, this many times in a row at most (then the first item is blamed).
 MAX_UNSTARTED_LOSSES = 3
 _PR_SET_PDEATHSIG = 1
-
-
-@dataclass
-class ChunkDone:
-    """A worker finished ``task``."""
-
-    task: ChunkTask
-    result: ChunkResult
-
-
-@dataclass
-class ChunkLost:
-    """``task`` did not finish: its worker died (``worker_crash``) or overran (``timeout``).
-
-    ``position`` is the index within the task of the item that was running, or None
-    when the backend cannot tell (the dispatcher then bisects).
-    """
-
-    task: ChunkTask
-    position: Optional[int]
-    reason: str
-    detail: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -166,6 +145,33 @@ class _Worker:
             self.process.kill()
             self.process.join()
         self.conn.close()
+
+
+class ProcessBackend:
+    """Worker processes on this machine (``backend="processes"``, the default).
+
+    ``serial_in_process``: a run of width 1 without a timeout runs in the caller's
+    process instead (the behaviour of ``n_jobs=1`` so far; a later release runs it
+    in one worker process).
+    """
+
+    name = "processes"
+    chooses_width = False
+    serial_in_process = True
+
+    def open(
+        self,
+        spec: ChunkSpec,
+        *,
+        n_jobs: Optional[int],
+        timeout: Optional[float],
+        start_method: Optional[str],
+    ) -> LocalProcessPool:
+        return LocalProcessPool(spec, n_jobs=n_jobs or 1, start_method=start_method, timeout=timeout)
+
+
+#: The name of :class:`ProcessBackend` before 0.2.
+LocalBackend = ProcessBackend
 
 
 class LocalProcessPool:

@@ -1,0 +1,202 @@
+"""The dispatcher: one loop that feeds a backend's pool and turns its events into results.
+
+Each turn of :meth:`Dispatcher._events` fills the pool's idle slots with chunks
+(as the breaker gate allows, and while the reorder buffer is not too far
+ahead), then waits for events: :class:`~amorsize.backends.ChunkDone` is
+accepted (failures routed, sizer fed), :class:`~amorsize.backends.ChunkLost`
+dead-letters the item that was running and queues the rest of its chunk to run
+again (or bisects the chunk when the backend cannot tell which item it was).
+:meth:`Dispatcher.chunks` puts the results in input order, or passes them on
+as they come.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+from amorsize.backends import ChunkDone, ChunkLost, ChunkResult, ChunkSpec, ChunkTask, Pool
+from amorsize.backends.worker import finish_in_parent
+from amorsize.failure import failure_of, function_name
+from amorsize.run.chunker import Chunker
+from amorsize.run.failures import FailureRouter, lost_entry
+from amorsize.run.gate import REJECT, Gate
+from amorsize.run.options import RunOptions
+from amorsize.run.plan import plan_run
+from amorsize.run.progress import Progress
+from amorsize.run.resume import Resume
+
+#: Chunks whose results may wait in the reorder buffer per worker before the
+#: dispatcher stops cutting new chunks (bounds memory when one chunk is slow).
+REORDER_CHUNKS_PER_WORKER = 4
+
+Segment = Tuple[int, List[Any]]  # (start position, values)
+
+
+class Dispatcher:
+    """One execute()/imap() call, from the plan to the last result."""
+
+    def __init__(self, func: Callable[[Any], Any], items: Iterable[Any], options: RunOptions) -> None:
+        self.options = options
+        try:
+            total: Optional[int] = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        self.resume = Resume(options.checkpoint, options.dlq)
+        self.chunker = Chunker(self.resume.bind(func, iter(items), total), total)
+        self.chunker.skip.extend(self.resume.skip_ranges())
+        self.plan = plan_run(func, items if total is not None else None, self.chunker, options)
+        #: Segments finished before the pool opens: by a checkpointed run, or the dry run.
+        self.finished: List[Segment] = [*self.resume.finished, *self.plan.finished]
+        include_traceback = getattr(getattr(options.dlq, "policy", None), "include_traceback", True)
+        self.spec = ChunkSpec(func, options.retry, include_traceback, function_name(func),
+                              keep_error=options.on_failure == "raise")
+        self.failures = FailureRouter(options, self.resume)
+        self.gate = Gate(options.circuit_breaker, options.on_open)
+        self.progress = Progress(total, options.progress, options.on_progress)
+        self.width = 1
+        self.reorder: Dict[int, List[Any]] = {}
+        self.waiting_finished = 0  # finished segments parked in the reorder buffer
+
+    def chunks(self) -> Iterator[Segment]:
+        """Yield ``(start, values)`` per finished run of positions, ordered if asked."""
+        ok = False
+        try:
+            yield from (self._in_order() if self.options.ordered else self._as_completed())
+            ok = True
+        finally:
+            self._finish(ok)
+
+    def _as_completed(self) -> Iterator[Segment]:
+        for start, values in self.finished:
+            self.progress.advance(len(values), 0, 0)
+            yield start, values
+        yield from self._events()
+
+    def _in_order(self) -> Iterator[Segment]:
+        reorder = self.reorder
+        for start, values in self.finished:
+            self.progress.advance(len(values), 0, 0)
+            reorder[start] = values
+        finished_starts = set(reorder)
+        self.waiting_finished = len(finished_starts)
+        expected = 0
+        for start, values in itertools.chain([(-1, [])], self._events()):
+            if start >= 0:
+                reorder[start] = values
+            while expected in reorder:
+                values = reorder.pop(expected)
+                if expected in finished_starts:
+                    self.waiting_finished -= 1
+                yield expected, values
+                expected += len(values)
+        if reorder:  # cannot happen unless a position was lost: never drop data silently
+            raise AssertionError(f"positions never completed before {min(reorder)}")
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _events(self) -> Iterator[Segment]:
+        pool = self._open()
+        try:
+            while True:
+                hold: Optional[float] = None
+                while pool.idle_count():
+                    limit = self.gate.limit()
+                    if limit == 0:
+                        hold = self.gate.hold_seconds()
+                        break
+                    task = self._next_task(None if limit == REJECT else limit)
+                    if task is None:
+                        break
+                    if limit == REJECT:
+                        yield self._reject(task)
+                        continue
+                    self.gate.in_flight += len(task.items)
+                    pool.submit(task)
+                if not pool.busy_count():
+                    if hold is None:
+                        break
+                    time.sleep(hold)  # circuit open, on_open="wait": nothing else to do
+                    continue
+                for event in pool.wait(hold):
+                    self.gate.in_flight -= len(event.task.items)
+                    segment = self._handle(event)
+                    if segment is not None:
+                        yield segment
+        except BaseException:
+            pool.close(kill=True)
+            raise
+        pool.close()
+
+    def _open(self) -> Pool:
+        plan, options = self.plan, self.options
+        pool: Pool = plan.backend.open(
+            self.spec, n_jobs=plan.n_jobs, timeout=options.timeout, start_method=options.start_method
+        )
+        self.width = max(1, getattr(pool, "size", plan.n_jobs or 1))
+        self.chunker.start_sizer(plan.chunksize, n_jobs=self.width,
+                                 target=options.target_chunk_duration,
+                                 adaptive=options.chunksize is None)
+        return pool
+
+    def _next_task(self, limit: Optional[int]) -> Optional[ChunkTask]:
+        backlog = len(self.reorder) - self.waiting_finished
+        return self.chunker.next_task(limit, read=backlog < REORDER_CHUNKS_PER_WORKER * self.width)
+
+    def _handle(self, event: Any) -> Optional[Segment]:
+        if isinstance(event, ChunkDone):
+            return self._accept(event.task, event.result)
+        assert isinstance(event, ChunkLost), event
+        return self._lost(event)
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    def _accept(self, task: ChunkTask, result: ChunkResult) -> Segment:
+        finish_in_parent(result, task.items)
+        self.chunker.observe(len(task.items), result.compute_seconds)
+        values = result.values
+        self.gate.observe(values)
+        if result.failures:
+            self.failures.route(result.failures, values, task.start, result.error)
+        self._record(task.start, values, len(result.failures))
+        return task.start, values
+
+    def _lost(self, event: ChunkLost) -> Optional[Segment]:
+        task, position, chunker = event.task, event.position, self.chunker
+        if position is None:
+            if len(task.items) > 1:  # the backend cannot tell which item: bisect
+                half = len(task.items) // 2
+                chunker.again(chunker.subtask(task, 0, half), chunker.subtask(task, half, None))
+                # Not counted against the crash budget: the death is counted once, when
+                # bisection has isolated the item, as with a backend that knows the position.
+                return None
+            position = 0
+        entry = lost_entry(task, position, event, self.spec.function_name)
+        chunker.again(chunker.subtask(task, 0, position), chunker.subtask(task, position + 1, None))
+        self.gate.failed(entry.error_type)
+        start, values = task.start + position, [failure_of(entry)]
+        self.failures.route([entry], values, start)
+        self._record(start, values, 1)
+        if event.reason == "worker_crash":  # a timeout is the item's fault, not a crash loop
+            self.failures.count_crash(self.progress.done)
+        return start, values
+
+    def _reject(self, task: ChunkTask) -> Segment:
+        """Dead-letter a chunk without calling func: the circuit is open."""
+        entries = Gate.rejected(task, self.spec.function_name)
+        values: List[Any] = [failure_of(e) for e in entries]
+        self.failures.route(entries, values, task.start)
+        self._record(task.start, values, len(entries))
+        return task.start, values
+
+    def _record(self, start: int, values: List[Any], n_failed: int) -> None:
+        self.progress.advance(len(values), n_failed, self.failures.failed)
+        self.resume.record(start, values)
+
+    def _finish(self, ok: bool) -> None:
+        try:
+            self.failures.flush()
+            self.resume.finish(ok)  # after the flush: see amorsize.run.resume
+        finally:
+            self.progress.close()

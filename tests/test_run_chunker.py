@@ -1,0 +1,61 @@
+"""The chunker: every position is cut exactly once, in order, around skip ranges and limits."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from amorsize.run.chunker import Chunker
+
+
+@st.composite
+def runs(draw: st.DrawFn) -> Tuple[int, List[Tuple[int, int]], List[Optional[int]], bool]:
+    total = draw(st.integers(0, 200))
+    cuts = sorted(set(draw(st.lists(st.integers(0, total), max_size=8))))
+    skips = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if a < b]
+    limits = draw(st.lists(st.one_of(st.none(), st.integers(1, 9)), min_size=1, max_size=5))
+    sized = draw(st.booleans())
+    return total, skips, limits, sized
+
+
+@given(runs(), st.integers(1, 50))
+def test_positions_are_cut_once_in_order_around_skip_ranges(run, first: int) -> None:
+    total, skips, limits, sized = run
+    chunker = Chunker(iter(range(total)), total if sized else None)
+    chunker.skip.extend(skips)
+    chunker.start_sizer(first, n_jobs=2, target=0.2, adaptive=True)
+    seen: List[int] = []
+    turn = 0
+    while True:
+        limit = limits[turn % len(limits)]
+        turn += 1
+        task = chunker.next_task(limit)
+        if task is None:
+            break
+        assert task.items, "no empty chunk"
+        assert limit is None or len(task.items) <= limit
+        assert task.items == list(range(task.start, task.start + len(task.items)))
+        seen.extend(task.items)
+    skipped = {p for a, b in skips for p in range(a, b)}
+    assert seen == [p for p in range(total) if p not in skipped]
+
+
+@given(st.integers(2, 30), st.data())
+def test_work_queued_again_runs_before_new_input(n: int, data: st.DataObject) -> None:
+    chunker = Chunker(iter(range(1000)), None)
+    chunker.start_sizer(n, n_jobs=1, target=0.2, adaptive=False)
+    task = chunker.next_task()
+    assert task is not None and len(task.items) == n
+    position = data.draw(st.integers(0, n - 1))
+    chunker.again(chunker.subtask(task, 0, position), chunker.subtask(task, position + 1, None))
+    rerun: List[int] = []
+    while chunker.pending:
+        queued = chunker.next_task()
+        assert queued is not None
+        rerun.extend(queued.items)
+    assert rerun == [x for x in task.items if x != position]
+    following = chunker.next_task()
+    assert following is not None and following.start == n  # then new input, where it stopped
+    assert chunker.next_task(read=False) is None  # nothing queued: no input is read
