@@ -1,11 +1,13 @@
 """A user's script whose function fails: its DLQ tracebacks must point into this file.
 
 Usage: main_traceback.py DLQ_DIR OPTIONS_JSON
+Prints its own pid, so the test can tell where ``work`` ran.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from amorsize import DeadLetterQueue, DLQPolicy, execute
@@ -18,5 +20,6 @@ def work(x: int) -> int:
 
 
 if __name__ == "__main__":
+    print(os.getpid(), flush=True)
     dlq = DeadLetterQueue(DLQPolicy(directory=sys.argv[1]))
     execute(work, range(6), dlq=dlq, **json.loads(sys.argv[2]))

@@ -1,14 +1,13 @@
 """A newcomer's script without the ``if __name__ == "__main__":`` guard.
 
 Usage: no_guard.py DLQ_DIR OPTIONS_JSON
-Only the first process prints what execute() did, as JSON on stdout; the
-check is not a guard around the run itself.
+Only the first process prints what execute() did, as JSON on stdout; that
+check guards the report, not the run.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import sys
 
 from amorsize import AmorsizeError, DeadLetterQueue, DLQPolicy, execute
@@ -19,7 +18,7 @@ def double(x: int) -> int:
 
 
 def report(record: dict) -> None:
-    if multiprocessing.parent_process() is None:  # a spawned child re-running this file
+    if __name__ == "__main__":  # not in a child re-running this file as __mp_main__
         print(json.dumps(record), flush=True)
 
 
