@@ -12,7 +12,7 @@ from fault_support import GONE_WITHIN, TAG_VAR, ProcessTag
 @pytest.fixture
 def process_tag(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProcessTag]:
     """Tag every process this test starts; at the end none may be left (checked within 3 s)."""
-    tagged = ProcessTag(uuid.uuid4().hex)
+    tagged = ProcessTag.start(uuid.uuid4().hex)
     monkeypatch.setenv(TAG_VAR, tagged.tag)
     yield tagged
     try:

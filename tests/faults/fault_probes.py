@@ -96,7 +96,10 @@ def nested(x: int, inner: Dict[str, Any]) -> Tuple[int, List[int], int]:
 
 def start_grandchild(pid_dir: str) -> None:
     """Start a long sleeper in this worker's process group and record its pid."""
-    child = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({HANG_SECONDS})"])
+    child = subprocess.Popen(  # no inherited pipes: the test watches processes, not pipes
+        [sys.executable, "-c", f"import time; time.sleep({HANG_SECONDS})"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
     (Path(pid_dir) / f"grandchild-{child.pid}").touch()
 
 

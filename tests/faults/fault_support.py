@@ -2,10 +2,9 @@
 
 ``no_leaked_children`` (tests/conftest.py) sees only descendants that are still
 attached to this process. A worker whose parent died, a copy forked by ``func``
-or a grandchild started by ``func`` is re-parented to init and escapes it. Here
-each test sets a unique environment tag before it starts anything; every process
-started from then on (workers, scripts, their children, forked copies) inherits
-it, so ``/proc/PID/environ`` finds them all.
+or a grandchild started by ``func`` is re-parented to init and escapes it.
+:class:`ProcessTag` finds them all: by an environment tag every exec'd process
+inherits, and by this session's new members (see its docstring).
 """
 
 from __future__ import annotations
@@ -14,9 +13,9 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, FrozenSet, List, Sequence, Tuple
 
 import psutil
 import pytest
@@ -43,20 +42,35 @@ def _is_interpreter_helper(proc: psutil.Process) -> bool:
     return helper and parent == os.getpid()
 
 
-def tagged_processes(tag: str) -> List[psutil.Process]:
-    """Live (non-zombie) processes other than this one carrying ``tag`` in their environment."""
-    found = []
+ProcessKey = Tuple[int, float]  # (pid, create time): a pid alone may be reused
+
+
+def _key(proc: psutil.Process) -> ProcessKey:
+    return proc.pid, proc.create_time()
+
+
+def session_members(session: int) -> FrozenSet[ProcessKey]:
+    """The processes of a session right now."""
+    found = set()
     for proc in psutil.process_iter():
-        if proc.pid == os.getpid():
-            continue
         try:
-            if proc.environ().get(TAG_VAR) != tag or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except psutil.Error:  # gone meanwhile, or another user's process
+            if os.getsid(proc.pid) == session:
+                found.add(_key(proc))
+        except (OSError, psutil.Error):
             continue
-        if not _is_interpreter_helper(proc):
-            found.append(proc)
-    return found
+    return frozenset(found)
+
+
+def _started_by_test(proc: psutil.Process, tag: str, session: int,
+                     before: FrozenSet[ProcessKey]) -> bool:
+    try:
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if os.getsid(proc.pid) == session and _key(proc) not in before:
+            return True
+        return proc.environ().get(TAG_VAR) == tag
+    except (OSError, psutil.Error):  # gone meanwhile, or another user's process
+        return False
 
 
 def _describe(procs: Sequence[psutil.Process]) -> str:
@@ -71,9 +85,24 @@ def _describe(procs: Sequence[psutil.Process]) -> str:
 
 @dataclass
 class ProcessTag:
-    """The tag of one test's processes, with the checks built on it."""
+    """How to find one test's processes, with the checks built on it.
+
+    A process is the test's if it carries ``tag`` in the environment it was exec'd
+    with, or if it joined this session after the test began. The first finds
+    spawned workers, scripts and their children wherever they went; the second
+    finds fork-started workers and copies forked from them, which keep the
+    environment block pytest was exec'd with (``os.environ`` changes are invisible
+    in ``/proc/PID/environ``) and may be re-parented to init.
+    """
 
     tag: str
+    session: int = field(default_factory=lambda: os.getsid(0))
+    before: FrozenSet[ProcessKey] = frozenset()
+
+    @classmethod
+    def start(cls, tag: str) -> ProcessTag:
+        session = os.getsid(0)
+        return cls(tag, session, session_members(session))
 
     def env(self, **extra: str) -> Dict[str, str]:
         """The environment for a script: this tag; the worktree and fault_probes importable."""
@@ -82,7 +111,13 @@ class ProcessTag:
         return dict(os.environ, **{TAG_VAR: self.tag, "PYTHONPATH": path}, **extra)
 
     def alive(self) -> List[psutil.Process]:
-        return tagged_processes(self.tag)
+        """Live (non-zombie) processes the test started, but this one's own helpers."""
+        return [
+            proc for proc in psutil.process_iter()
+            if proc.pid != os.getpid()
+            and _started_by_test(proc, self.tag, self.session, self.before)
+            and not _is_interpreter_helper(proc)
+        ]
 
     def assert_gone(self, within: float = GONE_WITHIN, what: str = "processes started") -> None:
         """Fail unless every tagged process is gone within ``within`` seconds from now."""
@@ -122,3 +157,35 @@ def run_script(
         out, err = proc.communicate()
         pytest.fail(f"{name} ran past {timeout} s\nstdout:\n{out[-3000:]}\nstderr:\n{err[-3000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def assert_pids_gone(pids: Sequence[int], within: float, what: str, since: str = "") -> None:
+    """Fail unless every process in ``pids`` is gone (or a zombie) within ``within`` s from now.
+
+    ``since`` names the moment ``within`` is counted from, for the message.
+    """
+    assert pids, f"no {what} were recorded: the probe never ran"
+    deadline = time.monotonic() + within
+    alive = [p for p in pids if _alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if _alive(p)]
+    assert not alive, f"{what} still alive {since or f'{within:.1f} s later'}: {alive}"
+
+
+def wait_for_files(directory: Path, prefix: str, count: int, timeout: float, proc: Any = None) -> None:
+    """Wait until ``directory`` holds ``count`` files named ``prefix*`` (a probe's pids)."""
+    deadline = time.monotonic() + timeout
+    while len([p for p in directory.iterdir() if p.name.startswith(prefix)]) < count:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the script ended early (rc {proc.returncode}): {proc.communicate()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"fewer than {count} {prefix!r} files in {directory} after {timeout} s")
+        time.sleep(0.05)
