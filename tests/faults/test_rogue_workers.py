@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Dict, List
 
 import pytest
 from fault_probes import close_fds_at, fork_and_return, recorded_pids
@@ -53,12 +53,18 @@ def test_a_forked_copy_of_a_worker_never_delivers_a_value(
                      f"{GONE_WITHIN} s after execute() returned")
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"n_jobs": 2, "chunksize": 4}, {"n_jobs": 2, "chunksize": 10}, {"n_jobs": 1, "timeout": 30.0}],
+    ids=["chunk-of-4", "chunk-of-10", "one-worker"],
+)
 def test_closing_every_fd_blames_only_the_culprit(
-    start_method: str, process_tag: ProcessTag
+    start_method: str, options: Dict[str, Any], process_tag: ProcessTag
 ) -> None:
+    # Item 5 closes its worker's pipes; the items after it in the chunk are innocent.
     dlq = DeadLetterQueue(DLQPolicy(auto_persist=False))
     func = functools.partial(close_fds_at, at=5)
-    results = execute(func, range(12), n_jobs=2, chunksize=4, dlq=dlq, start_method=start_method)
+    results = execute(func, range(12), dlq=dlq, start_method=start_method, **options)
     assert [i for i, v in enumerate(results) if is_failure(v)] == [5], results
     assert [v for i, v in enumerate(results) if i != 5] == [i * 2 for i in range(12) if i != 5]
     (entry,) = dlq.get_entries()
