@@ -13,9 +13,10 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Sequence, Tuple
 
 import psutil
 import pytest
@@ -135,6 +136,23 @@ class ProcessTag:
                 proc.kill()
             except psutil.Error:
                 pass
+
+
+@pytest.fixture(name="process_tag")
+def process_tag_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProcessTag]:
+    """Tag every process this test starts; at the end none may be left (checked within 3 s).
+
+    Test modules import it (``from fault_support import process_tag_fixture``). It is
+    not in a tests/faults/conftest.py: a second module named ``conftest`` would shadow
+    the one the Dask plugin's tests import by that name.
+    """
+    tagged = ProcessTag.start(uuid.uuid4().hex)
+    monkeypatch.setenv(TAG_VAR, tagged.tag)
+    yield tagged
+    try:
+        tagged.assert_gone(GONE_WITHIN, "processes started by this test")
+    finally:
+        tagged.kill_all()
 
 
 def script_command(name: str, *args: str) -> List[str]:

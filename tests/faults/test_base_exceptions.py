@@ -14,7 +14,10 @@ from typing import Any, Callable, Dict
 
 import pytest
 from fault_probes import raise_base_at
-from fault_support import ProcessTag
+from fault_support import (
+    ProcessTag,
+    process_tag_fixture,  # noqa: F401 - registers the process_tag fixture
+)
 
 from amorsize import DeadLetterQueue, DLQPolicy, execute, is_failure
 

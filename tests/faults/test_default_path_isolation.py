@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 from fault_probes import count_dead_letters
-from fault_support import ProcessTag, run_script
+from fault_support import (
+    ProcessTag,
+    process_tag_fixture,  # noqa: F401 - registers the process_tag fixture
+    run_script,
+)
 
 from amorsize import DeadLetterQueue, DLQPolicy, execute
 

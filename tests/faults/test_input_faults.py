@@ -19,7 +19,10 @@ from typing import Any, Dict, Iterator, List
 
 import pytest
 from fault_probes import fail_at, hang_at
-from fault_support import ProcessTag
+from fault_support import (
+    ProcessTag,
+    process_tag_fixture,  # noqa: F401 - registers the process_tag fixture
+)
 
 from amorsize import AmorsizeError, DeadLetterQueue, DLQPolicy, execute, imap, is_failure
 

@@ -20,7 +20,12 @@ from typing import Any, Dict
 
 import pytest
 from fault_probes import nested
-from fault_support import SCRIPTS, ProcessTag, run_script
+from fault_support import (
+    SCRIPTS,
+    ProcessTag,
+    process_tag_fixture,  # noqa: F401 - registers the process_tag fixture
+    run_script,
+)
 
 from amorsize import DeadLetterQueue, DLQPolicy, execute
 

@@ -16,7 +16,12 @@ from typing import Any, Dict, List
 
 import pytest
 from fault_probes import close_fds_at, fork_and_return, recorded_pids
-from fault_support import GONE_WITHIN, ProcessTag, assert_pids_gone
+from fault_support import (
+    GONE_WITHIN,
+    ProcessTag,
+    assert_pids_gone,
+    process_tag_fixture,  # noqa: F401 - registers the process_tag fixture
+)
 
 from amorsize import DeadLetterQueue, DLQPolicy, execute, is_failure
 

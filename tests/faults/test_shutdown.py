@@ -21,6 +21,7 @@ from fault_support import (
     GONE_WITHIN,
     ProcessTag,
     assert_pids_gone,
+    process_tag_fixture,  # noqa: F401 - registers the process_tag fixture
     script_command,
     wait_for_files,
 )

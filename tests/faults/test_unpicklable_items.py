@@ -14,7 +14,10 @@ from typing import Any, Dict
 
 import pytest
 from fault_probes import double
-from fault_support import ProcessTag
+from fault_support import (
+    ProcessTag,
+    process_tag_fixture,  # noqa: F401 - registers the process_tag fixture
+)
 
 from amorsize import DeadLetterQueue, DLQPolicy, UnserializableItem, execute, is_failure
 
