@@ -43,7 +43,7 @@ def test_a_path_is_shorthand_for_a_queue_in_that_directory(
     assert [v for v in results if not is_failure(v)] == [0, 4, 8]
     reopened = DeadLetterQueue(DLQPolicy(directory=str(directory)))
     assert sorted(e.item for e in reopened.get_entries()) == [1, 3, 5]
-    assert {e.entry_id for e in reopened.get_entries()} == {v.entry_id for v in results if not v}
+    assert {e.entry_id for e in reopened.get_entries()} == {v.entry_id for v in results if is_failure(v)}
 
 
 @pytest.mark.parametrize("as_path", PATH_KINDS)
