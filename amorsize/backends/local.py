@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import pickle
 import secrets
 import signal
@@ -41,6 +40,7 @@ from amorsize.backends.process_worker import (
 )
 from amorsize.errors import CrashLoopError
 from amorsize.run.guard import MAIN_GUARD_EXIT, main_guard_error
+from amorsize.tracebacks import source_file
 
 #: How long a politely stopped worker gets to leave before its group is killed.
 TERMINATE_GRACE_SECONDS = 0.5
@@ -89,12 +89,12 @@ def unsendable(task: ChunkTask, error: Exception) -> ChunkLost:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, spec_bytes: bytes, timed: bool) -> None:
+    def __init__(self, ctx: Any, spec_bytes: bytes, timed: bool, source: Optional[str]) -> None:
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.progress = ctx.RawArray("d", 2)
         self.nonce = secrets.randbits(64)
         self.process = ctx.Process(
-            target=worker_main, args=(child_conn, self.progress, spec_bytes, timed, self.nonce),
+            target=worker_main, args=(child_conn, self.progress, spec_bytes, timed, self.nonce, source),
             name="amorsize-worker", daemon=True,
         )
         self.process.start()
@@ -161,6 +161,7 @@ class LocalProcessPool:
     ) -> None:
         self._ctx = multiprocessing.get_context(start_method)
         self._spec_bytes = cloudpickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+        self._source = source_file(spec.func)
         self._timeout = timeout
         self._unstarted_losses = 0
         self._events: List[Any] = []  # losses found at submit time, reported by the next wait()
@@ -173,10 +174,10 @@ class LocalProcessPool:
 
     def _new_worker(self) -> _Worker:
         try:
-            return _Worker(self._ctx, self._spec_bytes, self._timeout is not None)
-        except (EOFError, ConnectionError) as exc:  # the forkserver died re-running main
+            return _Worker(self._ctx, self._spec_bytes, self._timeout is not None, self._source)
+        except (EOFError, ConnectionError):  # the forkserver died re-running main
             if self._ctx.get_start_method() == "forkserver":
-                raise main_guard_error("forkserver") from exc
+                raise main_guard_error("forkserver") from None
             raise
 
     def grow(self, n: int) -> None:
@@ -210,8 +211,8 @@ class LocalProcessPool:
     def wait(self, timeout: Optional[float]) -> List[Any]:
         """Block until a chunk finishes or is lost (or ``timeout`` passes); return events."""
         if self._events:
-            events, self._events = self._events, []
-            return events
+            found, self._events = self._events, []
+            return found
         busy = [w for w in self._workers if w.task is not None]
         if not busy:
             return []

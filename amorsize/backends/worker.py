@@ -29,7 +29,6 @@ from amorsize.retry import call_with_retry
 from amorsize.serialization import PickledValue, short_repr, unpack_transported
 from amorsize.tracebacks import traceback_text
 
-
 #: True in a worker process of a run: an execute() called there runs serially in it.
 IN_WORKER = False
 #: Set by the in-process backend's SIGINT handler: a KeyboardInterrupt seen while it is

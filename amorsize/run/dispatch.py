@@ -23,8 +23,8 @@ from amorsize.failure import failure_of, function_name
 from amorsize.run.chunker import Chunker
 from amorsize.run.failures import FailureRouter, lost_entry
 from amorsize.run.gate import REJECT, Gate
-from amorsize.run.options import RunOptions
 from amorsize.run.guard import leave_if_reimporting_main
+from amorsize.run.options import RunOptions
 from amorsize.run.plan import plan_run, widen
 from amorsize.run.progress import Progress
 from amorsize.run.resume import Resume

@@ -9,9 +9,12 @@ while the worker is still starting. Such a child leaves at once with
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
+import tempfile
+from typing import Iterator
 
 from amorsize.errors import MainGuardError
 
@@ -31,12 +34,44 @@ def reimporting_main() -> bool:
     return bool(getattr(multiprocessing.process.current_process(), "_inheriting", False))
 
 
+#: Environment variable naming a file a child touches when it leaves for the guard, so a
+#: parent that only sees "failed to start" (a Dask nanny) can tell why.
+MARKER_VAR = "AMORSIZE_MAIN_GUARD_MARKER"
+
+
 def leave_if_reimporting_main() -> None:
     """In a child re-running an unguarded main module: leave quietly, with MAIN_GUARD_EXIT."""
     if reimporting_main():
+        marker = os.environ.get(MARKER_VAR)
+        if marker:
+            try:
+                open(marker, "w").close()
+            except OSError:
+                pass
         sys.stderr.write('amorsize: missing if __name__ == "__main__": guard (see the parent\'s error)\n')
         sys.stderr.flush()
         os._exit(MAIN_GUARD_EXIT)
+
+
+@contextlib.contextmanager
+def watching_for_unguarded_main(method: str) -> Iterator[None]:
+    """Around starting processes that spawn (a Dask cluster): a child that left for the
+    guard turns the start-up error into one :class:`MainGuardError`."""
+    with tempfile.TemporaryDirectory(prefix="amorsize-guard-") as directory:
+        marker = os.path.join(directory, "left")
+        previous = os.environ.get(MARKER_VAR)
+        os.environ[MARKER_VAR] = marker
+        try:
+            yield
+        except Exception:
+            if os.path.exists(marker):
+                raise main_guard_error(method) from None  # the chain is dask internals, not the cause
+            raise
+        finally:
+            if previous is None:
+                os.environ.pop(MARKER_VAR, None)
+            else:
+                os.environ[MARKER_VAR] = previous
 
 
 def main_guard_error(method: str) -> MainGuardError:
