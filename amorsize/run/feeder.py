@@ -1,8 +1,9 @@
 """The feeder: reads the input so the dispatcher never blocks on ``next(items)``.
 
 An input of unknown length (a generator, a file, a socket) is read by a daemon
-thread into a bounded buffer; the dispatcher takes what is there and goes back
-to its pool, so timeouts, crash detection, result delivery and Ctrl-C work while
+thread, on demand: it reads only the items the chunker asked for (so the buffer
+is bounded by a chunk and the input stays lazy); the dispatcher takes what is
+there and goes back to its pool, so timeouts, crash detection, result delivery and Ctrl-C work while
 the input is slow. An input of known length (a list, a range) cannot block and
 is read directly. An exception from the input is kept and reported after every
 item read before it (:attr:`Feeder.error`).
@@ -15,14 +16,11 @@ import itertools
 import threading
 from typing import Any, Deque, Iterator, List, Optional
 
-#: Items the feeder thread may read ahead of the dispatcher.
-FEED_BOUND = 4096
-
 
 class Feeder:
     """Items from ``source``: read by a thread when ``threaded``, else directly."""
 
-    def __init__(self, source: Iterator[Any], *, threaded: bool, bound: int = FEED_BOUND) -> None:
+    def __init__(self, source: Iterator[Any], *, threaded: bool) -> None:
         self.source = source
         self.error: Optional[BaseException] = None
         self._ended = False  # the source is exhausted or raised
@@ -30,25 +28,31 @@ class Feeder:
         if not threaded:
             return
         self._buffer: Deque[Any] = collections.deque()
-        self._bound = bound
-        self._space = threading.Event()
-        self._space.set()
+        self._lock = threading.Lock()
+        self._demand = 0  # items asked for and not yet read: the input stays lazy
+        self._wanted = threading.Event()
         self._ready = threading.Event()
         self._closed = False
         threading.Thread(target=self._read, name="amorsize-feeder", daemon=True).start()
 
     def _read(self) -> None:
-        buffer = self._buffer
         try:
-            for item in self.source:
-                buffer.append(item)
-                self._ready.set()
-                if len(buffer) >= self._bound:
-                    self._space.clear()
-                    if len(buffer) >= self._bound:  # checked again: take() may have run
-                        self._space.wait()
+            while True:
+                self._wanted.wait()
                 if self._closed:
                     return
+                with self._lock:
+                    if self._demand <= 0:
+                        self._wanted.clear()
+                        continue
+                try:
+                    item = next(self.source)
+                except StopIteration:
+                    return
+                with self._lock:
+                    self._buffer.append(item)
+                    self._demand -= 1
+                self._ready.set()
         except BaseException as exc:  # the input's error, reported after its items
             self.error = exc
         finally:
@@ -61,7 +65,7 @@ class Feeder:
         return self._ended and (not self._threaded or not self._buffer)
 
     def take(self, n: int) -> List[Any]:
-        """Up to ``n`` items, without waiting for more than are ready."""
+        """Up to ``n`` items, without waiting for more than are ready; asks for the rest."""
         if not self._threaded:
             if self._ended:
                 return []
@@ -73,10 +77,12 @@ class Feeder:
             if len(items) < n:
                 self._ended = True
             return items
-        buffer = self._buffer
-        out = [buffer.popleft() for _ in range(min(n, len(buffer)))]
-        if len(buffer) < self._bound:
-            self._space.set()
+        with self._lock:
+            buffer = self._buffer
+            out = [buffer.popleft() for _ in range(min(n, len(buffer)))]
+            if len(out) < n and not self._ended:
+                self._demand = max(self._demand, n - len(out))
+                self._wanted.set()
         return out
 
     def take_exactly(self, n: int) -> List[Any]:
@@ -101,4 +107,4 @@ class Feeder:
         """Let the thread go at its next item (it is a daemon: a stuck input keeps it)."""
         if self._threaded:
             self._closed = True
-            self._space.set()
+            self._wanted.set()
