@@ -123,6 +123,20 @@ class ItemTimeoutError(AmorsizeError, TimeoutError):
     """Recorded in the DLQ for an item that ran past the per-item timeout."""
 
 
+class MainGuardError(AmorsizeError, RuntimeError):
+    """A worker could not start: the main module re-runs without ``if __name__ == "__main__":``."""
+
+
+class InputIteratorError(AmorsizeError):
+    """The input iterator raised; ``__cause__`` is its error.
+
+    ``results`` (set by ``execute()``) holds the results of every item read before
+    it raised, aligned with those items.
+    """
+
+    results: list = []
+
+
 class CircuitOpenError(AmorsizeError):
     """A call was refused because its circuit breaker is open."""
 

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from amorsize.breaker import CircuitBreaker
 from amorsize.checkpoint import Checkpoint
-from amorsize.errors import ItemTimeoutError, WorkerCrashedError
+from amorsize.errors import InputIteratorError, ItemTimeoutError, WorkerCrashedError
 from amorsize.failure import Failure
 from amorsize.retry import RetryPolicy
 from amorsize.run.dispatch import Dispatcher
@@ -85,8 +85,12 @@ def execute(
     """
     check_func(func)
     out: List[Any] = []
-    for _start, values in Dispatcher(func, items, RunOptions.of(locals())).chunks():
-        out.extend(values)
+    try:
+        for _start, values in Dispatcher(func, items, RunOptions.of(locals())).chunks():
+            out.extend(values)
+    except InputIteratorError as error:
+        error.results = out  # every item read before the input raised, aligned
+        raise
     return out
 
 

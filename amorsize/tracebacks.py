@@ -12,8 +12,10 @@ repeated frames, the exception line and its notes, for about 5 us.
 from __future__ import annotations
 
 import builtins
+import functools
 import linecache
 import traceback
+import types
 from typing import Any, List, Optional, Tuple
 
 _RECURSIVE_CUTOFF = 3
@@ -107,3 +109,33 @@ def _format_exception_line(exc: BaseException, out: List[str]) -> None:
             out.append(f"{notes!r}\n")
         except Exception:
             out.append("<__notes__ repr() failed>\n")
+
+
+#: The file name cloudpickle gives code it sends by value (functions of ``__main__``).
+DYNAMIC_CODE = "<dynamic-code>"
+
+
+def source_file(func: Any) -> Optional[str]:
+    """The file of ``func``'s code when it is sent by value (defined in ``__main__``), else None."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    code = getattr(getattr(func, "__func__", func), "__code__", None)
+    if code is None or getattr(func, "__module__", None) != "__main__":
+        return None
+    return str(code.co_filename)
+
+
+def restore_source_file(func: Any, filename: Optional[str]) -> None:
+    """In a worker: give ``func``'s code sent by value its file back, so tracebacks name it."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    func = getattr(func, "__func__", func)
+    code = getattr(func, "__code__", None)
+    if filename and code is not None and code.co_filename == DYNAMIC_CODE:
+        func.__code__ = _with_file(code, filename)
+
+
+def _with_file(code: Any, filename: str) -> Any:
+    consts = tuple(_with_file(c, filename) if isinstance(c, types.CodeType) else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)

@@ -56,7 +56,8 @@ def test_fields_and_defaults():
 
 
 def test_reasons():
-    assert REASONS == ("exception", "timeout", "worker_crash", "circuit_open", "unpicklable_result")
+    assert REASONS == ("exception", "timeout", "worker_crash", "circuit_open", "unpicklable_result",
+                       "unpicklable_item")
     queue = memory_queue()
     for reason in REASONS:
         assert queue.add(1, TimeoutError(), reason=reason).reason == reason

@@ -211,8 +211,14 @@ def test_results_may_be_lambdas() -> None:
     assert [r() for r in results] == [0, 1, 2, 3]
 
 
-def test_n_jobs_1_runs_in_this_process() -> None:
-    assert set(execute(pid_of, range(10), n_jobs=1)) == {os.getpid()}
+def test_n_jobs_1_runs_in_one_worker_process(no_leaked_children: None) -> None:
+    # Issue 12: no user code in the caller unless backend="in_process" asks for it.
+    pids = set(execute(pid_of, range(10), n_jobs=1))
+    assert len(pids) == 1 and os.getpid() not in pids
+
+
+def test_in_process_backend_runs_in_this_process() -> None:
+    assert set(execute(pid_of, range(10), backend="in_process")) == {os.getpid()}
 
 
 def test_n_jobs_1_with_a_timeout_uses_a_worker_process() -> None:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from amorsize.run.chunker import Chunker
+
+
+def next_ready(chunker: Chunker, limit: Any = None, *, read: bool = True) -> Any:
+    """``chunker.next_task``, waiting while an unknown-length input (read by the feeder
+    thread) has no item ready yet, as the dispatcher does."""
+    task = chunker.next_task(limit, read=read)
+    while task is None and chunker.starved:
+        chunker.feeder.wait(1.0)
+        task = chunker.next_task(limit, read=read)
+    return task
+
 
 
 @st.composite
@@ -31,7 +42,7 @@ def test_positions_are_cut_once_in_order_around_skip_ranges(run, first: int) -> 
     while True:
         limit = limits[turn % len(limits)]
         turn += 1
-        task = chunker.next_task(limit)
+        task = next_ready(chunker, limit)
         if task is None:
             break
         assert task.items, "no empty chunk"
@@ -46,7 +57,7 @@ def test_positions_are_cut_once_in_order_around_skip_ranges(run, first: int) -> 
 def test_work_queued_again_runs_before_new_input(n: int, data: st.DataObject) -> None:
     chunker = Chunker(iter(range(1000)), None)
     chunker.start_sizer(n, n_jobs=1, target=0.2, adaptive=False)
-    task = chunker.next_task()
+    task = next_ready(chunker)
     assert task is not None and len(task.items) == n
     position = data.draw(st.integers(0, n - 1))
     chunker.again(chunker.subtask(task, 0, position), chunker.subtask(task, position + 1, None))
@@ -56,6 +67,6 @@ def test_work_queued_again_runs_before_new_input(n: int, data: st.DataObject) ->
         assert queued is not None
         rerun.extend(queued.items)
     assert rerun == [x for x in task.items if x != position]
-    following = chunker.next_task()
+    following = next_ready(chunker)
     assert following is not None and following.start == n  # then new input, where it stopped
     assert chunker.next_task(read=False) is None  # nothing queued: no input is read

@@ -1,19 +1,43 @@
 """The ``"in_process"`` backend: chunks run in the caller's process, one at a time.
 
-No process starts and nothing is pickled, so it is the fastest way to run work
-too small to be worth a worker; but a crash of the function takes the caller
-down with it, and no timeout can be enforced (the caller's thread cannot be
-stopped), so a timeout is refused. ``submit`` only records the chunk: it runs
-in ``wait``, which is where the dispatcher expects to block.
+An explicit choice (``backend="in_process"``): no process starts and nothing is
+pickled, so it is the fastest way to run work too small to be worth a worker.
+What it gives up: a crash of the function (a segfault, ``os._exit``) ends the
+caller, and no timeout can be enforced (the caller's thread cannot be stopped),
+so a timeout is refused. What it keeps: a chunk stops after its first failed
+item, so each failure reaches the DLQ (and its journal) before the next item
+starts, and is on disk if the function then kills the process.
+
+A ``KeyboardInterrupt`` raised by the function is an item failure, like any
+``BaseException``. A real Ctrl-C is told apart by the SIGINT handler installed
+while a chunk runs (when the caller's handler is Python's default one, in the
+main thread): it marks the interrupt as real before raising it, and the run stops.
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+import contextlib
+import signal
+import threading
+from typing import Any, Iterator, List, Optional
 
 from amorsize._validate import invalid_value
 from amorsize.backends import ChunkDone, ChunkSpec, ChunkTask
-from amorsize.backends.worker import run_chunk
+from amorsize.backends.worker import clear_real_interrupt, note_real_interrupt, run_chunk
+
+
+@contextlib.contextmanager
+def _marking_real_interrupts() -> Iterator[None]:
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    signal.signal(signal.SIGINT, note_real_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        clear_real_interrupt()
 
 
 class InProcessPool:
@@ -38,7 +62,13 @@ class InProcessPool:
         task, self._task = self._task, None
         if task is None:
             return []
-        return [ChunkDone(task, run_chunk(self._spec, task))]
+        with _marking_real_interrupts():
+            result = run_chunk(self._spec, task, stop_at_failure=True)
+        done = len(result.values)
+        if done < len(task.items):  # stopped at a failure: the rest runs at the next wait()
+            self._task = ChunkTask(task.chunk_id, task.start + done, task.items[done:])
+            task = ChunkTask(task.chunk_id, task.start, task.items[:done])
+        return [ChunkDone(task, result)]
 
     def close(self, *, kill: bool = False) -> None:
         self._task = None

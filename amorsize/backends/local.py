@@ -5,86 +5,50 @@ start time of the item it is running). One chunk per worker means the parent
 always knows which chunk a dead worker held, and the shared array tells it which
 item: that item alone is dead-lettered, the rest of the chunk runs again
 (pebble's "worker death fails one task, not the pool", narrowed to one item).
+An answer is accepted only from the worker and for the chunk it was sent to
+(see :mod:`amorsize.backends.process_worker`).
 
-Workers ignore SIGINT (the parent handles Ctrl-C and stops them), and die with
-the parent: ``PR_SET_PDEATHSIG`` on Linux, and a check that the parent did not
-vanish before it was set.
+Workers ignore SIGINT (the parent handles Ctrl-C and stops them), die with the
+parent (``PR_SET_PDEATHSIG``), and lead their own process group: whenever a
+worker is stopped (crash, timeout, shutdown, Ctrl-C) its whole group is killed
+with SIGKILL, so processes started or forked by ``func`` go with it. An item
+that cannot be pickled is reported as lost with reason ``unpicklable_item``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import math
 import multiprocessing
-import os
 import pickle
+import secrets
 import signal
 import time
-import traceback
-from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Dict, List, Optional
 
 import cloudpickle
 
 from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
-from amorsize.backends.worker import encode_result, run_chunk
+from amorsize.backends.process_worker import (
+    HEADER,
+    START_FAILURE_ID,
+    UNKNOWN_ITEM,
+    StartFailure,
+    kill_group,
+    own_group,
+    worker_main,
+)
 from amorsize.errors import CrashLoopError
+from amorsize.run.guard import MAIN_GUARD_EXIT, main_guard_error
+from amorsize.tracebacks import source_file
 
-#: After SIGTERM, how long a stopping worker gets before SIGKILL.
+#: How long a politely stopped worker gets to leave before its group is killed.
 TERMINATE_GRACE_SECONDS = 0.5
 #: How often the parent checks running items against the timeout.
 TIMEOUT_POLL_SECONDS = 0.05
 #: A worker that dies before it starts its chunk blames no item: the chunk goes to a
 #: fresh worker, this many times in a row at most (then the first item is blamed).
 MAX_UNSTARTED_LOSSES = 3
-_PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class _StartFailure:
-    """Sent instead of a result by a worker that could not load the run's function."""
-
-    error: str
-    traceback: str
-
-
-def _die_with_parent() -> None:
-    try:
-        # dlopen(NULL): libc is already mapped. find_library("c") would run ldconfig in a
-        # subprocess on every worker start (about 6 ms, more on a loaded machine).
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() == 1:  # the parent died before the signal was armed
-        os._exit(1)
-
-
-def _worker_main(conn: Any, progress: Any, spec_bytes: bytes, timed: bool) -> None:
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    recv, send = conn.recv_bytes, conn.send_bytes
-    clock = time.monotonic if timed else None  # item start times matter only under a timeout
-    try:
-        spec: ChunkSpec = pickle.loads(spec_bytes)
-    except Exception as exc:  # tell the parent why, at its first task, and stop
-        failure = _StartFailure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
-        try:
-            if recv():
-                send(pickle.dumps(failure))
-        except (EOFError, OSError):
-            pass
-        return
-    while True:
-        try:
-            data = recv()
-        except (EOFError, OSError):
-            return
-        if not data:
-            return
-        task = pickle.loads(data)
-        send(encode_result(run_chunk(spec, task, progress, clock), spec))
 
 
 def describe_exit(exitcode: Optional[int]) -> str:
@@ -107,23 +71,39 @@ def describe_exit(exitcode: Optional[int]) -> str:
     return f"the worker exited with code {exitcode} (os._exit or sys.exit inside the function?)"
 
 
+def pickled_task(task: ChunkTask) -> bytes:
+    try:
+        return pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def unsendable(task: ChunkTask, error: Exception) -> ChunkLost:
+    """The loss of the first item of ``task`` that cannot be pickled (``unpicklable_item``)."""
+    for position, item in enumerate(task.items):
+        try:
+            pickled_task(ChunkTask(task.chunk_id, task.start, [item]))
+        except Exception as exc:
+            return ChunkLost(task, position, "unpicklable_item", {"error": exc})
+    return ChunkLost(task, 0, "unpicklable_item", {"error": error})
+
+
 class _Worker:
-    def __init__(self, ctx: Any, spec_bytes: bytes, timed: bool) -> None:
+    def __init__(self, ctx: Any, spec_bytes: bytes, timed: bool, source: Optional[str]) -> None:
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.progress = ctx.RawArray("d", 2)
+        self.nonce = secrets.randbits(64)
         self.process = ctx.Process(
-            target=_worker_main, args=(child_conn, self.progress, spec_bytes, timed),
+            target=worker_main, args=(child_conn, self.progress, spec_bytes, timed, self.nonce, source),
             name="amorsize-worker", daemon=True,
         )
         self.process.start()
+        own_group(self.process.pid)
         child_conn.close()
         self.task: Optional[ChunkTask] = None
+        self.eof = False  # its pipe closed while it runs: wait for it to exit
 
-    def send(self, task: ChunkTask) -> None:
-        try:
-            data = pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            data = cloudpickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
+    def send(self, data: bytes, task: ChunkTask) -> None:
         self.progress[0] = -1  # not started: run_chunk sets the position of each item
         # The item clock starts when the worker starts the item (run_chunk sets slot 1),
         # not now: a fresh worker's start-up (spawn imports) is not the item's time.
@@ -131,33 +111,32 @@ class _Worker:
         self.task = task
         self.conn.send_bytes(data)
 
-    def stop(self, *, kill: bool) -> None:
-        if self.process.is_alive() and not kill:
-            try:
-                self.conn.send_bytes(b"")
-            except OSError:
-                pass
-            self.process.join(TERMINATE_GRACE_SECONDS)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(TERMINATE_GRACE_SECONDS)
+    def accepts(self, data: bytes, chunk_id: int) -> bool:
+        """Whether ``data`` is this worker's answer to chunk ``chunk_id``."""
+        if len(data) < HEADER.size:
+            return False
+        return HEADER.unpack_from(data) == (self.nonce, self.process.pid, chunk_id)
+
+    def kill(self) -> None:
+        kill_group(self.process.pid)
         if self.process.is_alive():
             self.process.kill()
-            self.process.join()
+
+    def stop(self) -> None:
+        """Kill its process group and reap it."""
+        self.kill()
+        self.process.join()
+        kill_group(self.process.pid)  # what func started after the first kill
         self.conn.close()
 
 
 class ProcessBackend:
-    """Worker processes on this machine (``backend="processes"``, the default).
-
-    ``serial_in_process``: a run of width 1 without a timeout runs in the caller's
-    process instead (the behaviour of ``n_jobs=1`` so far; a later release runs it
-    in one worker process).
-    """
+    """Worker processes on this machine (``backend="processes"``, the default)."""
 
     name = "processes"
     chooses_width = False
-    serial_in_process = True
+    #: Its pools can ``grow()``: a run may probe with one worker, then widen.
+    can_grow = True
 
     def open(
         self,
@@ -182,12 +161,29 @@ class LocalProcessPool:
     ) -> None:
         self._ctx = multiprocessing.get_context(start_method)
         self._spec_bytes = cloudpickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+        self._source = source_file(spec.func)
         self._timeout = timeout
         self._unstarted_losses = 0
-        self._workers: List[_Worker] = [self._new_worker() for _ in range(n_jobs)]
+        self._events: List[Any] = []  # losses found at submit time, reported by the next wait()
+        self._workers: List[_Worker] = []
+        try:
+            self.grow(n_jobs)
+        except BaseException:
+            self.close(kill=True)
+            raise
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._ctx, self._spec_bytes, self._timeout is not None)
+        try:
+            return _Worker(self._ctx, self._spec_bytes, self._timeout is not None, self._source)
+        except (EOFError, ConnectionError):  # the forkserver died re-running main
+            if self._ctx.get_start_method() == "forkserver":
+                raise main_guard_error("forkserver") from None
+            raise
+
+    def grow(self, n: int) -> None:
+        """Start ``n`` more workers."""
+        for _ in range(n):
+            self._workers.append(self._new_worker())
 
     @property
     def size(self) -> int:
@@ -197,19 +193,26 @@ class LocalProcessPool:
         return sum(1 for w in self._workers if w.task is None)
 
     def busy_count(self) -> int:
-        return sum(1 for w in self._workers if w.task is not None)
+        return sum(1 for w in self._workers if w.task is not None) + len(self._events)
 
     def submit(self, task: ChunkTask) -> None:
         """Send ``task`` to an idle worker (the caller checks ``idle_count()`` first)."""
+        try:
+            data = pickled_task(task)
+        except Exception as exc:
+            self._events.append(unsendable(task, exc))
+            return
         worker = next(w for w in self._workers if w.task is None)
         try:
-            worker.send(task)
+            worker.send(data, task)
         except OSError:
-            # The worker died between tasks; the next wait() reports the loss.
-            pass
+            pass  # the worker died between tasks; the next wait() reports the loss
 
     def wait(self, timeout: Optional[float]) -> List[Any]:
         """Block until a chunk finishes or is lost (or ``timeout`` passes); return events."""
+        if self._events:
+            found, self._events = self._events, []
+            return found
         busy = [w for w in self._workers if w.task is not None]
         if not busy:
             return []
@@ -217,19 +220,19 @@ class LocalProcessPool:
             timeout = TIMEOUT_POLL_SECONDS if timeout is None else min(timeout, TIMEOUT_POLL_SECONDS)
         handles: Dict[Any, _Worker] = {}
         for w in busy:
-            handles[w.conn] = w
+            if not w.eof:
+                handles[w.conn] = w
             handles[w.process.sentinel] = w
         ready = wait(list(handles), timeout)
         events: List[Any] = []
         seen = set()
         for handle in ready:
             worker = handles[handle]
-            if id(worker) in seen:
-                continue
-            seen.add(id(worker))
-            event = self._collect(worker)
-            if event is not None:
-                events.append(event)
+            if id(worker) not in seen:
+                seen.add(id(worker))
+                event = self._collect(worker)
+                if event is not None:
+                    events.append(event)
         if self._timeout is not None:
             events.extend(self._enforce_timeout([w for w in busy if id(w) not in seen]))
         return events
@@ -238,21 +241,37 @@ class LocalProcessPool:
         task = worker.task
         assert task is not None
         try:
-            if worker.conn.poll():
+            if not worker.eof and worker.conn.poll():
                 data = worker.conn.recv_bytes()
-                worker.task = None
-                result = pickle.loads(data)
-                if isinstance(result, _StartFailure):
-                    raise CrashLoopError(
-                        f"a worker process could not load the function ({result.error}); no "
-                        "item was run. Is the function importable in a fresh process?\n\n"
-                        f"Worker traceback:\n{result.traceback}"
-                    )
-                self._unstarted_losses = 0
-                return ChunkDone(task, result)
+                return self._answer(worker, task, data)
         except (EOFError, OSError):
-            pass
-        # No result: the worker died, while running the task or before starting it.
+            if worker.process.is_alive():  # func closed its pipe: judge when it exits
+                worker.eof = True
+                return None
+        return self._dead(worker, task)
+
+    def _answer(self, worker: _Worker, task: ChunkTask, data: bytes) -> Any:
+        if worker.accepts(data, START_FAILURE_ID):
+            failure: StartFailure = pickle.loads(data[HEADER.size:])
+            raise CrashLoopError(
+                f"a worker process could not load the function ({failure.error}); no item "
+                "was run. Is the function importable in a fresh process?\n\n"
+                f"Worker traceback:\n{failure.traceback}"
+            )
+        if not worker.accepts(data, task.chunk_id):
+            return self._replace(worker, "worker_crash", "a message that was not its answer to "
+                                 "this chunk (a process forked by the function?)")
+        worker.task = None
+        self._unstarted_losses = 0
+        return ChunkDone(task, pickle.loads(memoryview(data)[HEADER.size:]))
+
+    def _dead(self, worker: _Worker, task: ChunkTask) -> Any:
+        """The worker died without answering: while running the task, or before starting it."""
+        worker.process.join(TERMINATE_GRACE_SECONDS)
+        if worker.process.exitcode == MAIN_GUARD_EXIT and worker.progress[0] == -1:
+            raise main_guard_error(self._ctx.get_start_method())
+        if worker.progress[0] == UNKNOWN_ITEM:
+            return self._replace(worker, "worker_crash", position=None)
         if worker.progress[0] < 0 and self._unstarted_losses < MAX_UNSTARTED_LOSSES:
             self._unstarted_losses += 1
             self._replace(worker, "worker_crash")
@@ -269,45 +288,51 @@ class LocalProcessPool:
             if w.task is not None and now - w.progress[1] > self._timeout
         ]
 
-    def _replace(self, worker: _Worker, reason: str) -> ChunkLost:
+    def _replace(self, worker: _Worker, reason: str, cause: Optional[str] = None,
+                 position: Optional[int] = -1) -> ChunkLost:
         task = worker.task
         assert task is not None
-        position = max(0, min(int(worker.progress[0]), len(task.items) - 1))
+        if position == -1:
+            position = max(0, min(int(worker.progress[0]), len(task.items) - 1))
         pid = worker.process.pid
-        worker.stop(kill=True)
+        worker.stop()
         exitcode = worker.process.exitcode
         detail: Dict[str, Any] = {"pid": pid, "exitcode": exitcode}
         if reason == "timeout":
             detail["timeout_seconds"] = self._timeout
         else:
-            detail["cause"] = describe_exit(exitcode)
-            if exitcode is not None and exitcode < 0:
+            detail["cause"] = cause or describe_exit(exitcode)
+            if exitcode is not None and exitcode < 0 and cause is None:
                 detail["signal"] = signal.Signals(-exitcode).name if -exitcode in _SIGNALS else -exitcode
         index = self._workers.index(worker)
         self._workers[index] = self._new_worker()
         return ChunkLost(task, position, reason, detail)
 
     def close(self, *, kill: bool = False) -> None:
-        """Stop every worker: politely, or at once with ``kill``; leaves no process behind.
+        """Stop every worker and its process group; leaves no process behind.
 
-        All workers are signalled first and joined after, so stopping takes one grace
-        period, not one per worker (Ctrl-C must be over within 2 seconds).
+        Idle workers are asked to leave and get one grace period; busy ones (and all,
+        with ``kill``) are killed at once. Whatever interrupts this (a second Ctrl-C),
+        every group is killed on the way out.
         """
         workers, self._workers = self._workers, []
-        for worker in workers:
-            if kill or worker.task is not None:
-                if worker.process.is_alive():
-                    worker.process.terminate()
-            else:
-                try:
-                    worker.conn.send_bytes(b"")
-                except OSError:
-                    pass
-        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
-        for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-        for worker in workers:
-            worker.stop(kill=True)
+        try:
+            for worker in workers:
+                if kill or worker.task is not None:
+                    worker.kill()
+                else:
+                    try:
+                        worker.conn.send_bytes(b"")
+                    except OSError:
+                        pass
+            deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+            for worker in workers:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            for worker in workers:
+                worker.kill()
+            for worker in workers:
+                worker.stop()
 
 
 _SIGNALS = {int(s) for s in signal.Signals}

@@ -29,12 +29,37 @@ from amorsize.retry import call_with_retry
 from amorsize.serialization import PickledValue, short_repr, unpack_transported
 from amorsize.tracebacks import traceback_text
 
+#: True in a worker process of a run: an execute() called there runs serially in it.
+IN_WORKER = False
+#: Set by the in-process backend's SIGINT handler: a KeyboardInterrupt seen while it is
+#: set came from a real Ctrl-C (the run stops), not from ``func`` raising one itself.
+_real_interrupt = False
+
+
+def note_real_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT handler while chunks run in the caller: mark the Ctrl-C as real, then raise."""
+    global _real_interrupt
+    _real_interrupt = True
+    raise KeyboardInterrupt
+
+
+def reraise_real_interrupt(error: BaseException) -> None:
+    """Re-raise ``error`` when it is a real Ctrl-C in the caller, not ``func``'s own exception."""
+    if _real_interrupt and isinstance(error, KeyboardInterrupt):
+        raise error
+
+
+def clear_real_interrupt() -> None:
+    global _real_interrupt
+    _real_interrupt = False
+
 
 def run_chunk(
     spec: ChunkSpec,
     task: ChunkTask,
     progress: Optional[Any] = None,
     clock: Optional[Callable[[], float]] = time.monotonic,
+    stop_at_failure: bool = False,
 ) -> ChunkResult:
     """Run every item of ``task``; never raises for an item's error.
 
@@ -44,22 +69,25 @@ def run_chunk(
             item a crashed or stuck worker was running.
         clock: None to leave slot 1 alone (no timeout to enforce): reading the clock
             per item costs more than a tiny task.
+        stop_at_failure: return right after the first failed item (its values cover
+            the items up to it): the in-process backend records each failure before the
+            next item starts.
     """
     values: List[Any] = []
     failures: List[DLQEntry] = []
     begin = time.perf_counter()
     slots = _fast_slots(progress)
     if slots is None and spec.retry is None:
-        error = _run_plain(spec, task, values, failures)
+        error = _run_plain(spec, task, values, failures, stop_at_failure)
     else:
-        error = _run_tracked(spec, task, values, failures, slots, clock)
+        error = _run_tracked(spec, task, values, failures, slots, clock, stop_at_failure)
     seconds = time.perf_counter() - begin
     return ChunkResult(task.chunk_id, task.start, values, failures, seconds, error=error)
 
 
 def _run_tracked(
     spec: ChunkSpec, task: ChunkTask, values: List[Any], failures: List[DLQEntry],
-    slots: Optional[Any], clock: Optional[Callable[[], float]],
+    slots: Optional[Any], clock: Optional[Callable[[], float]], stop_at_failure: bool = False,
 ) -> Optional[BaseException]:
     """One item at a time: progress slots and the retry policy; returns the kept error."""
     func, retry = spec.func, spec.retry
@@ -74,10 +102,19 @@ def _run_tracked(
             try:
                 values.append(func(item))
                 continue
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit, GeneratorExit...: still the item's failure
+                reraise_real_interrupt(exc)
                 error, attempts = exc, 1
         else:
-            outcome = call_with_retry(func, item, retry)
+            try:
+                outcome = call_with_retry(func, item, retry)
+            except BaseException as exc:  # a BaseException the policy does not retry
+                reraise_real_interrupt(exc)
+                _fail(spec, task, position, exc, 1, values, failures)
+                kept = exc if kept is None and spec.keep_error else kept
+                if stop_at_failure:
+                    break
+                continue
             if outcome.ok:
                 values.append(outcome.value)
                 continue
@@ -86,11 +123,14 @@ def _run_tracked(
         _fail(spec, task, position, error, attempts, values, failures)
         if kept is None and spec.keep_error:
             kept = error
+        if stop_at_failure:
+            break
     return kept
 
 
 def _run_plain(
-    spec: ChunkSpec, task: ChunkTask, values: List[Any], failures: List[DLQEntry]
+    spec: ChunkSpec, task: ChunkTask, values: List[Any], failures: List[DLQEntry],
+    stop_at_failure: bool = False,
 ) -> Optional[BaseException]:
     """Without retry or progress slots: as fast as a list comprehension; returns the kept error.
 
@@ -104,11 +144,14 @@ def _run_plain(
         try:
             values.extend(map(func, itertools.islice(items, position, None)))
             break
-        except Exception as exc:
+        except BaseException as exc:  # every BaseException from func is the item's failure
+            reraise_real_interrupt(exc)
             position = len(values)
             _fail(spec, task, position, exc, 1, values, failures)
             if kept is None and spec.keep_error:
                 kept = exc
+            if stop_at_failure:
+                break
             position += 1
     return kept
 

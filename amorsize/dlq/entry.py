@@ -12,7 +12,9 @@ from typing import Any, Dict
 from amorsize._validate import check_choice, check_type
 from amorsize.tracebacks import traceback_text
 
-REASONS = ("exception", "timeout", "worker_crash", "circuit_open", "unpicklable_result")
+REASONS = (
+    "exception", "timeout", "worker_crash", "circuit_open", "unpicklable_result", "unpicklable_item",
+)
 
 _sequence = itertools.count()
 _process_token = secrets.token_hex(4)

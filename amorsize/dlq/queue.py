@@ -45,7 +45,11 @@ class DeadLetterQueue(DeadLetterQueueBase):
         policy: a :class:`DLQPolicy`; defaults to ``DLQPolicy()``.
     """
 
-    def __init__(self, policy: DLQPolicy | None = None, *, _lazy_pickle: bool = False) -> None:
+    def __init__(
+        self, policy: DLQPolicy | str | os.PathLike[str] | None = None, *, _lazy_pickle: bool = False
+    ) -> None:
+        if isinstance(policy, (str, os.PathLike)):  # a path: shorthand for a queue in that directory
+            policy = DLQPolicy(directory=os.fspath(policy))
         self.policy = policy = checked_policy(policy)
         self._lock = threading.RLock()
         self._entries: collections.OrderedDict[str, DLQEntry] = collections.OrderedDict()

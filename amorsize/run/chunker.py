@@ -15,6 +15,7 @@ import itertools
 from typing import Any, Deque, Iterator, List, Optional, Tuple
 
 from amorsize.backends import ChunkTask
+from amorsize.run.feeder import Feeder
 from amorsize.sizing.chunks import ChunkSizer
 
 
@@ -22,10 +23,13 @@ class Chunker:
     """Chunk tasks from ``source`` (``total`` items, or None when unknown)."""
 
     def __init__(self, source: Iterator[Any], total: Optional[int]) -> None:
-        self.source = source
+        #: Reads the input; in a thread when its length is unknown (it may block).
+        self.feeder = Feeder(source, threaded=total is None)
         self.total = total
         self.next_start = 0
         self.exhausted = False
+        #: The last read found no item ready, but the input has not ended.
+        self.starved = False
         self.pending: Deque[ChunkTask] = collections.deque()
         self.skip: Deque[Tuple[int, int]] = collections.deque()
         self.sizer: Optional[ChunkSizer] = None
@@ -63,18 +67,19 @@ class Chunker:
                 self.pending.appendleft(self.subtask(task, limit, None))
                 task = self.subtask(task, 0, limit)
             return task
+        self.starved = False
         if self.exhausted or not read:
             return None
         self._read_past_finished()
         size = self._size(limit)
-        chunk = list(itertools.islice(self.source, max(size, 1)))
+        chunk = self.feeder.take(max(size, 1))
         if not chunk:
-            self.exhausted = True
+            self.exhausted = self.feeder.finished
+            self.starved = not self.exhausted
             return None
         task = self.task(self.next_start, chunk)
         self.next_start += len(chunk)
-        if len(chunk) < size:
-            self.exhausted = True
+        self.exhausted = self.feeder.finished
         return task
 
     def _size(self, limit: Optional[int]) -> int:
@@ -90,6 +95,5 @@ class Chunker:
     def _read_past_finished(self) -> None:
         while self.skip and self.skip[0][0] <= self.next_start:
             _begin, end = self.skip.popleft()  # finished by a previous run
-            for _ in itertools.islice(self.source, end - self.next_start):
-                pass
+            self.feeder.take_exactly(end - self.next_start)
             self.next_start = end

@@ -18,15 +18,19 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from amorsize.backends import ChunkDone, ChunkLost, ChunkResult, ChunkSpec, ChunkTask, Pool
 from amorsize.backends.worker import finish_in_parent
+from amorsize.errors import InputIteratorError
 from amorsize.failure import failure_of, function_name
 from amorsize.run.chunker import Chunker
 from amorsize.run.failures import FailureRouter, lost_entry
 from amorsize.run.gate import REJECT, Gate
+from amorsize.run.guard import leave_if_reimporting_main
 from amorsize.run.options import RunOptions
-from amorsize.run.plan import plan_run
+from amorsize.run.plan import plan_run, widen
 from amorsize.run.progress import Progress
 from amorsize.run.resume import Resume
 
+#: While the input has no item ready, how often the loop looks for one (seconds).
+INPUT_POLL_SECONDS = 0.01
 #: Chunks whose results may wait in the reorder buffer per worker before the
 #: dispatcher stops cutting new chunks (bounds memory when one chunk is slow).
 REORDER_CHUNKS_PER_WORKER = 4
@@ -38,6 +42,7 @@ class Dispatcher:
     """One execute()/imap() call, from the plan to the last result."""
 
     def __init__(self, func: Callable[[Any], Any], items: Iterable[Any], options: RunOptions) -> None:
+        leave_if_reimporting_main()  # in a spawned worker re-running an unguarded script
         self.options = options
         try:
             total: Optional[int] = len(items)  # type: ignore[arg-type]
@@ -46,9 +51,9 @@ class Dispatcher:
         self.resume = Resume(options.checkpoint, options.dlq)
         self.chunker = Chunker(self.resume.bind(func, iter(items), total), total)
         self.chunker.skip.extend(self.resume.skip_ranges())
-        self.plan = plan_run(func, items if total is not None else None, self.chunker, options)
-        #: Segments finished before the pool opens: by a checkpointed run, or the dry run.
-        self.finished: List[Segment] = [*self.resume.finished, *self.plan.finished]
+        self.plan = plan_run(self.chunker, options)
+        #: Segments finished before the pool opens, by a checkpointed run.
+        self.finished: List[Segment] = list(self.resume.finished)
         include_traceback = getattr(getattr(options.dlq, "policy", None), "include_traceback", True)
         self.spec = ChunkSpec(func, options.retry, include_traceback, function_name(func),
                               keep_error=options.on_failure == "raise")
@@ -58,6 +63,7 @@ class Dispatcher:
         self.width = 1
         self.reorder: Dict[int, List[Any]] = {}
         self.waiting_finished = 0  # finished segments parked in the reorder buffer
+        self.pool: Optional[Pool] = None
 
     def chunks(self) -> Iterator[Segment]:
         """Yield ``(start, values)`` per finished run of positions, ordered if asked."""
@@ -114,11 +120,17 @@ class Dispatcher:
                         continue
                     self.gate.in_flight += len(task.items)
                     pool.submit(task)
+                starved = self.chunker.starved
                 if not pool.busy_count():
+                    if starved:
+                        self.chunker.feeder.wait(INPUT_POLL_SECONDS)
+                        continue
                     if hold is None:
                         break
                     time.sleep(hold)  # circuit open, on_open="wait": nothing else to do
                     continue
+                if starved and pool.idle_count():
+                    hold = INPUT_POLL_SECONDS if hold is None else min(hold, INPUT_POLL_SECONDS)
                 for event in pool.wait(hold):
                     self.gate.in_flight -= len(event.task.items)
                     segment = self._handle(event)
@@ -127,7 +139,15 @@ class Dispatcher:
         except BaseException:
             pool.close(kill=True)
             raise
+        finally:
+            self.chunker.feeder.close()
         pool.close()
+        error = self.chunker.feeder.error
+        if error is not None:
+            raise InputIteratorError(
+                f"the input iterator raised {type(error).__name__}: {error}; every item read "
+                "before it was delivered"
+            ) from error
 
     def _open(self) -> Pool:
         plan, options = self.plan, self.options
@@ -137,8 +157,19 @@ class Dispatcher:
         self.width = max(1, getattr(pool, "size", plan.n_jobs or 1))
         self.chunker.start_sizer(plan.chunksize, n_jobs=self.width,
                                  target=options.target_chunk_duration,
-                                 adaptive=options.chunksize is None)
+                                 adaptive=options.chunksize is None and not plan.probe)
+        self.pool = pool
         return pool
+
+    def _widen(self, task: ChunkTask, result: ChunkResult) -> None:
+        """After the probe chunk: choose the width and chunk size, grow the pool to it."""
+        plan = self.plan = widen(result, task.items, self.chunker.total, self.options)
+        grow = getattr(self.pool, "grow", None)
+        if grow is not None and plan.n_jobs is not None and plan.n_jobs > self.width:
+            grow(plan.n_jobs - self.width)
+            self.width = plan.n_jobs
+        self.chunker.start_sizer(plan.chunksize, n_jobs=self.width,
+                                 target=self.options.target_chunk_duration, adaptive=True)
 
     def _next_task(self, limit: Optional[int]) -> Optional[ChunkTask]:
         backlog = len(self.reorder) - self.waiting_finished
@@ -153,6 +184,8 @@ class Dispatcher:
     # -- outcomes ---------------------------------------------------------------------
 
     def _accept(self, task: ChunkTask, result: ChunkResult) -> Segment:
+        if self.plan.probe:
+            self._widen(task, result)
         finish_in_parent(result, task.items)
         self.chunker.observe(len(task.items), result.compute_seconds)
         values = result.values
@@ -178,7 +211,7 @@ class Dispatcher:
         start, values = task.start + position, [failure_of(entry)]
         self.failures.route([entry], values, start)
         self._record(start, values, 1)
-        if event.reason == "worker_crash":  # a timeout is the item's fault, not a crash loop
+        if event.reason == "worker_crash":  # not a timeout or an unsendable item: the item's fault
             self.failures.count_crash(self.progress.done)
         return start, values
 

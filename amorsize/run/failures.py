@@ -27,6 +27,7 @@ from amorsize.errors import CrashLoopError, ItemTimeoutError, TaskFailedError, W
 from amorsize.failure import hostname
 from amorsize.run.options import RunOptions
 from amorsize.run.resume import Resume
+from amorsize.serialization import pack_for_transport
 
 #: Crash-loop guard default: stop after this many worker crashes, plus
 #: ``CRASH_BUDGET_FRACTION`` of the items finished so far.
@@ -97,9 +98,13 @@ class FailureRouter:
 
 def lost_entry(task: ChunkTask, position: int, event: ChunkLost, function_name: str) -> DLQEntry:
     """The DLQ entry of the item a lost chunk was running (its worker died or overran)."""
-    detail = event.detail
-    if event.reason == "timeout":
-        error: Exception = ItemTimeoutError(
+    detail = dict(event.detail)
+    item = task.items[position]
+    if event.reason == "unpicklable_item":  # the pickling error itself, and the item's repr
+        error: BaseException = detail.pop("error")
+        item = pack_for_transport(item)
+    elif event.reason == "timeout":
+        error = ItemTimeoutError(
             f"the item ran longer than timeout={detail.get('timeout_seconds')}s; its worker "
             f"(pid {detail.get('pid')}) was terminated"
         )
@@ -108,8 +113,8 @@ def lost_entry(task: ChunkTask, position: int, event: ChunkLost, function_name: 
             f"{detail.get('cause', 'the worker died')} while running this item "
             f"(pid {detail.get('pid')}, exit code {detail.get('exitcode')})"
         )
-    metadata = dict(detail)
+    metadata = detail
     metadata.update(index=task.start + position, function=function_name, host=hostname())
     return DLQEntry.from_exception(
-        task.items[position], error, metadata=metadata, reason=event.reason, include_traceback=False,
+        item, error, metadata=metadata, reason=event.reason, include_traceback=False,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Optional, TypeVar, Union
 
@@ -71,10 +72,7 @@ class RunOptions:
         check_seconds("target_chunk_duration", self.target_chunk_duration, positive=True)
         if self.retry is not None and not callable(getattr(self.retry, "run", None)):
             raise InvalidTypeError(f"retry={self.retry!r} is not valid; expected a RetryPolicy or None")
-        if self.dlq is not None and not callable(getattr(self.dlq, "extend", None)):
-            raise InvalidTypeError(
-                f"dlq={self.dlq!r} is not valid; expected a DeadLetterQueue, SharedDeadLetterQueue or None"
-            )
+        self._set("dlq", _checked_dlq(self.dlq))
         self._set("on_failure", self._failure_mode())
         if self.on_progress is not None and not callable(self.on_progress):
             raise invalid_value("on_progress", self.on_progress, "None or a callable(done, total)")
@@ -103,6 +101,22 @@ class RunOptions:
     def of(cls, arguments: Dict[str, Any]) -> RunOptions:
         """The options among ``arguments`` (a call's ``locals()``); others are ignored."""
         return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
+
+
+def _checked_dlq(dlq: Any) -> Any:
+    """A queue, or None; a path (str or os.PathLike) is a DeadLetterQueue in that directory."""
+    from amorsize.dlq.base import DeadLetterQueueBase
+    from amorsize.dlq.policy import DLQPolicy
+    from amorsize.dlq.queue import DeadLetterQueue
+
+    if dlq is None or isinstance(dlq, DeadLetterQueueBase):
+        return dlq
+    if isinstance(dlq, (str, os.PathLike)):
+        return DeadLetterQueue(DLQPolicy(directory=os.fspath(dlq)))
+    raise InvalidTypeError(
+        f"dlq={dlq!r} is not valid; expected a DeadLetterQueue, a SharedDeadLetterQueue, "
+        "a path (a DLQ directory) or None"
+    )
 
 
 def check_func(func: Any) -> None:

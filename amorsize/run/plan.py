@@ -1,87 +1,104 @@
 """The plan of a run: which backend, how wide, and how big the first chunks are.
 
-With ``n_jobs`` and ``chunksize`` both None (no timeout, no checkpoint, and
-``dry_run`` left on), the optimizer's *dry run* times the first few items in
-this process and chooses them; the sampled items' results are kept, so no item
-runs twice, and sampled items that raised run again in workers, under the retry
-policy. A backend that sizes itself (``chooses_width``) is given ``n_jobs=None``.
+No user code runs in the caller's process unless ``backend="in_process"`` asks
+for it. With ``n_jobs`` and ``chunksize`` both None (and ``dry_run`` left on),
+the run *probes*: it opens its pool with one worker and sends it the first
+``PROBE_ITEMS`` items as the first chunk. That chunk's measured in-worker time
+feeds the optimizer's cost model (:func:`amorsize.sizing.optimizer.decide`),
+which chooses the width and chunk size; a "serial" decision keeps running in
+that one worker, a parallel one grows the pool. The probe's results are kept
+like any chunk's, so no item runs twice, and a crash during it costs one item.
 
-A plan of width 1 without a timeout on a backend with ``serial_in_process``
-(the process pool) runs on the in-process backend: starting a worker costs more
-than such a run gains from one.
+A backend that sizes itself (``chooses_width``) is given ``n_jobs=None``. A
+backend whose pools cannot grow (no ``can_grow``) is opened at the usable core
+count instead of probing.
+A call made inside a worker of a run (nested) runs serially there, in-process.
 """
 
 from __future__ import annotations
 
-import itertools
-import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+import multiprocessing
+import pickle
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
 
+import psutil
+
+from amorsize.backends import ChunkResult
 from amorsize.backends.inprocess import InProcessBackend
-from amorsize.errors import OptimizerWarning
+from amorsize.failure import Failure
 from amorsize.run.chunker import Chunker
 from amorsize.run.options import RunOptions
+from amorsize.sizing.cache import get_startup_costs
 from amorsize.sizing.measure import usable_cores
-from amorsize.sizing.optimizer import OptimizationResult, optimize
-from amorsize.sizing.sample import SampleFailure
+from amorsize.sizing.optimizer import decide
+from amorsize.sizing.sample import SampleStats
+
+#: Items in the probe chunk (the old in-caller dry run's sample size).
+PROBE_ITEMS = 5
 
 
 @dataclass
 class Plan:
-    """What :func:`plan_run` chose; ``n_jobs`` None lets the backend choose."""
+    """What :func:`plan_run` chose; ``n_jobs`` None lets the backend choose.
+
+    ``probe``: open one worker, run the first chunk, then :func:`widen` decides.
+    """
 
     backend: Any
     n_jobs: Optional[int]
     chunksize: int
-    optimization: Optional[OptimizationResult] = None
-    #: ``(start, values)`` of sampled items that the dry run finished.
-    finished: List[Tuple[int, List[Any]]] = field(default_factory=list)
+    probe: bool = False
 
 
-def plan_run(
-    func: Callable[[Any], Any], items: Optional[Iterable[Any]], chunker: Chunker, options: RunOptions
-) -> Plan:
-    """Choose the backend, width and first chunk size; may run the dry run (see module doc)."""
+def in_worker() -> bool:
+    """True inside a worker process of a run (or any daemonic process, which cannot fork one)."""
+    from amorsize.backends import worker
+
+    return worker.IN_WORKER or multiprocessing.current_process().daemon
+
+
+def plan_run(chunker: Chunker, options: RunOptions) -> Plan:
+    """Choose the backend, width and first chunk size (see module doc); runs no user code."""
     backend, n_jobs, chunksize = options.backend, options.n_jobs, options.chunksize
+    if in_worker() and getattr(backend, "name", None) == "processes":
+        return Plan(InProcessBackend(), None, chunksize or 1)  # nested: serial, as joblib does
     if n_jobs is None and getattr(backend, "chooses_width", True):
         return Plan(backend, None, chunksize or 1)
-    if n_jobs is None and chunksize is None and options.timeout is None and _may_dry_run(options):
-        plan = _dry_run(func, items, chunker, options)
-    else:
-        if n_jobs is None:
-            n_jobs = usable_cores()
-            if chunker.total is not None:
-                n_jobs = max(1, min(n_jobs, chunker.total))
-        plan = Plan(backend, n_jobs, chunksize or 1)
-    if plan.n_jobs == 1 and options.timeout is None and getattr(backend, "serial_in_process", False):
-        plan.backend = InProcessBackend()
-    return plan
+    if n_jobs is None and chunksize is None and options.dry_run and getattr(backend, "can_grow", False):
+        return Plan(backend, 1, PROBE_ITEMS, probe=True)
+    if n_jobs is None:
+        n_jobs = usable_cores()
+        if chunker.total is not None:
+            n_jobs = max(1, min(n_jobs, chunker.total))
+    return Plan(backend, n_jobs, chunksize or 1)
 
 
-def _may_dry_run(options: RunOptions) -> bool:
-    return options.dry_run and options.checkpoint is None
+def _pickled_size(obj: Any) -> Optional[int]:
+    try:
+        return len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return None
 
 
-def _dry_run(
-    func: Callable[[Any], Any], items: Optional[Iterable[Any]], chunker: Chunker, options: RunOptions
-) -> Plan:
-    # The sample runs in this process, where no timeout can be enforced: hence skipped
-    # when one is set.
-    with warnings.catch_warnings():
-        # A sampled item that raises is routine here: it runs again under the retry
-        # policy and, if it still fails, lands in the DLQ like any other.
-        warnings.simplefilter("ignore", OptimizerWarning)
-        sample_from = items if items is not None else chunker.source
-        result = optimize(func, sample_from, target_chunk_duration=options.target_chunk_duration,
-                          start_method=options.start_method)
-    chunker.source = iter(result.data)
-    sampled = list(itertools.islice(chunker.source, len(result.sample_results)))
-    plan = Plan(options.backend, result.n_jobs, result.chunksize, result)
-    for index, (item, value) in enumerate(zip(sampled, result.sample_results)):
-        if isinstance(value, SampleFailure):
-            chunker.pending.append(chunker.task(index, [item]))
-        else:
-            plan.finished.append((index, [value]))
-    chunker.next_start = len(sampled)
-    return plan
+def _mean_size(objects: Sequence[Any]) -> int:
+    sizes = [s for s in map(_pickled_size, objects) if s is not None]
+    return sum(sizes) // len(sizes) if sizes else 0
+
+
+def widen(result: ChunkResult, items: List[Any], total: Optional[int], options: RunOptions) -> Plan:
+    """The width and chunk size the cost model chooses from the probe chunk's ``result``."""
+    ok = [v for v in result.values if not isinstance(v, Failure)]
+    stats = SampleStats(
+        per_item_seconds=result.compute_seconds / max(1, len(items)),
+        per_item_cv=0.0,
+        item_pickle_bytes=_mean_size(items),
+        result_pickle_bytes=_mean_size(ok),
+        n_sampled=len(items),
+        n_failed=len(result.failures),
+    )
+    method = options.start_method or multiprocessing.get_start_method(allow_none=True) or "fork"
+    decision = decide(get_startup_costs(method), stats, total_items=total,
+                      physical_cores=usable_cores(), available_memory=psutil.virtual_memory().available,
+                      target_chunk_duration=options.target_chunk_duration)
+    return Plan(options.backend, decision.n_jobs, decision.chunksize)

@@ -49,6 +49,7 @@ import cloudpickle
 
 from amorsize import AmorsizeError
 from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
+from amorsize.run.guard import watching_for_unguarded_main
 from amorsize_dask._cluster import close_quietly, describe_task_error, repair_cluster, start_local_cluster
 from amorsize_dask._remote import TIMEOUT_EXIT_CODE, run_task
 
@@ -127,7 +128,8 @@ class DaskBackend:
         if self.address is not None:
             client = Client(self.address, timeout=self.connect_timeout, set_as_default=False)
             return None, client, True
-        cluster = start_local_cluster(n_jobs)
+        with watching_for_unguarded_main("spawn"):  # a nanny re-runs an unguarded main module
+            cluster = start_local_cluster(n_jobs)
         try:
             client = Client(cluster, timeout=self.connect_timeout, set_as_default=False)
         except BaseException:

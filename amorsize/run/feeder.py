@@ -1,0 +1,110 @@
+"""The feeder: reads the input so the dispatcher never blocks on ``next(items)``.
+
+An input of unknown length (a generator, a file, a socket) is read by a daemon
+thread, on demand: it reads only the items the chunker asked for (so the buffer
+is bounded by a chunk and the input stays lazy); the dispatcher takes what is
+there and goes back to its pool, so timeouts, crash detection, result delivery and Ctrl-C work while
+the input is slow. An input of known length (a list, a range) cannot block and
+is read directly. An exception from the input is kept and reported after every
+item read before it (:attr:`Feeder.error`).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from typing import Any, Deque, Iterator, List, Optional
+
+
+class Feeder:
+    """Items from ``source``: read by a thread when ``threaded``, else directly."""
+
+    def __init__(self, source: Iterator[Any], *, threaded: bool) -> None:
+        self.source = source
+        self.error: Optional[BaseException] = None
+        self._ended = False  # the source is exhausted or raised
+        self._threaded = threaded
+        if not threaded:
+            return
+        self._buffer: Deque[Any] = collections.deque()
+        self._lock = threading.Lock()
+        self._demand = 0  # items asked for and not yet read: the input stays lazy
+        self._wanted = threading.Event()
+        self._ready = threading.Event()
+        self._closed = False
+        threading.Thread(target=self._read, name="amorsize-feeder", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self._wanted.wait()
+                if self._closed:
+                    return
+                with self._lock:
+                    if self._demand <= 0:
+                        self._wanted.clear()
+                        continue
+                try:
+                    item = next(self.source)
+                except StopIteration:
+                    return
+                with self._lock:
+                    self._buffer.append(item)
+                    self._demand -= 1
+                self._ready.set()
+        except BaseException as exc:  # the input's error, reported after its items
+            self.error = exc
+        finally:
+            self._ended = True
+            self._ready.set()
+
+    @property
+    def finished(self) -> bool:
+        """The input ended (or raised) and every item read has been taken."""
+        return self._ended and (not self._threaded or not self._buffer)
+
+    def take(self, n: int) -> List[Any]:
+        """Up to ``n`` items, without waiting for more than are ready; asks for the rest."""
+        if not self._threaded:
+            if self._ended:
+                return []
+            try:
+                items = list(itertools.islice(self.source, n))
+            except Exception as exc:  # a sized input whose iterator raised: same rule
+                self.error, self._ended = exc, True
+                return []
+            if len(items) < n:
+                self._ended = True
+            return items
+        with self._lock:
+            buffer = self._buffer
+            out = [buffer.popleft() for _ in range(min(n, len(buffer)))]
+            if len(out) < n and not self._ended:
+                self._demand = max(self._demand, n - len(out))
+                self._wanted.set()
+        return out
+
+    def take_exactly(self, n: int) -> List[Any]:
+        """``n`` items (fewer only at the end of the input), waiting for them."""
+        out: List[Any] = []
+        while len(out) < n and not self.finished:
+            out.extend(self.take(n - len(out)))
+            if len(out) < n:
+                self.wait(None)
+        return out
+
+    def wait(self, timeout: Optional[float]) -> None:
+        """Wait until an item is ready or the input ended (at most ``timeout`` seconds)."""
+        if not self._threaded:
+            return
+        self._ready.clear()
+        if self._buffer or self._ended:
+            return
+        self._ready.wait(timeout)
+
+    def close(self) -> None:
+        """Let the thread go at its next item (it is a daemon: a stuck input keeps it)."""
+        if self._threaded:
+            self._closed = True
+            self._wanted.set()
