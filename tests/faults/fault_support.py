@@ -67,9 +67,27 @@ def _started_by_test(proc: psutil.Process, tag: str, session: int,
     try:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        if os.getsid(proc.pid) == session and _key(proc) not in before:
+        if proc.environ().get(TAG_VAR) == tag:
             return True
-        return proc.environ().get(TAG_VAR) == tag
+        new_in_session = os.getsid(proc.pid) == session and _key(proc) not in before
+        return new_in_session and _ours_or_orphaned(proc, before)
+    except (OSError, psutil.Error):  # gone meanwhile, or another user's process
+        return False
+
+
+def _ours_or_orphaned(proc: psutil.Process, before: FrozenSet[ProcessKey]) -> bool:
+    """True for a descendant of this test process, or an orphan whose whole line is new.
+
+    Another command started in the same session while the test runs (a shell job, a
+    benchmark) descends from a process that was there before: never ours to judge or kill.
+    """
+    try:
+        for parent in proc.parents():
+            if parent.pid == os.getpid():
+                return True
+            if _key(parent) in before:
+                return False
+        return True  # re-parented to init (or a subreaper) with no older ancestor
     except (OSError, psutil.Error):  # gone meanwhile, or another user's process
         return False
 
