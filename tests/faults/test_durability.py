@@ -22,6 +22,11 @@ import warnings
 from typing import Any, Dict, List, Set
 
 import pytest
+from fault_env import (  # noqa: F401 (fixtures, found by pytest under their own names)
+    full_disk_fixture,
+    run_as_unprivileged_fixture,
+    traversable_dir_fixture,
+)
 
 import amorsize
 from amorsize import AmorsizeError, Checkpoint, DeadLetterQueue, DLQError, DLQPolicy, execute

@@ -1,4 +1,8 @@
-"""Fixtures for fault tests: a real full filesystem, and running code as an unprivileged user."""
+"""Fault-test fixtures: a real full filesystem, and running code as an unprivileged user.
+
+Not a conftest.py: the Dask plugin's tests import `conftest` by name, and a second
+conftest module would shadow the root one. Test modules import these fixtures.
+"""
 
 from __future__ import annotations
 
@@ -52,8 +56,8 @@ class FullDisk:
             os.unlink(self.filler)
 
 
-@pytest.fixture
-def full_disk() -> Iterator[FullDisk]:
+@pytest.fixture(name="full_disk")
+def full_disk_fixture() -> Iterator[FullDisk]:
     """A small real tmpfs mounted for this test (root only); unmounted in a finally."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs to fill needs root")
@@ -86,8 +90,8 @@ def _as_user_child(uid: int, gid: int, func: Callable[..., Any], args: tuple, co
         conn.close()
 
 
-@pytest.fixture
-def run_as_unprivileged() -> Callable[..., Any]:
+@pytest.fixture(name="run_as_unprivileged")
+def run_as_unprivileged_fixture() -> Callable[..., Any]:
     """Call ``func(*args)`` in a forked child running as ``nobody``; return its result.
 
     A fork, not an exec: the interpreter lives under /root, which ``nobody`` cannot
@@ -124,8 +128,8 @@ def run_as_unprivileged() -> Callable[..., Any]:
     return run
 
 
-@pytest.fixture
-def traversable_dir() -> Iterator[str]:
+@pytest.fixture(name="traversable_dir")
+def traversable_dir_fixture() -> Iterator[str]:
     """A fresh directory under /tmp that ``nobody`` can enter but not write (0755, root's)."""
     path = tempfile.mkdtemp(prefix="amorsize-unpriv-")
     os.chmod(path, 0o755)
