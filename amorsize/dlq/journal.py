@@ -243,6 +243,9 @@ class Journal:
         for path, what in ((self.path, "DLQ journal"), (self.lock_path, "DLQ lock file"),
                            (self.archive_path, "DLQ archive")):
             refuse_symlink(path, what, DLQStorageError)
+        if not any(n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX)
+                   for n in os.listdir(self.directory)):
+            return  # nothing to clean: take no lock, create no file (read-only users)
         self._lock(fcntl.LOCK_EX)  # a live compaction holds it: its temp file is not stale
         try:
             removed = remove_stale_temp_files(self.directory, TEMP_PREFIX, TEMP_SUFFIX)
