@@ -82,6 +82,8 @@ def _segments(raw: List[Any], total: int | None, allow_pickle: bool) -> Dict[int
         start = segment.get("start")
         if type(start) is not int or start < 0:
             raise _Malformed(f"a segment starts at {start!r}")
+        if start in segments:
+            raise _Malformed(f"two segments start at position {start}")
         values = _values(segment, allow_pickle)
         _place_failures(values, segment.get("failures", []))
         if total is not None and start + len(values) > total:
