@@ -192,7 +192,7 @@ def remove_stale_temp_files(directory: str, prefix: str, suffix: str = ".tmp") -
     An interrupted atomic write (a SIGKILL between mkstemp and replace) leaves one.
     Only regular files owned by this user, matching the pattern, are removed.
     """
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:
