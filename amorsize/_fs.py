@@ -238,3 +238,32 @@ def write_probe(directory: str, what: str, error: type[StorageError] = StorageEr
                 os.unlink(probe)
             except OSError:
                 pass
+
+
+def truncate_quietly(fd: int, size: int) -> None:
+    """Cut the file to ``size`` bytes if possible (undoing a partial write)."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        pass  # the next append's tail check cuts what is left
+
+
+def pread_all(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset`` (fewer at the end of the file)."""
+    parts = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(parts)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (``os.write`` may write less)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -38,10 +38,13 @@ from typing import Any, Dict, List, Sequence, Set
 from amorsize._fs import (
     ensure_directory,
     open_nofollow,
+    pread_all,
     private_directory,
     read_nofollow,
     refuse_symlink,
     remove_stale_temp_files,
+    truncate_quietly,
+    write_all,
     write_atomically,
 )
 from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
@@ -220,9 +223,9 @@ class Journal:
             chunk = os.pread(fd, size - start, start)
             cut = chunk.rfind(b"\n")
         keep = start + cut + 1  # 0 when the file holds no newline at all
-        tail = _pread_all(fd, size - keep, keep)
+        tail = pread_all(fd, size - keep, keep)
         if parse_line(tail) is not None:
-            _write_all(fd, b"\n")
+            write_all(fd, b"\n")
             return size + 1
         os.ftruncate(fd, keep)
         self._torn_cuts += 1
@@ -278,11 +281,11 @@ class Journal:
             fd = self._open_for_append()
             size = self._clean_end(fd)
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
             except OSError:
                 # All or nothing: a batch cut short (disk full) leaves no line of it
                 # behind, so what is on disk is exactly what add() acknowledged.
-                _truncate_quietly(fd, size)
+                truncate_quietly(fd, size)
                 raise
             self._end = size + len(data)
             self._dirty = True
@@ -356,10 +359,10 @@ class Journal:
         try:
             size = os.lseek(fd, 0, os.SEEK_END)
             try:
-                _write_all(fd, b"".join(lines))
+                write_all(fd, b"".join(lines))
                 os.fdatasync(fd)
             except OSError:
-                _truncate_quietly(fd, size)
+                truncate_quietly(fd, size)
                 raise
         finally:
             os.close(fd)
@@ -391,29 +394,3 @@ class Journal:
         # A queue dropped without close() must not leak its two descriptors.
         # (Appends are already in the kernel; only the batch fsync is skipped.)
         self._reset_handles()
-
-
-def _truncate_quietly(fd: int, size: int) -> None:
-    try:
-        os.ftruncate(fd, size)
-    except OSError:
-        pass  # the next append's tail check cuts what is left
-
-
-def _pread_all(fd: int, length: int, offset: int) -> bytes:
-    parts = []
-    while length > 0:
-        chunk = os.pread(fd, length, offset)
-        if not chunk:
-            break
-        parts.append(chunk)
-        offset += len(chunk)
-        length -= len(chunk)
-    return b"".join(parts)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]

@@ -72,7 +72,7 @@ class DeadLetterQueue(DeadLetterQueueBase):
         # Pruned entries waiting to be archived (with the next compaction), and the archive's size.
         self._to_archive: Dict[str, bytes] = {}
         self._archive_bytes = 0
-        self._prune_warned = False
+        self._prune_warned = self._archive_full_warned = False
         self._journal: Journal | None = None
         self._pickle_everything = policy.format is DLQFormat.PICKLE
         # The manager process of a SharedDeadLetterQueue keeps pickled items as bytes.
@@ -226,7 +226,12 @@ class DeadLetterQueue(DeadLetterQueueBase):
                 line = self._encode(entry)
                 pending = self._archive_bytes + sum(map(len, self._to_archive.values()))
                 if cap and pending + len(line) > cap:
-                    self._archive_full(pending)
+                    if not self._archive_full_warned:
+                        self._archive_full_warned = True
+                        logger.warning(
+                            "DLQ archive %s is at its cap (%d of max_archive_bytes=%d): pruning "
+                            "stopped, entries over max_entries stay live; move it away or raise "
+                            "the cap", journal.archive_path, pending, cap)
                     break
                 self._to_archive[entry_id] = line
                 self._dropped_on_disk.add(entry_id)
@@ -234,16 +239,6 @@ class DeadLetterQueue(DeadLetterQueueBase):
             del self._entries[entry_id]
             moved += 1
         return moved
-
-    def _archive_full(self, size: int) -> None:
-        if not getattr(self, "_archive_full_warned", False):
-            self._archive_full_warned = True
-            logger.warning(
-                "DLQ archive %s is at its cap (%d of max_archive_bytes=%d): pruning stopped, "
-                "entries over max_entries stay live; move the archive away or raise the cap",
-                self._journal.archive_path if self._journal else "", size,
-                self.policy.max_archive_bytes,
-            )
 
     def save(self, path: PathArg = None) -> str:
         """Write every entry to ``path`` atomically (default: the journal). Returns the path.
