@@ -12,6 +12,12 @@ The checkpoint is bound to a fingerprint of ``func`` and of the inputs (their
 count when known, and the first ``FINGERPRINT_ITEMS`` items); a mismatch raises
 :class:`~amorsize.CheckpointMismatchError`. Results are stored as JSON; values JSON
 cannot hold exactly are stored as cloudpickle and loaded only with ``allow_pickle``.
+
+Before the first call of ``func``, :meth:`Checkpoint.bind` checks the file can be
+written: its directory is created 0700 (or must not be group- or world-writable),
+the checkpoint must not be a symlink, and a probe file is created, written,
+replaced and removed. Any content of the file either loads or raises
+``CheckpointMismatchError`` saying how to start fresh (:mod:`amorsize._checkpoint_file`).
 """
 
 from __future__ import annotations
@@ -25,15 +31,14 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from amorsize._fs import FILE_MODE, write_atomically
+from amorsize._checkpoint_file import CHECKPOINT_VERSION, read_segments
+from amorsize._fs import private_directory, refuse_symlink, write_atomically, write_probe
 from amorsize._validate import check_int, check_seconds, invalid_value
-from amorsize.errors import CheckpointMismatchError
 from amorsize.failure import Failure
-from amorsize.serialization import decode_value, dumps, encode_value
+from amorsize.serialization import dumps, encode_value
 
 #: How many leading input items the fingerprint covers (the count covers the rest).
 FINGERPRINT_ITEMS = 1000
-CHECKPOINT_VERSION = 1
 
 
 def fingerprint(func: Any, head: list[Any], total: int | None) -> str:
@@ -97,9 +102,24 @@ class Checkpoint:
         source = iter(items)
         head = list(itertools.islice(source, FINGERPRINT_ITEMS))
         self.fingerprint = fingerprint(func, head, total)
-        if os.path.exists(self.path):
-            self._load()
+        self.preflight()
+        if os.path.lexists(self.path):
+            self._segments.update(
+                read_segments(self.path, self.fingerprint, total, allow_pickle=self.allow_pickle)
+            )
         return itertools.chain(head, source)
+
+    def preflight(self) -> None:
+        """Check the checkpoint can be written, before any item runs.
+
+        Raises:
+            StorageError: the path is a symlink, its directory is not a private
+                writable directory, or the write probe failed (e.g. the disk is full).
+        """
+        directory = os.path.dirname(os.path.abspath(self.path))
+        private_directory(directory, "checkpoint directory", owner=False)
+        refuse_symlink(self.path, "checkpoint")
+        write_probe(directory, "checkpoint directory")
 
     def finished(self) -> list[tuple[int, list[Any]]]:
         """The ``(start, values)`` segments a previous run finished, by start."""
@@ -129,8 +149,9 @@ class Checkpoint:
             segments.append({"start": start, "codec": codec, "values": payload, "failures": failures})
         document = {"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint,
                     "segments": segments}
-        write_atomically(self.path, [json.dumps(document, separators=(",", ":")).encode()])
-        os.chmod(self.path, FILE_MODE)
+        write_atomically(
+            self.path, [json.dumps(document, separators=(",", ":")).encode()], prefix=".ckpt-"
+        )
         self._unsaved = 0
         self._last_save = time.monotonic()
 
@@ -140,29 +161,3 @@ class Checkpoint:
             self.save()
         elif os.path.exists(self.path):
             os.unlink(self.path)
-
-    def _load(self) -> None:
-        try:
-            with open(self.path, "rb") as handle:
-                document = json.loads(handle.read())
-        except ValueError as exc:
-            raise CheckpointMismatchError(
-                f"checkpoint {self.path!r} is unreadable ({exc}); delete it to start fresh"
-            ) from None
-        if document.get("fingerprint") != self.fingerprint:
-            raise CheckpointMismatchError(
-                f"checkpoint {self.path!r} was written for another function or other inputs "
-                f"(fingerprint {document.get('fingerprint')} != {self.fingerprint}); delete the "
-                "file, or pass a different path, to start fresh"
-            )
-        for segment in document.get("segments", []):
-            values = decode_value(segment["codec"], segment["values"],
-                                  allow_pickle=self.allow_pickle)
-            if not isinstance(values, list):
-                raise CheckpointMismatchError(
-                    f"checkpoint {self.path!r} stores results as pickle; pass "
-                    "Checkpoint(..., allow_pickle=True) if you trust the file, or delete it"
-                )
-            for pos, entry_id, error_type, message, reason in segment.get("failures", []):
-                values[pos] = Failure(entry_id, error_type, message, reason)
-            self._segments[segment["start"]] = values

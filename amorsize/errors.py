@@ -55,6 +55,41 @@ class DLQCorruptError(DLQError, ValueError):
         return (type(self), (self.path, self.line, self.detail))
 
 
+class StorageError(AmorsizeError, OSError):
+    """A file or directory amorsize writes cannot be used safely.
+
+    A symlink where a journal, lock, checkpoint or export goes (never followed), a
+    directory that is a file, group- or world-writable, owned by another user, not
+    writable, or a checkpoint directory that fails the write probe (full disk).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DLQStorageError(DLQError, StorageError):
+    """The DLQ's directory, journal or lock file cannot be used safely (see StorageError)."""
+
+
+class DLQPersistError(DLQError):
+    """Entries a dead letter queue acknowledged could not be written to its journal.
+
+    Raised by ``add()`` with ``DLQPolicy(on_persist_error="raise")`` (the entry stays
+    in memory), and by ``flush()``/``close()`` whatever the policy, after the unwritten
+    entries were saved to a private rescue file named in the message (``rescue_path``).
+    """
+
+    def __init__(self, message: str, rescue_path: str | None = None) -> None:
+        super().__init__(message)
+        self.rescue_path = rescue_path
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.args[0], self.rescue_path))
+
+
 class PickleNotAllowedError(DLQError, PermissionError):
     """Loading a pickled payload was refused because pickle was not opted into."""
 

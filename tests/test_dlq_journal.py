@@ -263,7 +263,7 @@ def test_a_strict_queue_whose_file_gets_corrupt_keeps_working_in_memory(tmp_path
     queue.close()
 
 
-def _fail_compaction(path, lines):
+def _fail_compaction(path, lines, **_options):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
@@ -339,12 +339,13 @@ def test_a_new_queue_on_the_directory_sees_earlier_failures(tmp_path, fmt):
     reopened.close()
 
 
-def test_opening_a_queue_creates_nothing_until_the_first_add(tmp_path):
+def test_opening_a_queue_creates_no_journal_until_the_first_add(tmp_path):
+    # Issue 13: construction checks (creates) the directory; the journal waits for an add.
     target = tmp_path / "dlq"
     queue = DeadLetterQueue(policy(target))
-    assert not target.exists()
+    assert target.is_dir() and not os.path.exists(journal_path(target))
     queue.get_summary()
-    assert not target.exists()
+    assert not os.path.exists(journal_path(target))
     queue.add(1, ERR)
     assert os.path.exists(journal_path(target))
     queue.close()
@@ -506,7 +507,9 @@ def test_removal_compacts_by_temp_file_fsync_and_replace(tmp_path, monkeypatch, 
     _, temp, target = calls[replace_at]
     assert target == journal_path(tmp_path)
     assert os.path.dirname(temp) == os.fspath(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == [".dlq.lock", "dlq.jsonl"]  # no temp file left
+    # No temp file left (pruning moved the oldest entries to the archive, issue 13).
+    archive = ["dlq.pruned.jsonl"] if operation == "prune" else []
+    assert sorted(os.listdir(tmp_path)) == sorted([".dlq.lock", "dlq.jsonl", *archive])
     queue.close()
 
 

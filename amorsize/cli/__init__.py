@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="one JSON object per line; items as stored: the JSON value, or "
                    '{"codec": "cloudpickle", "repr": ...} for a pickled item that is not loaded')
+    p.add_argument("--archived", action="store_true",
+                   help="list the archive of entries pruned at max_entries (DIR/dlq.pruned.jsonl)")
     p.set_defaults(handler=cmd_list)
 
     p = _subcommand(sub, "show", "one entry in full, with its traceback")

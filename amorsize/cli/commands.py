@@ -9,6 +9,7 @@ import os
 import tempfile
 from typing import Any, Dict, List
 
+from amorsize._fs import refuse_symlink
 from amorsize.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -113,6 +114,7 @@ def _is_number(text: str) -> bool:
 
 def _write_export(path: str, records: List[Dict[str, Any]]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
+    refuse_symlink(path, "the export target")  # replacing a planted link is following it
     fd, temp = tempfile.mkstemp(prefix=".amorsize-export-", suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, EXPORT_MODE)
@@ -127,6 +129,7 @@ def _write_export(path: str, records: List[Dict[str, Any]]) -> None:
             else:
                 for record in records:
                     handle.write(to_json_line(record) + "\n")
+        refuse_symlink(path, "the export target")
         os.replace(temp, path)
     except BaseException:
         try:

@@ -21,9 +21,10 @@ import time
 import warnings
 from typing import Callable, Iterable, Iterator, List
 
+from amorsize._fs import open_nofollow
 from amorsize.cli.render import item_repr
 from amorsize.dlq.entry import REASONS, DLQEntry
-from amorsize.dlq.journal import JOURNAL_FILE_NAME
+from amorsize.dlq.journal import ARCHIVE_FILE_NAME, JOURNAL_FILE_NAME
 from amorsize.dlq.policy import DLQPolicy
 from amorsize.dlq.queue import DeadLetterQueue
 from amorsize.errors import DLQCorruptError
@@ -185,11 +186,12 @@ def open_queue(args: argparse.Namespace) -> DeadLetterQueue:
         CLIError: no directory, or the journal is corrupt or unreadable (exit 3).
     """
     require_directory(args.dir)
-    journal = os.path.join(args.dir, JOURNAL_FILE_NAME)
+    archived = getattr(args, "archived", False)
+    journal = os.path.join(args.dir, ARCHIVE_FILE_NAME if archived else JOURNAL_FILE_NAME)
     policy = DLQPolicy(
         directory=args.dir,
         allow_pickle=args.allow_pickle,
-        auto_persist=True,
+        auto_persist=not archived,
         max_entries=0,
         strict=args.strict,
     )
@@ -197,6 +199,8 @@ def open_queue(args: argparse.Namespace) -> DeadLetterQueue:
         warnings.simplefilter("always")
         try:
             queue = DeadLetterQueue(policy)
+            if archived and os.path.lexists(journal):
+                queue.load(journal)  # the archive of pruned entries, read like a journal
         except DLQCorruptError as exc:
             raise CLIError(
                 f"corrupt DLQ: {exc.path}, line {exc.line}: {exc.detail}",
@@ -265,7 +269,7 @@ def exclusive_lock(directory: str, command: str) -> Iterator[None]:
     """Hold ``<directory>/.replay.lock`` (flock, non-blocking) or exit 4."""
     path = os.path.join(directory, REPLAY_LOCK_NAME)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = open_nofollow(path, os.O_RDWR | os.O_CREAT, "the lock file")  # never a symlink
     except OSError as exc:
         raise CLIError(f"cannot create the lock file {path}: {exc.strerror or exc}",
                        EXIT_DLQ_UNREADABLE) from None

@@ -21,6 +21,7 @@ the other's side of the connection, so there is no import cycle.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import logging
 import multiprocessing
@@ -28,10 +29,12 @@ import os
 import shutil
 import threading
 import time
+from multiprocessing import managers
 from multiprocessing.managers import BaseManager, BaseProxy
 from typing import Any, Tuple, Union
 
 from amorsize._validate import invalid_value
+from amorsize.dlq._deadline import timed_client
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.ingest import IngestServer, ingest_address_for
 from amorsize.dlq.policy import DLQPolicy
@@ -47,8 +50,13 @@ logger = logging.getLogger("amorsize.dlq")
 #: How often the manager process checks that the process that started it is alive.
 PARENT_WATCH_INTERVAL_SECONDS = 0.5
 
-#: What a dead or unreachable manager raises on a proxy call or a connect.
+#: What a dead or unreachable manager raises on a proxy call or a connect (a call past
+#: its deadline raises TimeoutError, an OSError).
 CONNECTION_ERRORS = (EOFError, ConnectionError, OSError, multiprocessing.AuthenticationError)
+
+#: Seconds every call to the manager may take, from the parent or a worker hook, unless
+#: ``SharedDeadLetterQueue(timeout=...)`` says otherwise.
+DEFAULT_CALL_TIMEOUT_SECONDS = 30.0
 
 
 def pack_entry(entry: DLQEntry) -> DLQEntry:
@@ -92,7 +100,45 @@ class QueueProxy(BaseProxy):
     )
 
     def call(self, name: str, *args: Any) -> Any:
-        return self._callmethod(name, args)
+        """Call ``name`` on the served queue, within the deadline set by :func:`with_deadline`.
+
+        Raises:
+            TimeoutError: no answer in time; the connection is dropped (a late answer
+                must never be read as the answer to the next call).
+        """
+        proxy: Any = self  # BaseProxy's private attributes are not in the stubs
+        try:
+            conn = proxy._tls.connection
+        except AttributeError:
+            proxy._connect()
+            conn = proxy._tls.connection
+        try:
+            conn.send((proxy._id, name, args, {}))
+            kind, result = conn.recv()
+        except BlockingIOError:  # SO_RCVTIMEO/SO_SNDTIMEO expired
+            self.forget_connection()
+            raise TimeoutError(f"the DLQ manager did not answer {name}() in time") from None
+        except BaseException:
+            self.forget_connection()
+            raise
+        if kind == "#RETURN":
+            return result
+        raise managers.convert_to_error(kind, result)  # type: ignore[attr-defined]
+
+    def forget_connection(self) -> None:
+        """Close this thread's connection; the next call opens a fresh one."""
+        tls: Any = getattr(self, "_tls")  # noqa: B009 (not in the stubs)
+        conn = getattr(tls, "connection", None)
+        if conn is not None:
+            del tls.connection
+            conn.close()
+
+
+def with_deadline(proxy: QueueProxy, timeout: float) -> QueueProxy:
+    """``proxy``, its future connections opened by :func:`timed_client` with ``timeout``."""
+    proxy._Client = functools.partial(timed_client, timeout=timeout)  # type: ignore[attr-defined]
+    proxy.forget_connection()  # one made without a deadline is replaced on the next call
+    return proxy
 
 
 _server_queue: _ServerQueue | None = None
@@ -171,16 +217,22 @@ def check_address(address: Any) -> Address:
     )
 
 
-def connect_proxy(address: Address, authkey: bytes) -> QueueProxy:
+def connect_proxy(
+    address: Address, authkey: bytes, timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS
+) -> QueueProxy:
     """Connect to a running shared queue's manager and return a proxy to its queue.
 
+    Every call through the proxy, and the connect itself, has a ``timeout`` deadline.
+
     Raises:
-        SharedDLQUnavailableError: nothing listens at ``address``, or the authkey was refused.
+        SharedDLQUnavailableError: nothing listens at ``address``, the authkey was
+            refused, or the manager did not answer in time.
     """
     manager = DLQManager(address=address, authkey=authkey)
+    manager._Client = functools.partial(timed_client, timeout=timeout)  # type: ignore[attr-defined]
     try:
         manager.connect()
-        return manager.get_queue()  # type: ignore[attr-defined]
+        return with_deadline(manager.get_queue(), timeout)  # type: ignore[attr-defined]
     except multiprocessing.AuthenticationError as exc:
         raise SharedDLQUnavailableError(
             f"the shared DLQ at {address!r} refused the connection: wrong authkey ({exc})", address

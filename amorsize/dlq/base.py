@@ -113,6 +113,11 @@ class DeadLetterQueueBase(abc.ABC):
     def __len__(self) -> int:
         return self.size()
 
+    @property
+    def healthy(self) -> bool:
+        """False while an acknowledged entry is only in memory (its write failed)."""
+        return not self.get_summary().get("unpersisted", 0)
+
     # -- removing -------------------------------------------------------------
 
     def remove(self, entry_ids: Iterable[str]) -> int:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Tuple
 import cloudpickle
 
 from amorsize._validate import check_callable
-from amorsize.dlq._manager import connect_proxy
+from amorsize.dlq._manager import DEFAULT_CALL_TIMEOUT_SECONDS, connect_proxy
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.ingest import IngestClient, IngestError
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
@@ -78,8 +78,8 @@ def _load_function(data: bytes) -> Tuple[Callable[[Any], Any], Any]:
     return loaded
 
 
-def _client(address: Any, authkey: bytes) -> Any:
-    return _kept(_clients, address, lambda: connect_proxy(address, authkey))
+def _client(address: Any, authkey: bytes, timeout: float) -> Any:
+    return _kept(_clients, address, lambda: connect_proxy(address, authkey, timeout))
 
 
 def _kept(table: Dict[Any, Any], address: Any, connect: Callable[[], Any]) -> Any:
@@ -101,8 +101,8 @@ def forget_connections(*addresses: Any) -> None:
         lane.close()
 
 
-def _lane(address: Any, authkey: bytes) -> IngestClient:
-    return _kept(_lanes, address, lambda: IngestClient(address, authkey))
+def _lane(address: Any, authkey: bytes, timeout: float) -> IngestClient:
+    return _kept(_lanes, address, lambda: IngestClient(address, authkey, timeout))
 
 
 class CapturedFunction:
@@ -127,6 +127,7 @@ class CapturedFunction:
         include_traceback: bool = True,
         reraise: bool = False,
         ingest_address: Any = None,
+        timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS,
     ) -> None:
         check_callable("func", func)
         if retry is not None and not callable(getattr(retry, "run", None)):
@@ -143,12 +144,14 @@ class CapturedFunction:
         self.reraise = reraise
         #: The manager's fast lane for failures (None: record through a proxy call).
         self.ingest_address = ingest_address
+        #: Seconds a call to the manager may take before the hook gives up.
+        self.timeout = timeout
 
     def __reduce__(self) -> Any:
         return (
             _rebuild,
             (self._func_bytes, self.function_name, self.address, self._authkey,
-             self.include_traceback, self.reraise, self.ingest_address),
+             self.include_traceback, self.reraise, self.ingest_address, self.timeout),
         )
 
     def __repr__(self) -> str:
@@ -187,7 +190,7 @@ class CapturedFunction:
             self._record_by_proxy(entry)
             return
         try:
-            lane = _lane(self.ingest_address, self._authkey)
+            lane = _lane(self.ingest_address, self._authkey, self.timeout)
         except AuthenticationError as exc:
             raise self._unavailable(
                 entry, f"the manager refused the connection: wrong authkey ({exc})"
@@ -199,7 +202,9 @@ class CapturedFunction:
         try:
             lane.send([entry])
         except (EOFError, OSError) as exc:
-            # The connection this worker kept broke: the manager died or was closed.
+            # The connection this worker kept broke (the manager died or was closed), or
+            # the manager did not answer in time (stopped): drop it, a late ack must
+            # never be read as the answer to the next failure.
             with _clients_lock:
                 if _lanes.get(self.ingest_address) is lane:
                     del _lanes[self.ingest_address]
@@ -212,7 +217,7 @@ class CapturedFunction:
 
     def _record_by_proxy(self, entry: DLQEntry) -> None:
         try:
-            _client(self.address, self._authkey).call("_store", [entry])
+            _client(self.address, self._authkey, self.timeout).call("_store", [entry])
         except SharedDLQUnavailableError as exc:
             # Connecting failed (nothing listens, or the authkey was refused).
             raise self._unavailable(entry, str(exc)) from None
@@ -238,6 +243,7 @@ class CapturedFunction:
 def _rebuild(
     func_bytes: bytes, name: str, address: Any, authkey: bytes,
     include_traceback: bool, reraise: bool, ingest_address: Any = None,
+    timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS,
 ) -> CapturedFunction:
     hook = CapturedFunction.__new__(CapturedFunction)
     hook._func_bytes = func_bytes
@@ -248,4 +254,5 @@ def _rebuild(
     hook.include_traceback = include_traceback
     hook.reraise = reraise
     hook.ingest_address = ingest_address
+    hook.timeout = timeout
     return hook

@@ -39,6 +39,7 @@ from multiprocessing.connection import Client, Connection, answer_challenge, del
 from multiprocessing.util import Finalize
 from typing import Any, Callable, Dict, List, Tuple
 
+from amorsize.dlq._deadline import timed_client
 from amorsize.dlq.entry import DLQEntry
 
 logger = logging.getLogger("amorsize.dlq")
@@ -318,13 +319,16 @@ def _remove_stale_socket(path: str) -> None:
 class IngestClient:
     """One authenticated connection to a manager's lane; thread-safe (a lock per round trip)."""
 
-    def __init__(self, address: Any, authkey: bytes) -> None:
-        conn = Client(address, authkey=authkey)
+    def __init__(self, address: Any, authkey: bytes, timeout: float | None = None) -> None:
+        conn = Client(address, authkey=authkey) if timeout is None else timed_client(
+            address, authkey=authkey, timeout=timeout
+        )
         try:
             self._sock = socket.socket(fileno=os.dup(conn.fileno()))
         finally:
             conn.close()
-        self._sock.setblocking(True)
+        # A manager that stopped (SIGSTOP) answers nobody: every round trip has a deadline.
+        self._sock.settimeout(timeout)
         self._lock = threading.Lock()
 
     def send(self, entries: List[DLQEntry]) -> None:

@@ -33,17 +33,32 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Sequence, Set
 
-from amorsize._fs import FILE_MODE, ensure_directory, write_atomically
+from amorsize._fs import (
+    ensure_directory,
+    open_nofollow,
+    pread_all,
+    private_directory,
+    read_nofollow,
+    refuse_symlink,
+    remove_stale_temp_files,
+    truncate_quietly,
+    write_all,
+    write_atomically,
+)
 from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
-from amorsize.dlq.records import parse_line, record_id
-from amorsize.errors import DLQCorruptError, DLQFileNotFoundError
+from amorsize.dlq.records import parse_line, read_line, record_id
+from amorsize.errors import DLQCorruptError, DLQFileNotFoundError, DLQStorageError
 
 logger = logging.getLogger("amorsize.dlq")
 
 JOURNAL_FILE_NAME = "dlq.jsonl"
 LOCK_FILE_NAME = ".dlq.lock"
+ARCHIVE_FILE_NAME = "dlq.pruned.jsonl"
+#: Name pattern of a compaction's temp file (``write_atomically``): removed on open
+#: when a killed compaction left one behind.
+TEMP_PREFIX, TEMP_SUFFIX = ".dlq-", ".tmp"
 
 
 @dataclass
@@ -69,8 +84,7 @@ def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadR
         DLQCorruptError: a record before the last line is unreadable and ``strict``.
     """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_nofollow(path, "DLQ file", DLQStorageError)
     except FileNotFoundError:
         raise DLQFileNotFoundError(f"DLQ file not found: {path!r}") from None
     result = ReadResult()
@@ -83,7 +97,7 @@ def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadR
             continue
         record = None
         if parse or number - 1 == last or record_id(line) is None:
-            record = parse_line(line)
+            record, problem = read_line(line)
             if record is None:
                 if number - 1 == last:
                     result.torn_tail = True
@@ -95,9 +109,10 @@ def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadR
                     )
                     break
                 if strict:
-                    raise DLQCorruptError(path, number, "the record is not a valid DLQ entry")
+                    raise DLQCorruptError(path, number, problem)
                 result.corrupt_skipped += 1
-                logger.warning("DLQ file %r: skipped corrupt record at line %d", path, number)
+                logger.warning("DLQ file %r: skipped corrupt record at line %d (%s)", path, number,
+                               problem)
                 continue
         if parse:
             result.records.append(record)  # type: ignore[arg-type]
@@ -114,6 +129,8 @@ class Journal:
         self.strict = strict
         self.path = os.path.join(directory, JOURNAL_FILE_NAME)
         self.lock_path = os.path.join(directory, LOCK_FILE_NAME)
+        self.archive_path = os.path.join(directory, ARCHIVE_FILE_NAME)
+        self._torn_cuts = 0  # logged at WARNING once per journal, then at DEBUG
         self.fsync = fsync
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -131,8 +148,10 @@ class Journal:
         if self._pid != os.getpid():
             self._forget_inherited_handles()
         if self._lock_fd is None:
-            ensure_directory(self.directory)
-            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            ensure_directory(self.directory)  # removed under a running queue: made again, 0700
+            self._lock_fd = open_nofollow(
+                self.lock_path, os.O_RDWR | os.O_CREAT, "DLQ lock file", DLQStorageError
+            )
         fcntl.flock(self._lock_fd, mode)
         return self._lock_fd
 
@@ -178,8 +197,9 @@ class Journal:
             fd, self._fd, self._end = self._fd, None, None
             os.close(fd)
         # O_RDWR so the tail can be checked with pread; O_APPEND makes every write land at the end.
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        fd = os.open(self.path, flags, FILE_MODE)
+        fd = open_nofollow(
+            self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, "DLQ journal", DLQStorageError
+        )
         self._fd = fd
         self._inode = os.fstat(fd).st_ino
         return fd
@@ -203,13 +223,40 @@ class Journal:
             chunk = os.pread(fd, size - start, start)
             cut = chunk.rfind(b"\n")
         keep = start + cut + 1  # 0 when the file holds no newline at all
-        tail = _pread_all(fd, size - keep, keep)
+        tail = pread_all(fd, size - keep, keep)
         if parse_line(tail) is not None:
-            _write_all(fd, b"\n")
+            write_all(fd, b"\n")
             return size + 1
         os.ftruncate(fd, keep)
-        logger.warning("DLQ journal %r: cut a torn last record (%d bytes)", self.path, len(tail))
+        self._torn_cuts += 1
+        log = logger.warning if self._torn_cuts == 1 else logger.debug
+        log("DLQ journal %r: cut a torn last record (%d bytes; %d cut by this queue so far)",
+            self.path, len(tail), self._torn_cuts)
         return keep
+
+    # -- opening ----------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Check the directory and files (no symlink), remove a killed compaction's leftovers.
+
+        Raises:
+            DLQStorageError: the directory is unusable, or a file of the queue is a symlink.
+        """
+        private_directory(self.directory, "DLQ directory", DLQStorageError)
+        for path, what in ((self.path, "DLQ journal"), (self.lock_path, "DLQ lock file"),
+                           (self.archive_path, "DLQ archive")):
+            refuse_symlink(path, what, DLQStorageError)
+        if not any(n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX)
+                   for n in os.listdir(self.directory)):
+            return  # nothing to clean: take no lock, create no file (read-only users)
+        self._lock(fcntl.LOCK_EX)  # a live compaction holds it: its temp file is not stale
+        try:
+            removed = remove_stale_temp_files(self.directory, TEMP_PREFIX, TEMP_SUFFIX)
+        finally:
+            self._unlock()
+        if removed:
+            logger.warning("DLQ directory %r: removed %d temp file(s) left by an interrupted "
+                           "compaction: %s", self.directory, len(removed), ", ".join(removed))
 
     # -- operations -----------------------------------------------------------
 
@@ -233,7 +280,13 @@ class Journal:
         try:
             fd = self._open_for_append()
             size = self._clean_end(fd)
-            _write_all(fd, data)
+            try:
+                write_all(fd, data)
+            except OSError:
+                # All or nothing: a batch cut short (disk full) leaves no line of it
+                # behind, so what is on disk is exactly what add() acknowledged.
+                truncate_quietly(fd, size)
+                raise
             self._end = size + len(data)
             self._dirty = True
             self._maybe_sync(fd)
@@ -256,11 +309,15 @@ class Journal:
                 self._last_sync = now
                 self._dirty = False
 
-    def compact(self, drop_ids: Set[str], replace: Dict[str, bytes], add: List[bytes]) -> None:
+    def compact(
+        self, drop_ids: Set[str], replace: Dict[str, bytes], add: List[bytes],
+        archive: Sequence[bytes] = (),
+    ) -> None:
         """Rewrite the journal without ``drop_ids``, with ``replace``d lines and ``add``ed lines.
 
         The file is re-read under the exclusive lock, so records other writers
-        appended are kept.
+        appended are kept. ``archive`` lines (pruned entries) are appended and synced
+        to the archive first: an entry leaves the journal only once it is archived.
 
         Raises:
             OSError: the rewrite failed; the old file is untouched.
@@ -269,6 +326,8 @@ class Journal:
         """
         self._lock(fcntl.LOCK_EX)
         try:
+            if archive:
+                self._append_archive(archive)
             try:
                 current = read_records(self.path, strict=self.strict, parse=False).lines
             except DLQFileNotFoundError:
@@ -284,13 +343,36 @@ class Journal:
             kept.update(replace)
             for line in add:
                 kept[record_id(line) or json.loads(line)["entry_id"]] = line
-            write_atomically(self.path, kept.values())
+            write_atomically(self.path, kept.values(), prefix=TEMP_PREFIX, error=DLQStorageError)
             if self._fd is not None:
                 fd, self._fd, self._end = self._fd, None, None
                 os.close(fd)
             self._dirty = False
         finally:
             self._unlock()
+
+    def _append_archive(self, lines: Sequence[bytes]) -> None:
+        """Append ``lines`` to the archive of pruned entries and fsync it (all or nothing)."""
+        fd = open_nofollow(
+            self.archive_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "DLQ archive", DLQStorageError
+        )
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                write_all(fd, b"".join(lines))
+                os.fdatasync(fd)
+            except OSError:
+                truncate_quietly(fd, size)
+                raise
+        finally:
+            os.close(fd)
+
+    def archive_size(self) -> int:
+        """Bytes in the archive of pruned entries (0 when there is none)."""
+        try:
+            return os.lstat(self.archive_path).st_size
+        except OSError:
+            return 0
 
     def sync(self) -> None:
         """fsync pending appends (the batch-mode flush)."""
@@ -312,22 +394,3 @@ class Journal:
         # A queue dropped without close() must not leak its two descriptors.
         # (Appends are already in the kernel; only the batch fsync is skipped.)
         self._reset_handles()
-
-
-def _pread_all(fd: int, length: int, offset: int) -> bytes:
-    parts = []
-    while length > 0:
-        chunk = os.pread(fd, length, offset)
-        if not chunk:
-            break
-        parts.append(chunk)
-        offset += len(chunk)
-        length -= len(chunk)
-    return b"".join(parts)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from amorsize._validate import check_bool, check_choice, check_int, invalid_value
 
 FSYNC_MODES = ("always", "batch", "never")
+PERSIST_ERROR_MODES = ("warn", "raise")
+
+#: Default cap of the archive of pruned entries (``dlq.pruned.jsonl``): 1 GiB.
+DEFAULT_MAX_ARCHIVE_BYTES = 1 << 30
 
 #: With ``fsync="batch"`` the journal is fsynced at most this often (and on
 #: flush/close), so a power loss can cost at most this window of adds; a process
@@ -39,7 +43,8 @@ class DLQPolicy:
     Args:
         directory: where the journal lives (created lazily, mode 0700).
         format: :class:`DLQFormat` (or ``"json"`` / ``"pickle"``).
-        max_entries: keep at most this many entries, dropping the oldest; 0 means unbounded.
+        max_entries: keep at most this many live entries; 0 means unbounded. The oldest
+            are moved (not deleted) to the archive ``dlq.pruned.jsonl`` beside the journal.
         include_traceback: record the traceback text of each failure.
         auto_persist: append each add to the journal as it happens.
         fsync: ``"always"`` (durable against power loss when ``add()`` returns),
@@ -50,6 +55,13 @@ class DLQPolicy:
             True only for the ``PICKLE`` format. Only enable it for files you trust.
         strict: raise :class:`~amorsize.DLQCorruptError` on a corrupt record in the
             middle of a journal; with False it is skipped and counted.
+        on_persist_error: what an ``add()`` whose entry could not be written does:
+            ``"warn"`` (default: one WARNING per streak of failures, ``healthy`` turns
+            False, ``get_summary()["unpersisted"]`` counts them) or ``"raise"``
+            (:class:`~amorsize.DLQPersistError`; the entry stays in memory). Either
+            way ``flush()``/``close()`` raise if entries remain unwritten.
+        max_archive_bytes: cap of the archive of pruned entries; 0 means unbounded.
+            At the cap pruning stops (entries stay live) and a WARNING says so.
 
     Raises:
         InvalidArgumentError: a field has a value that is not accepted.
@@ -63,6 +75,8 @@ class DLQPolicy:
     fsync: str = "batch"
     allow_pickle: bool | None = field(default=None)
     strict: bool = True
+    on_persist_error: str = "warn"
+    max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
 
     def __post_init__(self) -> None:
         if not isinstance(self.directory, (str, os.PathLike)) or not os.fspath(self.directory):
@@ -76,6 +90,8 @@ class DLQPolicy:
         for name in ("include_traceback", "auto_persist", "strict"):
             check_bool(name, getattr(self, name))
         check_choice("fsync", self.fsync, FSYNC_MODES)
+        check_choice("on_persist_error", self.on_persist_error, PERSIST_ERROR_MODES)
+        check_int("max_archive_bytes", self.max_archive_bytes, 0)
         if check_bool("allow_pickle", self.allow_pickle, optional=True) is None:
             object.__setattr__(self, "allow_pickle", fmt is DLQFormat.PICKLE)
 

@@ -4,9 +4,15 @@ Memory and disk agree: with ``auto_persist`` every add is appended to the
 journal (see :mod:`amorsize.dlq.journal`) before ``add()`` returns, and a queue
 opened on a directory that holds a journal starts with its entries.
 
-A persistence failure never fails ``add()``: the entry stays in memory, is
-counted in ``get_summary()["persist_errors"]``, logged once, and written with
-the next append that succeeds.
+A persistence failure never goes untold: the entry stays in memory and is
+written with the next append that succeeds; meanwhile ``healthy`` is False,
+``get_summary()["unpersisted"]`` counts such entries and one WARNING per streak
+says so (or ``add()`` raises, with ``on_persist_error="raise"``). ``flush()`` and
+``close()`` raise :class:`~amorsize.DLQPersistError` naming a rescue file
+(:mod:`amorsize.dlq.rescue`) if entries remain unwritten.
+
+Pruning at ``max_entries`` moves the oldest entries to the archive
+``dlq.pruned.jsonl`` (in batches, with the journal compaction), never deletes them.
 
 Several queues on one directory (threads or processes) never corrupt the
 journal or drop each other's appends; each queue's memory holds what it loaded
@@ -27,8 +33,9 @@ from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.journal import Journal, read_records
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
 from amorsize.dlq.records import decode_record, encode_entry
+from amorsize.dlq.rescue import persist_error
 from amorsize.dlq.summary import select_entries, summarize
-from amorsize.errors import DLQCorruptError
+from amorsize.errors import DLQCorruptError, DLQPersistError
 
 logger = logging.getLogger("amorsize.dlq")
 
@@ -65,12 +72,19 @@ class DeadLetterQueue(DeadLetterQueueBase):
         self._persist_errors = 0
         self._corrupt_skipped = 0
         self._unpersisted: Dict[str, None] = {}
+        self._failing = False  # in a streak of persistence failures (one WARNING per streak)
+        # Pruned entries waiting to be archived (with the next compaction), and the archive's size.
+        self._to_archive: Dict[str, bytes] = {}
+        self._archive_bytes = 0
+        self._prune_warned = self._archive_full_warned = False
         self._journal: Journal | None = None
         self._pickle_everything = policy.format is DLQFormat.PICKLE
         # The manager process of a SharedDeadLetterQueue keeps pickled items as bytes.
         self._lazy_pickle = _lazy_pickle
         if policy.auto_persist:
             self._journal = Journal(policy.path, fsync=policy.fsync, strict=policy.strict)
+            self._journal.prepare()
+            self._archive_bytes = self._journal.archive_size()
             if os.path.exists(self._journal.path):
                 self._merge_from(self._journal.path)
 
@@ -91,7 +105,7 @@ class DeadLetterQueue(DeadLetterQueueBase):
     def _encode(self, entry: DLQEntry) -> bytes:
         return encode_entry(entry, pickle_everything=self._pickle_everything)
 
-    def _persist(self, entry_ids: List[str]) -> None:
+    def _persist(self, entry_ids: List[str], *, tell: bool = True) -> None:
         if self._journal is None:
             return
         backlog = list(self._unpersisted)
@@ -105,24 +119,41 @@ class DeadLetterQueue(DeadLetterQueueBase):
             for i in entry_ids:
                 self._unpersisted[i] = None
             self._persist_failed("append", exc)
+            if tell and self.policy.on_persist_error == "raise":
+                raise DLQPersistError(
+                    f"DLQ append to {self.policy.path} failed ({type(exc).__name__}: {exc}); "
+                    f"{len(self._unpersisted)} entries are only in memory (on_persist_error='raise')"
+                ) from exc
         else:
             self._unpersisted.clear()
+            self._recovered()
             if self._compaction_pending:
                 self._compaction_retry_in -= 1
                 if self._compaction_retry_in <= 0:
                     self._compact(set(), retry=True)
 
+    @property
+    def healthy(self) -> bool:
+        """False while an acknowledged entry is only in memory (its write failed)."""
+        return not self._unpersisted
+
     def _persist_failed(self, what: str, exc: BaseException) -> None:
+        # One WARNING per streak of failures (a full disk fails every add), with counts.
         self._persist_errors += 1
-        log = logger.warning if self._persist_errors == 1 else logger.debug
+        log = logger.debug if self._failing else logger.warning
+        self._failing = True
         log(
-            "DLQ %s to %r failed (%s: %s); entries stay in memory and are written with the "
-            "next append that succeeds",
-            what,
-            self.policy.path,
-            type(exc).__name__,
-            exc,
+            "DLQ %s to %r failed (%s: %s); %d entries are only in memory (the queue is "
+            "unhealthy) and are written with the next append that succeeds; further "
+            "failures of this streak are logged at DEBUG",
+            what, self.policy.path, type(exc).__name__, exc, len(self._unpersisted),
         )
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            logger.warning("DLQ %r: writes succeed again after %d failed attempts so far; "
+                           "the backlog is on disk", self.policy.path, self._persist_errors)
 
     def _compact(
         self,
@@ -144,8 +175,9 @@ class DeadLetterQueue(DeadLetterQueueBase):
         replace = replace or []
         replace_lines = {e.entry_id: self._encode(e) for e in replace}
         add = [self._encode(self._entries[i]) for i in self._unpersisted if i in self._entries]
+        archive = list(self._to_archive.values())
         try:
-            self._journal.compact(drop_ids | self._dropped_on_disk, replace_lines, add)
+            self._journal.compact(drop_ids | self._dropped_on_disk, replace_lines, add, archive)
         except (OSError, DLQCorruptError) as exc:
             self._dropped_on_disk |= drop_ids
             for entry in replace:
@@ -161,6 +193,9 @@ class DeadLetterQueue(DeadLetterQueueBase):
         else:
             self._dropped_on_disk.clear()
             self._unpersisted.clear()
+            self._archive_bytes += sum(len(line) for line in archive)
+            self._to_archive.clear()
+            self._recovered()
             self._compaction_pending = False
             self._prune_compaction_at = max(self.policy.max_entries, PRUNE_COMPACTION_MIN_BATCH)
 
@@ -168,23 +203,46 @@ class DeadLetterQueue(DeadLetterQueueBase):
         limit = self.policy.max_entries
         if not limit or len(self._entries) <= limit:
             return
-        dropped = 0
-        on_disk = self._journal is not None  # without a journal there is nothing to compact later
-        while len(self._entries) > limit:
-            entry_id, _ = self._entries.popitem(last=False)
-            if on_disk:
-                self._dropped_on_disk.add(entry_id)
-                self._unpersisted.pop(entry_id, None)
-            dropped += 1
+        dropped = self._move_to_archive(len(self._entries) - limit)
+        if not dropped:
+            return
         self._pruned += dropped
-        if self._pruned == dropped or self._pruned % limit < dropped:
-            logger.info("DLQ at max_entries=%d: dropped %d oldest entries so far", limit, self._pruned)
+        where = "the archive " + self._journal.archive_path if self._journal else "nowhere (no journal)"
+        log = logger.info if self._prune_warned else logger.warning
+        self._prune_warned = True
+        log("DLQ at max_entries=%d: moved %d oldest entries to %s (%d so far); "
+            "`amorsize dlq list --archived` shows them", limit, dropped, where, self._pruned)
         if len(self._dropped_on_disk) >= self._prune_compaction_at:
             self._compact(set())
             # Next time after another batch, also when this one failed (no re-read per add).
             self._prune_compaction_at = len(self._dropped_on_disk) + max(
                 limit, PRUNE_COMPACTION_MIN_BATCH
             )
+
+    def _move_to_archive(self, count: int) -> int:
+        """Take the ``count`` oldest entries out of memory, into the archive batch."""
+        cap = self.policy.max_archive_bytes
+        journal = self._journal
+        moved = 0
+        while moved < count:
+            entry_id, entry = next(iter(self._entries.items()))
+            if journal is not None:
+                line = self._encode(entry)
+                pending = self._archive_bytes + sum(map(len, self._to_archive.values()))
+                if cap and pending + len(line) > cap:
+                    if not self._archive_full_warned:
+                        self._archive_full_warned = True
+                        logger.warning(
+                            "DLQ archive %s is at its cap (%d of max_archive_bytes=%d): pruning "
+                            "stopped, entries over max_entries stay live; move it away or raise "
+                            "the cap", journal.archive_path, pending, cap)
+                    break
+                self._to_archive[entry_id] = line
+                self._dropped_on_disk.add(entry_id)
+                self._unpersisted.pop(entry_id, None)
+            del self._entries[entry_id]
+            moved += 1
+        return moved
 
     def save(self, path: PathArg = None) -> str:
         """Write every entry to ``path`` atomically (default: the journal). Returns the path.
@@ -257,25 +315,40 @@ class DeadLetterQueue(DeadLetterQueueBase):
         return ids
 
     def _catch_up(self) -> None:
-        # Write what a failed append or compaction left behind, if the disk lets us now.
-        if self._compaction_pending:
+        # Write what a failed append or compaction left behind, if the disk lets us now,
+        # and archive the pruned batch so memory and disk hold the same live entries.
+        if self._compaction_pending or self._to_archive or self._dropped_on_disk:
             self._compact(set(), retry=True)
         if self._unpersisted:
-            self._persist([])
+            self._persist([], tell=False)
+        if self._unpersisted:
+            lines = [self._encode(self._entries[i]) for i in self._unpersisted if i in self._entries]
+            raise persist_error(lines, self.policy.path, "the last write failed; see the WARNING")
 
     def flush(self) -> None:
-        """Make every add durable on disk now (fsync), whatever the fsync policy."""
+        """Make every add durable on disk now (fsync), whatever the fsync policy.
+
+        Raises:
+            DLQPersistError: entries could not be written; they were saved to the
+                rescue file the message names (and stay in memory).
+        """
         with self._lock:
             if self._journal is not None:
                 self._catch_up()
                 self._journal.sync()
 
     def close(self) -> None:
-        """Flush and release file handles. The queue stays usable (files reopen on demand)."""
+        """Flush and release file handles. The queue stays usable (files reopen on demand).
+
+        Raises:
+            DLQPersistError: as :meth:`flush` (the handles are released all the same).
+        """
         with self._lock:
             if self._journal is not None:
-                self._catch_up()
-                self._journal.close()
+                try:
+                    self._catch_up()
+                finally:
+                    self._journal.close()
 
     # -- reading --------------------------------------------------------------
 
@@ -299,10 +372,14 @@ class DeadLetterQueue(DeadLetterQueueBase):
 
     def get_summary(self) -> Dict[str, Any]:
         """Counts by error type and reason, retry average, time span, top messages and health."""
-        return summarize(
+        summary = summarize(
             self.get_entries(), pruned=self._pruned, persist_errors=self._persist_errors,
             corrupt_skipped=self._corrupt_skipped,
         )
+        summary["unpersisted"] = len(self._unpersisted)
+        summary["healthy"] = not self._unpersisted
+        summary["archived_bytes"] = self._archive_bytes
+        return summary
 
     # -- removing -------------------------------------------------------------
 

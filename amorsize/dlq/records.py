@@ -9,11 +9,17 @@ beyond its id.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from typing import Any, Dict
+import math
+from typing import Any, Dict, Tuple
 
-from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.entry import REASONS, DLQEntry
 from amorsize.serialization import (
+    CODEC_CLOUDPICKLE,
+    CODEC_JSON,
+    CODEC_REPR,
     PickledPayload,
     PickledValue,
     UnserializableItem,
@@ -23,6 +29,14 @@ from amorsize.serialization import (
 )
 
 RECORD_VERSION = 1
+_CODECS = (CODEC_JSON, CODEC_CLOUDPICKLE, CODEC_REPR)
+#: Largest retry count a record may hold (a bigger one is corruption, not a count).
+MAX_RETRY_COUNT = 2**63 - 1
+#: The text fields of a record: (name, may be null).
+_TEXT_FIELDS = (
+    ("error_type", False), ("error_message", False), ("error_qualname", True),
+    ("traceback", True), ("item_repr", True),
+)
 _ID_PREFIX = b'{"entry_id":"'
 # One encoder for every record: json.dumps() with non-default options builds a new
 # one per call, a measurable part of an add.
@@ -90,7 +104,7 @@ def decode_record(record: Dict[str, Any], *, allow_pickle: bool, lazy: bool = Fa
         item=item,
         error_type=record["error_type"],
         error_message=record["error_message"],
-        timestamp=record["timestamp"],
+        timestamp=float(record["timestamp"]),
         traceback=record.get("traceback"),
         retry_count=record.get("retry_count", 0),
         # A lazily decoded or not-allowed pickle stays a stand-in until a trusted reader loads it.
@@ -113,12 +127,69 @@ def record_id(line: bytes) -> str | None:
 
 
 def parse_line(line: bytes) -> Dict[str, Any] | None:
+    """The checked record on ``line``, or None when it is not a valid DLQ record."""
+    return read_line(line)[0]
+
+
+def read_line(line: bytes) -> Tuple[Dict[str, Any] | None, str]:
+    """``(record, "")`` for a valid record line, else ``(None, why)``.
+
+    Every field's type is checked here, once, so nothing downstream (summary,
+    filter, the CLI) meets a dict where a float belongs.
+    """
     try:
         record = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("entry_id"), str):
-        return None
-    if "error_type" not in record or "item_codec" not in record:
-        return None
-    return record
+    except RecursionError:
+        return None, "the record is nested too deeply"
+    except (ValueError, UnicodeDecodeError) as exc:  # invalid JSON or UTF-8, a 5000-digit int
+        return None, f"the record is not valid JSON ({type(exc).__name__})"
+    if not isinstance(record, dict):
+        return None, "the record is not a JSON object"
+    problem = _record_problem(record)
+    return (None, problem) if problem else (record, "")
+
+
+def _record_problem(record: Dict[str, Any]) -> str:
+    entry_id = record.get("entry_id")
+    if not isinstance(entry_id, str) or not entry_id:
+        return "entry_id is not a non-empty string"
+    if record.get("v", RECORD_VERSION) != RECORD_VERSION or type(record.get("v", 1)) is not int:
+        return f"unknown record version {record.get('v')!r}"
+    for name, nullable in _TEXT_FIELDS:
+        value = record.get(name)
+        if not (isinstance(value, str) or (nullable and value is None)):
+            return f"{name} is not a string"
+    if record.get("reason", "exception") not in REASONS:
+        return "reason is not one of " + ", ".join(REASONS)
+    stamp = record.get("timestamp")
+    if isinstance(stamp, bool) or not isinstance(stamp, (int, float)):
+        return "timestamp is not a number"
+    try:
+        if not math.isfinite(float(stamp)):
+            return "timestamp is not finite"
+    except OverflowError:
+        return "timestamp is out of range"
+    retries = record.get("retry_count", 0)
+    if type(retries) is not int or not 0 <= retries <= MAX_RETRY_COUNT:
+        return "retry_count is not a non-negative integer"
+    return _payload_problem(record, "item", record.get("item_codec")) or _payload_problem(
+        record, "metadata", record.get("metadata_codec", CODEC_JSON)
+    )
+
+
+def _payload_problem(record: Dict[str, Any], name: str, codec: Any) -> str:
+    if codec not in _CODECS:
+        return f"{name}_codec is not one of {', '.join(_CODECS)}"
+    payload = record.get(name)
+    if name == "metadata" and codec == CODEC_JSON and not isinstance(payload, (dict, type(None))):
+        return "metadata is not an object"
+    if codec == CODEC_CLOUDPICKLE:
+        if not isinstance(payload, str):
+            return f"{name} is not base64 text"
+        try:
+            base64.b64decode(payload, validate=True)
+        except (ValueError, binascii.Error):
+            return f"{name} is not base64 text"
+    if codec == CODEC_REPR and not isinstance(payload, dict):
+        return f"{name} is not an object"
+    return ""

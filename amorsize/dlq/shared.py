@@ -20,6 +20,7 @@ The server and its proxy live in :mod:`amorsize.dlq._manager`, the hook in
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import secrets
@@ -27,9 +28,10 @@ import shutil
 import tempfile
 from typing import Any, Callable, Dict, List, Sequence, cast
 
-from amorsize._validate import check_type
+from amorsize._validate import check_seconds, check_type
 from amorsize.dlq._manager import (
     CONNECTION_ERRORS,
+    DEFAULT_CALL_TIMEOUT_SECONDS,
     Address,
     DLQManager,
     QueueProxy,
@@ -37,11 +39,14 @@ from amorsize.dlq._manager import (
     connect_proxy,
     init_server,
     pack_entry,
+    timed_client,
     unpack_entry,
+    with_deadline,
 )
 from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
 from amorsize.dlq.capture import CapturedFunction, forget_connections
 from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.journal import Journal
 from amorsize.dlq.policy import DLQPolicy
 from amorsize.errors import SharedDLQUnavailableError
 
@@ -62,6 +67,10 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
             temp directory, a unix socket path, or a loopback ``(host, port)``.
         authkey: the key connections must present; None for 32 random bytes.
         start_method: multiprocessing start method of the manager process.
+        timeout: seconds every call to the manager may take, from this process and
+            from worker hooks (default 30); past it a
+            :class:`~amorsize.SharedDLQUnavailableError` is raised (carrying the
+            failure it could not record), as for a dead manager.
     """
 
     def __init__(
@@ -71,9 +80,13 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         address: Address | None = None,
         authkey: bytes | None = None,
         start_method: str | None = None,
+        timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS,
     ) -> None:
         policy = checked_policy(policy)
         check_type("authkey", authkey, bytes, "bytes or None", optional=True)
+        self._timeout = check_seconds("timeout", timeout, positive=True)
+        if policy.auto_persist:  # refuse an unusable directory here, not in the manager
+            Journal(policy.path, fsync=policy.fsync).prepare()
         self.policy = policy
         self._socket_dir: str | None = None
         if address is None:
@@ -94,12 +107,19 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
             self._remove_socket_dir()
             raise
         self._address: Address = cast(Address, self._manager.address)
-        self._proxy: QueueProxy = self._manager.get_queue()  # type: ignore[attr-defined]
+        self._manager._Client = functools.partial(  # type: ignore[attr-defined]
+            timed_client, timeout=self._timeout
+        )
+        self._proxy: QueueProxy = with_deadline(
+            self._manager.get_queue(), self._timeout  # type: ignore[attr-defined]
+        )
         self._closed = False
         self._ingest_address: Address | None = self._call("ingest_address")
 
     @classmethod
-    def connect(cls, address: Address, authkey: bytes) -> SharedDeadLetterQueue:
+    def connect(
+        cls, address: Address, authkey: bytes, *, timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS
+    ) -> SharedDeadLetterQueue:
         """A handle on a queue another process owns; same API, does not own the server.
 
         Raises:
@@ -107,11 +127,12 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         """
         check_type("authkey", authkey, bytes, "bytes")
         handle = cls.__new__(cls)
+        handle._timeout = check_seconds("timeout", timeout, positive=True)
         handle._manager = None
         handle._socket_dir = None
         handle._address = address
         handle._authkey = authkey
-        handle._proxy = connect_proxy(address, authkey)
+        handle._proxy = connect_proxy(address, authkey, handle._timeout)
         handle._closed = False
         handle.policy = handle._call("get_policy")
         handle._ingest_address = handle._call("ingest_address")
@@ -140,7 +161,8 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         except CONNECTION_ERRORS as exc:
             raise SharedDLQUnavailableError(
                 f"the shared DLQ manager at {self._address!r} stopped answering "
-                f"({type(exc).__name__}: {exc}); it was closed or its process died",
+                f"({type(exc).__name__}: {exc}); it was closed, its process died, or it "
+                f"did not answer within timeout={self._timeout} s",
                 self._address,
             ) from exc
 
@@ -159,6 +181,7 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
             include_traceback=self.policy.include_traceback,
             reraise=reraise,
             ingest_address=self._ingest_address,
+            timeout=self._timeout,
         )
 
     def close(self) -> None:
@@ -191,7 +214,12 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
     # -- the DeadLetterQueueBase primitives, served by the manager ------------------
 
     def _store(self, entries: Sequence[DLQEntry]) -> None:
-        self._call("_store", [pack_entry(e) for e in entries])
+        try:
+            self._call("_store", [pack_entry(e) for e in entries])
+        except SharedDLQUnavailableError as exc:
+            # Hand back what could not be recorded, as a worker hook does.
+            failure = entries[0] if len(entries) == 1 else list(entries)
+            raise SharedDLQUnavailableError(str(exc), self._address, failure=failure) from exc
 
     def _update(self, entries: List[DLQEntry], remove_ids: List[str]) -> int:
         return int(self._call("_update", [pack_entry(e) for e in entries], remove_ids))

@@ -19,15 +19,24 @@ finished so far) raise ``CrashLoopError``, after the DLQ is flushed.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, List, Optional
 
 from amorsize.backends import ChunkLost, ChunkTask
 from amorsize.dlq.entry import DLQEntry
-from amorsize.errors import CrashLoopError, ItemTimeoutError, TaskFailedError, WorkerCrashedError
+from amorsize.errors import (
+    CrashLoopError,
+    DLQPersistError,
+    ItemTimeoutError,
+    TaskFailedError,
+    WorkerCrashedError,
+)
 from amorsize.failure import hostname
 from amorsize.run.options import RunOptions
 from amorsize.run.resume import Resume
 from amorsize.serialization import pack_for_transport
+
+logger = logging.getLogger("amorsize")
 
 #: Crash-loop guard default: stop after this many worker crashes, plus
 #: ``CRASH_BUDGET_FRACTION`` of the items finished so far.
@@ -92,8 +101,16 @@ class FailureRouter:
 
     def flush(self) -> None:
         flush = getattr(self.dlq, "flush", None)
-        if flush is not None:
+        if flush is None:
+            return
+        try:
             flush()
+        except DLQPersistError as exc:
+            # The caller is told at the end of the run: the error with "raise", else a
+            # WARNING naming the rescue file (the results are still returned).
+            if getattr(getattr(self.dlq, "policy", None), "on_persist_error", "warn") == "raise":
+                raise
+            logger.warning("execute(): the DLQ could not persist every failure: %s", exc)
 
 
 def lost_entry(task: ChunkTask, position: int, event: ChunkLost, function_name: str) -> DLQEntry:

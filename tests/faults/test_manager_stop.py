@@ -1,0 +1,123 @@
+"""A stopped manager blocks no one (issue 13, "Deliver" 6).
+
+SIGSTOP the shared DLQ's manager process: every call from the parent and from a
+worker hook gives up after ``SharedDeadLetterQueue(timeout=...)`` with a
+``SharedDLQUnavailableError`` carrying the failure it could not record, as for a
+dead manager. (Before: still blocked after 8 s, with no timeout at all.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from amorsize import AmorsizeError, DLQPolicy, SharedDeadLetterQueue, SharedDLQUnavailableError
+
+pytestmark = pytest.mark.usefixtures("no_leaked_children")
+
+#: The deadline the tests ask for, and the slack a loaded 2-core machine may add to it.
+CALL_TIMEOUT = 2.0
+SLACK = 25.0
+SHUTDOWN_BOUND = 60.0
+
+
+def fail_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd {x}")
+    return x
+
+
+def manager_pid(queue: SharedDeadLetterQueue) -> int:
+    return int(queue._manager._process.pid)  # type: ignore[union-attr]
+
+
+def wait_until_stopped(pid: int, bound: float = 10.0) -> None:
+    """SIGSTOP is asynchronous: the manager's threads may still run for a moment (and
+    acknowledge a frame sent right then). Wait until the kernel reports it stopped."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):  # every thread, not only the main one
+            with open(f"/proc/{pid}/task/{task}/status") as handle:
+                states.append(next(line for line in handle if line.startswith("State:")).split()[1])
+        if all(state == "T" for state in states):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop within {bound} s")
+
+
+@contextlib.contextmanager
+def stopped(pid: int) -> Iterator[None]:
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until_stopped(pid)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def shared_queue(tmp_path: Any, start_method: str) -> SharedDeadLetterQueue:
+    return SharedDeadLetterQueue(
+        DLQPolicy(directory=tmp_path / "dlq"), start_method=start_method, timeout=CALL_TIMEOUT
+    )
+
+
+@pytest.mark.timeout(150)
+def test_parent_calls_give_up_on_a_stopped_manager(tmp_path, start_method):
+    queue = shared_queue(tmp_path, start_method)
+    try:
+        queue.add(0, ValueError("before"))
+        with stopped(manager_pid(queue)):
+            started = time.monotonic()
+            with pytest.raises(SharedDLQUnavailableError) as info:
+                queue.size()
+            assert time.monotonic() - started < CALL_TIMEOUT + SLACK
+            assert info.value.address == queue.address
+            started = time.monotonic()
+            with pytest.raises(SharedDLQUnavailableError) as info:
+                queue.add(7, ValueError("during the stop"))
+            assert time.monotonic() - started < CALL_TIMEOUT + SLACK
+            failure = info.value.failure
+            assert failure is not None, "the unrecorded failure was not handed back"
+            assert failure.item == 7 and failure.error_type == "ValueError"
+    finally:
+        started = time.monotonic()
+        queue.close()
+        assert time.monotonic() - started < SHUTDOWN_BOUND
+
+
+@pytest.mark.timeout(200)
+def test_worker_hooks_give_up_on_a_stopped_manager(tmp_path, start_method):
+    queue = shared_queue(tmp_path, start_method)
+    try:
+        hook = queue.capture(fail_odd)
+        with multiprocessing.get_context(start_method).Pool(1) as pool:
+            assert pool.map(hook, [1, 2], chunksize=1)[1] == 2  # connected, one failure recorded
+            assert queue.size() == 1
+            with stopped(manager_pid(queue)):
+                started = time.monotonic()
+                pending = pool.apply_async(hook, (3,))
+                with pytest.raises(SharedDLQUnavailableError) as info:
+                    pending.get(timeout=CALL_TIMEOUT + SLACK + 30)
+                assert time.monotonic() - started < CALL_TIMEOUT + SLACK
+                failure = info.value.failure
+                assert failure is not None and failure.item == 3
+                assert "odd 3" in failure.error_message
+                # Successes need no manager call: the pool keeps working.
+                assert pool.apply_async(hook, (4,)).get(timeout=SLACK) == 4
+            pool.terminate()
+            pool.join()
+    finally:
+        queue.close()
+
+
+def test_timeout_is_validated(tmp_path):
+    for bad in (0, -1, "30", float("nan")):
+        with pytest.raises(AmorsizeError, match="timeout"):
+            SharedDeadLetterQueue(DLQPolicy(directory=tmp_path / "dlq"), timeout=bad)
