@@ -25,7 +25,7 @@ import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from amorsize._fs import FILE_MODE, write_atomically
-from amorsize._validate import invalid_value
+from amorsize._validate import check_int, check_seconds, invalid_value
 from amorsize.errors import CheckpointMismatchError
 from amorsize.failure import Failure
 from amorsize.serialization import decode_value, dumps, encode_value
@@ -70,12 +70,11 @@ class Checkpoint:
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise invalid_value("path", path, "a file path")
-        if every_items is not None and (type(every_items) is not int or every_items < 1):
-            raise invalid_value("every_items", every_items, "None or an int >= 1")
-        if every_seconds is not None and not (
-            isinstance(every_seconds, (int, float)) and every_seconds >= 0
-        ):
-            raise invalid_value("every_seconds", every_seconds, "None or a number of seconds >= 0")
+        every_items = check_int("every_items", every_items, 1, optional=True)
+        every_seconds = check_seconds("every_seconds", every_seconds, optional=True)
+        for name, flag in (("keep", keep), ("allow_pickle", allow_pickle)):
+            if not isinstance(flag, bool):
+                raise invalid_value(name, flag, "True or False")
         self.path = os.fspath(path)
         self.every_items = every_items
         self.every_seconds = every_seconds
@@ -154,6 +153,11 @@ class Checkpoint:
             raise CheckpointMismatchError(
                 f"checkpoint {self.path!r} is unreadable ({exc}); delete it to start fresh"
             ) from None
+        if not isinstance(document, dict):  # valid JSON, but not a checkpoint
+            raise CheckpointMismatchError(
+                f"checkpoint {self.path!r} is unreadable (not a checkpoint document); delete it "
+                "to start fresh"
+            )
         if document.get("fingerprint") != self.fingerprint:
             raise CheckpointMismatchError(
                 f"checkpoint {self.path!r} was written for another function or other inputs "

@@ -96,10 +96,17 @@ def replay_failed_items(
         and the updated entries of the items that failed again.
 
     Raises:
+        InvalidTypeError: ``func``, ``dlq`` or ``retry`` is not of an accepted type.
         PickleNotAllowedError: an item is stored pickled and the policy does not allow pickle.
     """
     if not callable(func):
         raise InvalidTypeError(f"func={func!r} is not valid; expected a callable")
+    if not all(callable(getattr(dlq, name, None)) for name in ("get_entries", "update")):
+        raise InvalidTypeError(
+            f"dlq={dlq!r} is not valid; expected a DeadLetterQueue or SharedDeadLetterQueue"
+        )
+    if retry is not None and (isinstance(retry, type) or not callable(getattr(retry, "run", None))):
+        raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
     snapshot = dlq.get_entries() if entries is None else list(entries)
     # Checked before anything runs: a pickled item cannot be passed to func, and an entry
     # whose metadata is pickled cannot be updated (retried_entry copies the metadata dict).
