@@ -32,8 +32,8 @@ TARGETS: Dict[str, List[str]] = {
                                 "tests/faults/test_dlq_writers.py"],
     "amorsize/executor.py": ["tests/test_executor.py", "tests/test_mutants.py",
                              "tests/test_breaker_checkpoint_execute.py"],
-    "amorsize/retry.py": ["tests/test_retry.py", "tests/test_mutants.py"],
-    "amorsize/breaker.py": ["tests/test_breaker.py", "tests/test_mutants.py"],
+    "amorsize/retry.py": ["tests/test_retry.py", "tests/test_retry_mutants.py", "tests/test_mutants.py"],
+    "amorsize/breaker.py": ["tests/test_breaker.py", "tests/test_breaker_mutants.py"],
 }
 
 #: With --sample, only mutants of these functions run (mutmut name globs): the
