@@ -3,6 +3,7 @@
     python tools/mutation.py                      # every module in TARGETS
     python tools/mutation.py amorsize/retry.py    # one module
     python tools/mutation.py amorsize/executor.py --sample   # only its SAMPLE functions
+    python tools/mutation.py amorsize/retry.py --only '*compute_delay*'
 
 The tree (git-tracked files) is copied to a scratch directory, so the worktree is
 never mutated; mutmut's own config is written there. Survivors are listed at the
@@ -62,14 +63,14 @@ def _write_config(scratch: Path, module: str) -> None:
     )
 
 
-def run_module(module: str, scratch_root: Path, sample: bool) -> Dict[str, int]:
+def run_module(module: str, scratch_root: Path, sample: bool, only: List[str]) -> Dict[str, int]:
     scratch = scratch_root / module.replace("/", "_")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     _copy_tree(scratch)
     _write_config(scratch, module)
     mutmut = [sys.executable, "-m", "mutmut"]
-    globs = SAMPLE.get(module, []) if sample else []
+    globs = only or (SAMPLE.get(module, []) if sample else [])
     began = time.monotonic()
     with open(scratch / "mutmut.log", "w") as log:  # the progress bar is one endless line
         subprocess.run([*mutmut, "run", *globs], cwd=scratch, stdout=log, stderr=subprocess.STDOUT)
@@ -96,6 +97,8 @@ def main(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: every TARGETS key)")
     parser.add_argument("--sample", action="store_true", help="only the SAMPLE functions of a module")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="only mutants whose name matches GLOB (e.g. '*_clean_end*'); repeatable")
     parser.add_argument("--scratch", default=os.path.join(tempfile.gettempdir(), "amorsize-mutation"))
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in TARGETS]
@@ -104,7 +107,7 @@ def main(argv: List[str]) -> int:
     scratch_root = Path(args.scratch)
     scratch_root.mkdir(parents=True, exist_ok=True)
     for module in args.modules or list(TARGETS):
-        run_module(module, scratch_root, args.sample)
+        run_module(module, scratch_root, args.sample, args.only)
     return 0
 
 
