@@ -190,3 +190,13 @@ def _always(error: BaseException) -> Any:
         raise error
 
     return func
+
+
+@pytest.mark.parametrize("runner", ["run", "call"])
+def test_a_named_base_exception_is_retried_within_max_elapsed(runner: str) -> None:
+    clock = Clock(50.0)
+    p = RetryPolicy(max_retries=3, initial_delay=1, jitter=False, retry_on=KeyboardInterrupt,
+                    max_elapsed=10, sleep=clock.sleep, clock=clock)
+    func = _fails_times(2, KeyboardInterrupt)
+    result = p.run(func, 1).value if runner == "run" else p.call(func, 1)
+    assert result == "ok" and func.calls == 3 and clock.sleeps == [1.0, 2.0]
