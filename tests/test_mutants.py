@@ -13,7 +13,7 @@ from typing import Any, List
 
 import pytest
 
-from amorsize import DeadLetterQueue, DLQPolicy, RetryPolicy, execute, is_failure
+from amorsize import DeadLetterQueue, DLQEntry, DLQPolicy, RetryPolicy, execute, is_failure
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -90,3 +90,36 @@ def test_give_up_on_a_base_class_stops_a_subclass() -> None:
     assert not policy.should_retry(FileNotFoundError("x"), 1)
     assert policy.should_retry(ValueError("x"), 1)  # only OSError and its subclasses give up
 
+
+
+def test_a_torn_tail_ending_exactly_one_look_back_step_after_a_newline_keeps_that_line(
+    tmp_path: Path,
+) -> None:
+    # The boundary of Journal._clean_end's look-back: the last newline sits exactly at the
+    # start of the first 64 KiB step. (`cut <= 0` there is equivalent: each step reads to
+    # the end of the file, so the next one finds the same newline.)
+    queue = DeadLetterQueue(DLQPolicy(directory=str(tmp_path)))
+    queue.add("kept", ERR)
+    queue.close()
+    journal = tmp_path / "dlq.jsonl"
+    with open(journal, "ab") as handle:
+        handle.write(b'{"entry_id":"torn"' + b"x" * (65535 - 18))  # 65535 bytes, no newline
+    with pytest.warns(RuntimeWarning, match="torn last record"):
+        torn = DeadLetterQueue(DLQPolicy(directory=str(tmp_path)))
+    torn.add("after", ERR)
+    torn.close()
+    assert _items(tmp_path) == ["kept", "after"]
+
+
+def test_compaction_keeps_entries_whose_id_json_escapes(tmp_path: Path) -> None:
+    # Kills the slow path of compaction's id lookup (json.loads(line)["entry_id"]): an id
+    # with a quote, a backslash or non-ASCII text is escaped in the line.
+    odd_ids = ['a"b', "back\\slash", "caf\u00e9"]
+    queue = DeadLetterQueue(DLQPolicy(directory=str(tmp_path), max_entries=0))
+    made = [DLQEntry(i, "E", "m", 1.0, entry_id=entry_id) for i, entry_id in enumerate(odd_ids)]
+    queue.extend(made)
+    plain = queue.add("plain", ERR)
+    assert queue.remove([plain.entry_id, odd_ids[0]]) == 2  # a compaction
+    queue.close()
+    reopened = DeadLetterQueue(DLQPolicy(directory=str(tmp_path), max_entries=0)).get_entries()
+    assert [e.entry_id for e in reopened] == odd_ids[1:]
