@@ -39,7 +39,7 @@ from amorsize import (
     is_failure,
 )
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.usefixtures("no_leaked_children")]
 
 TIMEOUT = 2.0
 HANG = 30.0  # far past TIMEOUT: only the watchdog ends it
