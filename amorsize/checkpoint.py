@@ -76,6 +76,9 @@ class Checkpoint:
     ) -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise invalid_value("path", path, "a file path")
+        for name, flag in (("keep", keep), ("allow_pickle", allow_pickle)):
+            if not isinstance(flag, bool):
+                raise invalid_value(name, flag, "True or False")
         self.path = os.fspath(path)
         self.every_items = check_int("every_items", every_items, 1, optional=True)
         self.every_seconds = check_seconds("every_seconds", every_seconds, optional=True)

@@ -18,7 +18,7 @@ from amorsize._validate import check_callable
 from amorsize.dlq.base import DeadLetterQueueBase
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.records import STORED_METADATA_KEY
-from amorsize.errors import PickleNotAllowedError
+from amorsize.errors import InvalidTypeError, PickleNotAllowedError
 from amorsize.executor import execute
 from amorsize.failure import failure_entry, function_name
 from amorsize.retry import RetryPolicy, call_with_retry
@@ -160,9 +160,16 @@ def replay_failed_items(
         and the updated entries of the items that failed again.
 
     Raises:
+        InvalidTypeError: ``func``, ``dlq`` or ``retry`` is not of an accepted type.
         PickleNotAllowedError: an item is stored pickled and the policy does not allow pickle.
     """
     check_callable("func", func)
+    if not isinstance(dlq, DeadLetterQueueBase):
+        raise InvalidTypeError(
+            f"dlq={dlq!r} is not valid; expected a DeadLetterQueue or SharedDeadLetterQueue"
+        )
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
     snapshot = dlq.get_entries() if entries is None else list(entries)
     refuse_pickle_locked(snapshot)
     if n_jobs == 1:

@@ -126,19 +126,44 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _checkpointed(path: Path) -> set:
+    """Positions a checkpoint file records as finished (empty while there is none)."""
+    try:
+        document = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return set()
+    done = set()
+    for segment in document["segments"]:
+        assert segment["codec"] == "json"
+        done.update(range(segment["start"], segment["start"] + len(segment["values"])))
+    return done
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kill_after", [0.6, 1.2])
-def test_resume_after_parent_sigkill(tmp_path, kill_after):
-    n = 600
+@pytest.mark.parametrize("kill_at", [30, 300])
+def test_resume_after_parent_sigkill(tmp_path, kill_at):
+    n = 3000  # ~5 s of work: the kill lands mid-run, whatever the machine's load
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     side, dlq_dir, ckpt = tmp_path / "side.txt", tmp_path / "dlq", tmp_path / "run.ckpt"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     args = [sys.executable, str(script), str(side), str(dlq_dir), str(ckpt), str(n)]
     victim = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(kill_after)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_checkpointed(ckpt)) < kill_at:  # killed once a save holds kill_at items
+            assert victim.poll() is None, victim.communicate()
+            assert time.monotonic() < deadline, "the checkpoint never reached kill_at items"
+            time.sleep(0.005)
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait(30)
+    saved = _checkpointed(ckpt)  # what the killed run left for the next one
+    assert kill_at <= len(saved) < n
+    before_resume = Counter(int(x) for x in side.read_text().split())
     resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=90)
     assert resumed.returncode == 0, resumed.stderr
     results = eval(resumed.stdout.strip().splitlines()[-1])
@@ -147,6 +172,8 @@ def test_resume_after_parent_sigkill(tmp_path, kill_after):
     runs = Counter(int(x) for x in side.read_text().split())
     assert set(runs) == set(range(n))
     assert max(runs.values()) <= 2  # at most once more than an uninterrupted run
+    # The resume happened: no checkpointed position ran again.
+    assert all(runs[x] == before_resume[x] == 1 for x in saved)
     entries = DeadLetterQueue(DLQPolicy(directory=str(dlq_dir))).get_entries()
     items = Counter(e.item for e in entries)
     assert sorted(items) == [x for x in range(n) if x % 7 == 0]

@@ -612,10 +612,16 @@ def test_a_missing_directory_is_recreated_by_the_next_append(tmp_path, caplog):
     queue.add(1, ERR)
     shutil.rmtree(directory)
     with caplog.at_level(logging.WARNING, logger="amorsize.dlq"):
-        queue.add(2, ERR)
-        queue.add(3, ERR)
+        queue.add(2, ERR)  # the append fails (no directory): kept in memory, logged once
+        queue.add(3, ERR)  # recreates the directory and writes the backlog first
     queue.close()
-    assert reopen_items(directory)[-2:] == [2, 3]
+    # Entry 1 went with the deleted directory; the queue does not rewrite its memory.
+    assert reopen_items(directory) == [2, 3]
+    assert [e.item for e in queue.get_entries()] == [1, 2, 3]
+    assert queue.get_summary()["persist_errors"] == 1
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "append" in warning.getMessage() and "FileNotFoundError" in warning.getMessage()
+    assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700  # recreated private
 
 
 # -- several queues on one directory (threads) -------------------------------------------

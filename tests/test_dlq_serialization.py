@@ -41,7 +41,9 @@ def test_self_referencing_items_do_not_make_add_raise(tmp_path, fmt):
     items = [e.item for e in reopen(tmp_path, format=fmt, allow_pickle=True).get_entries()]
     assert items[0][0] is items[0]
     assert items[1]["self"] is items[1]
-    assert isinstance(items[2], (list, UnserializableItem))
+    # 5000 levels exceed the recursion limit of json and of pickle alike: the repr is kept.
+    assert isinstance(items[2], UnserializableItem)
+    assert items[2].type_name == "list" and items[2].repr.startswith("[[[")
 
 
 def test_is_json_native_is_false_for_a_container_holding_itself():

@@ -38,7 +38,7 @@ from amorsize import (
 from amorsize.errors import UnknownArgumentError
 from amorsize.run.options import RunOptions
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("no_leaked_children")]
 
 
 def memory_dlq() -> DeadLetterQueue:
@@ -60,9 +60,12 @@ def fail_on_multiples_of_five(x: int) -> int:
     return x * 2
 
 
-def slow_zero(x: int) -> int:
+def head_waits_for(flag: str, x: int) -> int:
+    """Item 0 finishes only once the consumer has seen every other item (or after 30 s)."""
     if x == 0:
-        time.sleep(1.0)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.01)
     return x
 
 
@@ -190,10 +193,18 @@ def test_imap_ordered_yields_in_input_order() -> None:
     assert list(imap(jittery_double, range(60), n_jobs=2, chunksize=1)) == [2 * x for x in range(60)]
 
 
-def test_imap_unordered_is_complete_and_does_not_wait_for_a_slow_head() -> None:
-    out = list(imap(slow_zero, range(20), n_jobs=2, chunksize=1, ordered=False))
+def test_imap_unordered_is_complete_and_does_not_wait_for_a_slow_head(tmp_path: Path) -> None:
+    # No race: item 0 is held until the consumer has received the 19 others, so an
+    # imap that waited for its head would only see them after the 30 s fallback.
+    flag = tmp_path / "all-others-seen"
+    out: List[int] = []
+    for value in imap(functools.partial(head_waits_for, str(flag)), range(20), n_jobs=2,
+                      chunksize=1, ordered=False):
+        out.append(value)
+        if len(out) == 19:
+            flag.touch()
     assert sorted(out) == list(range(20))
-    assert out[0] != 0 and out[-1] == 0
+    assert out[-1] == 0
 
 
 def test_generator_input_of_unknown_length() -> None:
@@ -366,8 +377,11 @@ def test_raise_mode_in_process() -> None:
 
 def test_raise_mode_can_be_asked_for_with_a_dlq() -> None:
     dlq = memory_dlq()
-    with pytest.raises(RuntimeError, match="always"):
+    with pytest.raises(RuntimeError, match="always") as info:
         execute(always_fails, range(3), n_jobs=2, dlq=dlq, on_failure="raise")
+    # The failure is raised, not recorded: the DLQ stays as it was (README, on_failure).
+    assert len(dlq) == 0
+    assert str(info.value) in {f"always {i}" for i in range(3)}
 
 
 def test_on_failure_callable_receives_each_entry() -> None:

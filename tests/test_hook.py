@@ -650,9 +650,14 @@ def test_hook_carries_a_policy_std_pickle_could_not() -> None:
     policy = RetryPolicy(max_retries=3, initial_delay=0.5, jitter=False, sleep=lambda s: slept.append(s))
     hook = CapturedFunction(flaky, retry=policy, address=NOWHERE, authkey=b"k" * 32)
     copy = pickle.loads(pickle.dumps(hook))
-    assert copy.retry.max_retries == 3 and copy.retry.initial_delay == 0.5
+    assert copy.retry == policy and copy.retry is not policy  # the same value, carried by value
     assert copy(7) == 7  # two failures, then success: no manager needed
-    assert hook.retry is policy
+    # The copy's lambda and closures travelled by value: it slept through its own list,
+    # and the original function's failure budget is untouched.
+    (copy_slept,) = [c.cell_contents for c in copy.retry.sleep.__closure__]
+    assert copy_slept == [0.5, 1.0] and slept == [] and failures == {"left": 2}
+    assert hook(8) == 8  # the original runs its own policy, with its own injected sleep
+    assert slept == [0.5, 1.0] and failures == {"left": 0}
 
 
 def test_lane_failing_loop_closes_connections_instead_of_hanging(

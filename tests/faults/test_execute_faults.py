@@ -225,13 +225,33 @@ def test_timeout_kills_only_the_slow_item(start_method: str) -> None:
     assert elapsed < 15, f"the 30 s item was not cut short ({elapsed:.1f} s)"
 
 
-def test_worker_start_up_does_not_count_against_the_timeout() -> None:
+def _load_slowly() -> Any:
+    time.sleep(SLOW_LOAD_SECONDS)
+    return SlowToLoad()
+
+
+class SlowToLoad:
+    """A function whose loading in a worker (unpickling) takes longer than the timeout."""
+
+    def __call__(self, x: int) -> int:
+        return x * 2
+
+    def __reduce__(self) -> Any:
+        return (_load_slowly, ())
+
+
+#: Longer than the timeout below: a clock started before the worker is ready would fire.
+SLOW_LOAD_SECONDS = 3.0
+
+
+def test_worker_start_up_does_not_count_against_the_timeout(start_method: str) -> None:
     # Regression: the item clock used to start when the chunk was sent, so a spawn
     # worker's start-up (imports, ~0.3-1 s) timed out its first item, and the run
-    # ended in CrashLoopError on a function that never ran past 1 ms.
+    # ended in CrashLoopError on a function that never ran past 1 ms. A start-up made
+    # slower than the timeout on purpose shows it without racing the machine's load.
     dlq = memory_dlq()
-    results = execute(sleep_on, range(12), n_jobs=2, chunksize=2, timeout=0.2, dlq=dlq,
-                      start_method="spawn")
+    results = execute(SlowToLoad(), range(12), n_jobs=2, chunksize=2, timeout=2.0, dlq=dlq,
+                      start_method=start_method)
     assert results == [i * 2 for i in range(12)]
     assert len(dlq) == 0
 
@@ -240,8 +260,8 @@ def test_timeouts_are_not_counted_as_crashes() -> None:
     # Items that legitimately overrun the timeout must not trip the crash-loop guard.
     bad = frozenset({0, 1, 2})
     dlq = memory_dlq()
-    results = execute(functools.partial(sleep_on, bad=bad, seconds=5), range(6), n_jobs=2,
-                      chunksize=1, timeout=0.3, dlq=dlq, max_crashes=1, start_method="fork")
+    results = execute(functools.partial(sleep_on, bad=bad, seconds=60), range(6), n_jobs=2,
+                      chunksize=1, timeout=2.0, dlq=dlq, max_crashes=1, start_method="fork")
     _expected_with_failures(results, 6, set(bad))
     assert {e.reason for e in dlq.get_entries()} == {"timeout"}
 
@@ -316,6 +336,7 @@ _SCRIPT = textwrap.dedent(
 
 
 def _start_script(tmp_path: Path, start_method: str) -> tuple[subprocess.Popen, Path]:
+    """Start the long run; return once both workers run items and item 0 is in the DLQ."""
     script = tmp_path / "long_run.py"
     script.write_text(_SCRIPT)
     pids = tmp_path / "pids"
@@ -325,13 +346,37 @@ def _start_script(tmp_path: Path, start_method: str) -> tuple[subprocess.Popen, 
         [sys.executable, str(script), str(pids), str(tmp_path / "dlq"), start_method],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(tmp_path),
     )
-    deadline = time.monotonic() + 30
-    while len(list(pids.iterdir())) < 2:  # both workers are running items
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "workers never started"
-        time.sleep(0.05)
-    time.sleep(0.5)
+    journal = tmp_path / "dlq" / "dlq.jsonl"
+    try:
+        deadline = time.monotonic() + 30
+        # Both workers are running items, and item 0's failure has reached the journal.
+        while len(list(pids.iterdir())) < 2 or not _journal_lines(journal):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "workers never started"
+            time.sleep(0.02)
+    except BaseException:
+        _stop(proc, pids)
+        raise
     return proc, pids
+
+
+def _journal_lines(journal: Path) -> int:
+    try:
+        return journal.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _stop(proc: subprocess.Popen, pids: Path) -> None:
+    """Kill the script and any of its workers still alive (a failed test leaves none)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=30)
+    for pid in _worker_pids(pids):
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            pass
 
 
 def _worker_pids(pids: Path) -> List[int]:
@@ -352,24 +397,30 @@ def _assert_gone(pids: List[int], within: float) -> None:
 
 def test_ctrl_c_stops_workers_flushes_dlq_and_propagates(tmp_path: Path, start_method: str) -> None:
     proc, pids = _start_script(tmp_path, start_method)
-    workers = _worker_pids(pids)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=10)
-    assert time.monotonic() - sent < 5
-    assert proc.returncode != 0
-    assert b"KeyboardInterrupt" in err, err.decode(errors="replace")[-2000:]
-    _assert_gone(workers, within=2.0)
+    try:
+        workers = _worker_pids(pids)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=10)
+        assert time.monotonic() - sent < 5
+        assert proc.returncode != 0
+        assert b"KeyboardInterrupt" in err, err.decode(errors="replace")[-2000:]
+        _assert_gone(workers, within=5.0)
+    finally:
+        _stop(proc, pids)
     dlq = DeadLetterQueue(DLQPolicy(directory=str(tmp_path / "dlq")))
     assert [e.item for e in dlq.get_entries()] == [0]  # flushed before the interrupt propagated
 
 
 def test_parent_sigkill_takes_the_workers_down(tmp_path: Path, start_method: str) -> None:
     proc, pids = _start_script(tmp_path, start_method)
-    workers = _worker_pids(pids)
-    proc.kill()
-    proc.communicate(timeout=10)
-    _assert_gone(workers, within=2.0)
+    try:
+        workers = _worker_pids(pids)
+        proc.kill()
+        proc.communicate(timeout=10)
+        _assert_gone(workers, within=5.0)
+    finally:
+        _stop(proc, pids)
 
 
 # -- a worker that dies before it starts its chunk ------------------------------------

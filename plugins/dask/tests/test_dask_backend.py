@@ -101,15 +101,28 @@ def test_failures_land_in_a_shared_dead_letter_queue(healthy: object, tmp_path) 
 
 
 @pytest.mark.timeout(60)
-def test_a_lambda_runs_and_imap_yields_in_completion_order(healthy: object) -> None:
+def test_a_lambda_runs_and_imap_yields_in_completion_order(healthy: object, tmp_path) -> None:
     offset = 10
     backend = DaskBackend(client=healthy)
     assert execute(lambda x: x + offset, range(20), backend=backend, chunksize=3) == [
         x + offset for x in range(20)
     ]
-    assert sorted(imap(lambda x: -x, range(15), backend=backend, ordered=False)) == sorted(
-        -x for x in range(15)
-    )
+    # Completion order, for real: item 0 is held until the consumer has seen the 14 others
+    # (an imap that kept input order would only yield them after the 30 s fallback).
+    flag = str(tmp_path / "others-seen")
+
+    def head_waits(x: int) -> int:
+        deadline = time.monotonic() + 30
+        while x == 0 and not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return -x
+
+    out = []
+    for value in imap(head_waits, range(15), backend=backend, chunksize=1, ordered=False):
+        out.append(value)
+        if len(out) == 14:
+            open(flag, "w").close()
+    assert sorted(out) == sorted(-x for x in range(15)) and out[-1] == 0
 
 
 @pytest.mark.timeout(60)

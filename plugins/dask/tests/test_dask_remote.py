@@ -65,5 +65,32 @@ def test_loaded_specs_are_cached_per_run_and_bounded() -> None:
 @pytest.mark.timeout(30)
 def test_what_crosses_to_the_worker_and_back_pickles() -> None:
     assert pickle.loads(pickle.dumps(run_task)) is run_task  # by reference: workers import it
-    report = {"key": "amorsize-abc-1", "position": 3, "pid": 1234, "worker": "tcp://127.0.0.1:1"}
-    assert msgpack.unpackb(msgpack.packb(report)) == report  # the scheduler's event log format
+
+
+@pytest.mark.timeout(30)
+def test_the_watchdog_reports_a_timeout_the_scheduler_event_log_can_store(monkeypatch) -> None:
+    """What the watchdog really sends: one log_event to the run's topic, msgpack-safe."""
+    import os
+    from types import SimpleNamespace
+
+    import distributed.utils
+
+    def log_event(**kwargs):  # never called: sync is replaced below
+        raise AssertionError("called outside sync()")
+
+    worker = SimpleNamespace(address="tcp://127.0.0.1:1", loop=object(),
+                             scheduler=SimpleNamespace(log_event=log_event))
+    sent = []
+    monkeypatch.setattr(_remote, "_current_worker", lambda: worker)
+    monkeypatch.setattr(distributed.utils, "sync",
+                        lambda loop, func, **kwargs: sent.append((loop, func, kwargs)))
+    dog = _remote._Watchdog([3, 0.0], 1.0, "amorsize-timeouts-abc", "amorsize-abc-1")
+    dog._report(3)
+    ((loop, func, kwargs),) = sent
+    assert loop is worker.loop and func is log_event
+    assert kwargs["topic"] == "amorsize-timeouts-abc"
+    assert kwargs["callback_timeout"] == _remote.REPORT_TIMEOUT_SECONDS
+    msg = kwargs["msg"]
+    assert msg == {"key": "amorsize-abc-1", "position": 3, "pid": os.getpid(),
+                   "worker": "tcp://127.0.0.1:1"}
+    assert msgpack.unpackb(msgpack.packb(msg)) == msg  # the scheduler's event log format
