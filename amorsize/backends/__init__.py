@@ -55,6 +55,9 @@ class ChunkSpec:
 
     ``keep_error``: ship the first failing item's exception object back with the
     chunk (when it survives pickling), so ``on_failure="raise"`` can re-raise it.
+    ``source_file``: the script a ``__main__`` function came from (it travels by value,
+    and cloudpickle names its code ``<dynamic-code>``); a worker calls
+    :meth:`restore_source` after loading the spec, so tracebacks name the user's file.
     """
 
     func: Callable[[Any], Any]
@@ -62,6 +65,14 @@ class ChunkSpec:
     include_traceback: bool
     function_name: str
     keep_error: bool = False
+    source_file: Optional[str] = None
+
+    def restore_source(self) -> None:
+        """In a worker: give the function's code its file back (see ``source_file``)."""
+        if self.source_file:
+            from amorsize.tracebacks import restore_source_file
+
+            restore_source_file(self.func, self.source_file)
 
 
 @dataclass(frozen=True)

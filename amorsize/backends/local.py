@@ -40,7 +40,6 @@ from amorsize.backends.process_worker import (
 )
 from amorsize.errors import CrashLoopError
 from amorsize.run.guard import MAIN_GUARD_EXIT, main_guard_error
-from amorsize.tracebacks import source_file
 
 #: How long a politely stopped worker gets to leave before its group is killed.
 TERMINATE_GRACE_SECONDS = 0.5
@@ -89,12 +88,12 @@ def unsendable(task: ChunkTask, error: Exception) -> ChunkLost:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, spec_bytes: bytes, timed: bool, source: Optional[str]) -> None:
+    def __init__(self, ctx: Any, spec_bytes: bytes, timed: bool) -> None:
         self.conn, child_conn = ctx.Pipe(duplex=True)
         self.progress = ctx.RawArray("d", 2)
         self.nonce = secrets.randbits(64)
         self.process = ctx.Process(
-            target=worker_main, args=(child_conn, self.progress, spec_bytes, timed, self.nonce, source),
+            target=worker_main, args=(child_conn, self.progress, spec_bytes, timed, self.nonce),
             name="amorsize-worker", daemon=True,
         )
         self.process.start()
@@ -161,7 +160,6 @@ class LocalProcessPool:
     ) -> None:
         self._ctx = multiprocessing.get_context(start_method)
         self._spec_bytes = cloudpickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
-        self._source = source_file(spec.func)
         self._timeout = timeout
         self._unstarted_losses = 0
         self._events: List[Any] = []  # losses found at submit time, reported by the next wait()
@@ -174,7 +172,7 @@ class LocalProcessPool:
 
     def _new_worker(self) -> _Worker:
         try:
-            return _Worker(self._ctx, self._spec_bytes, self._timeout is not None, self._source)
+            return _Worker(self._ctx, self._spec_bytes, self._timeout is not None)
         except (EOFError, ConnectionError):  # the forkserver died re-running main
             if self._ctx.get_start_method() == "forkserver":
                 raise main_guard_error("forkserver") from None

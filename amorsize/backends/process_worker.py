@@ -25,7 +25,6 @@ from typing import Any
 from amorsize.backends import ChunkSpec
 from amorsize.backends import worker as worker_side
 from amorsize.backends.worker import encode_result, run_chunk
-from amorsize.tracebacks import restore_source_file
 
 HEADER = struct.Struct("<QqQ")
 #: ``chunk_id`` of a start failure (the worker could not load the run's function).
@@ -74,8 +73,7 @@ def kill_group(pid: int | None) -> None:
         pass
 
 
-def worker_main(conn: Any, progress: Any, spec_bytes: bytes, timed: bool, nonce: int,
-                source: str | None = None) -> None:
+def worker_main(conn: Any, progress: Any, spec_bytes: bytes, timed: bool, nonce: int) -> None:
     """The loop of one worker: receive a chunk, run it, answer with a tagged result."""
     own_group()
     _die_with_parent()
@@ -86,7 +84,7 @@ def worker_main(conn: Any, progress: Any, spec_bytes: bytes, timed: bool, nonce:
     clock = time.monotonic if timed else None  # item start times matter only under a timeout
     try:
         spec: ChunkSpec = pickle.loads(spec_bytes)
-        restore_source_file(spec.func, source)  # tracebacks name the user's script
+        spec.restore_source()  # tracebacks name the user's script
     except Exception as exc:  # tell the parent why, at its first task, and stop
         failure = StartFailure(f"{type(exc).__name__}: {exc}", traceback.format_exc())
         try:

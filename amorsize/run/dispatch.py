@@ -28,6 +28,7 @@ from amorsize.run.options import RunOptions
 from amorsize.run.plan import plan_run, widen
 from amorsize.run.progress import Progress
 from amorsize.run.resume import Resume
+from amorsize.tracebacks import source_file
 
 #: While the input has no item ready, how often the loop looks for one (seconds).
 INPUT_POLL_SECONDS = 0.01
@@ -56,7 +57,7 @@ class Dispatcher:
         self.finished: List[Segment] = list(self.resume.finished)
         include_traceback = getattr(getattr(options.dlq, "policy", None), "include_traceback", True)
         self.spec = ChunkSpec(func, options.retry, include_traceback, function_name(func),
-                              keep_error=options.on_failure == "raise")
+                              keep_error=options.on_failure == "raise", source_file=source_file(func))
         self.failures = FailureRouter(options, self.resume)
         self.gate = Gate(options.circuit_breaker, options.on_open)
         self.progress = Progress(total, options.progress, options.on_progress)

@@ -61,7 +61,9 @@ def _load_spec(token: str, spec_bytes: bytes) -> Tuple[Optional[ChunkSpec], Opti
             _specs.move_to_end(token)
             return _specs[token]
     try:
-        loaded: Tuple[Optional[ChunkSpec], Optional[BaseException]] = (pickle.loads(spec_bytes), None)
+        spec: ChunkSpec = pickle.loads(spec_bytes)
+        spec.restore_source()  # tracebacks name the user's script, not <dynamic-code>
+        loaded: Tuple[Optional[ChunkSpec], Optional[BaseException]] = (spec, None)
     except BaseException as exc:  # an import error on the worker is the usual cause
         loaded = (None, _load_error("the function", exc))
     with _specs_lock:
