@@ -55,6 +55,9 @@ class ChunkSpec:
 
     ``keep_error``: ship the first failing item's exception object back with the
     chunk (when it survives pickling), so ``on_failure="raise"`` can re-raise it.
+    ``rate_limit``: a :class:`~amorsize.RateLimit` each attempt waits for, at most
+    ``timeout`` seconds after its item started. ``budget``: the run's failure budget
+    (:mod:`amorsize.run.budget`), checked before each item and told of failures.
     """
 
     func: Callable[[Any], Any]
@@ -62,6 +65,9 @@ class ChunkSpec:
     include_traceback: bool
     function_name: str
     keep_error: bool = False
+    rate_limit: Any = None
+    budget: Any = None
+    timeout: Optional[float] = None
 
 
 @dataclass(frozen=True)

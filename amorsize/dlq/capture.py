@@ -127,8 +127,11 @@ class CapturedFunction:
         include_traceback: bool = True,
         reraise: bool = False,
         ingest_address: Any = None,
+        rate_limit: Any = None,
     ) -> None:
         check_callable("func", func)
+        if rate_limit is not None and not callable(getattr(rate_limit, "acquire", None)):
+            raise InvalidTypeError(f"rate_limit={rate_limit!r} is not valid; expected a RateLimit or None")
         if retry is not None and not callable(getattr(retry, "run", None)):
             raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
         # The function and the policy travel in ONE cloudpickle payload: a class both
@@ -143,12 +146,14 @@ class CapturedFunction:
         self.reraise = reraise
         #: The manager's fast lane for failures (None: record through a proxy call).
         self.ingest_address = ingest_address
+        #: A :class:`~amorsize.RateLimit` every attempt waits for, across the pool's processes.
+        self.rate_limit = rate_limit
 
     def __reduce__(self) -> Any:
         return (
             _rebuild,
             (self._func_bytes, self.function_name, self.address, self._authkey,
-             self.include_traceback, self.reraise, self.ingest_address),
+             self.include_traceback, self.reraise, self.ingest_address, self.rate_limit),
         )
 
     def __repr__(self) -> str:
@@ -167,7 +172,7 @@ class CapturedFunction:
         if loaded is None:
             loaded = self._loaded = _load_function(self._func_bytes)
         func, retry = loaded
-        outcome = call_with_retry(func, item, retry)
+        outcome = call_with_retry(func, item, retry, limit=self.rate_limit)
         if outcome.ok:
             return outcome.value
         error = outcome.error
@@ -237,7 +242,7 @@ class CapturedFunction:
 
 def _rebuild(
     func_bytes: bytes, name: str, address: Any, authkey: bytes,
-    include_traceback: bool, reraise: bool, ingest_address: Any = None,
+    include_traceback: bool, reraise: bool, ingest_address: Any = None, rate_limit: Any = None,
 ) -> CapturedFunction:
     hook = CapturedFunction.__new__(CapturedFunction)
     hook._func_bytes = func_bytes
@@ -248,4 +253,5 @@ def _rebuild(
     hook.include_traceback = include_traceback
     hook.reraise = reraise
     hook.ingest_address = ingest_address
+    hook.rate_limit = rate_limit
     return hook
