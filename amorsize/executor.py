@@ -39,7 +39,7 @@ exactly.
 **Pacing** (``rate_limit``, :mod:`amorsize.pacing`). Every attempt of ``func`` in
 every worker waits for the one limit (retries are calls too), and a Retry-After
 pauses it for all. A call still waiting when its item's ``timeout`` passes fails
-with RateLimitTimeoutError. No dry run: its calls here would bypass the limit.
+with RateLimitTimeoutError. The probe chunk runs in a worker, under the limit too.
 
 **Failure budget** (``max_failures``, :mod:`amorsize.run.budget`). Once more items
 failed for good than allowed (the breaker's ``circuit_open`` entries do not count),
