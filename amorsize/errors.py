@@ -150,6 +150,39 @@ class CrashLoopError(AmorsizeError, BrokenProcessPool):
     """Workers crashed more often than the run's crash budget allows."""
 
 
+class FailureBudgetExceededError(AmorsizeError):
+    """More items failed for good than ``max_failures`` allows; the run stopped early.
+
+    Every input is accounted for: a value in :attr:`results`, a DLQ entry (a
+    :class:`~amorsize.Failure` in :attr:`results`), or a position in
+    :attr:`not_started` (a list of ``range`` objects; None in :attr:`results`).
+    """
+
+    def __init__(
+        self, message: str, *, failed: int, finished: int, max_failures: float,
+        results: list[Any], not_started: list[range],
+    ) -> None:
+        super().__init__(message)
+        self.failed = failed
+        self.finished = finished
+        self.max_failures = max_failures
+        self.results = results
+        self.not_started = not_started
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_budget_error, (str(self), self.failed, self.finished, self.max_failures,
+                                        self.results, self.not_started))
+
+
+def _rebuild_budget_error(
+    message: str, failed: int, finished: int, max_failures: float, results: list[Any],
+    not_started: list[range],
+) -> FailureBudgetExceededError:
+    return FailureBudgetExceededError(message, failed=failed, finished=finished,
+                                      max_failures=max_failures, results=results,
+                                      not_started=not_started)
+
+
 class WorkerCrashedError(AmorsizeError):
     """Recorded in the DLQ for an item whose worker process died while running it."""
 

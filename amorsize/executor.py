@@ -36,6 +36,21 @@ past the ranges its checkpoint already holds.
 :mod:`amorsize.backends`: one chunk per slot, so a dead worker's chunk is known
 exactly.
 
+**Pacing** (``rate_limit``, :mod:`amorsize.pacing`). Every attempt of ``func`` in
+every worker waits for the one limit (retries are calls too), and a Retry-After
+pauses it for all. A call still waiting when its item's ``timeout`` passes fails
+with RateLimitTimeoutError. The probe chunk runs in a worker, under the limit too.
+
+**Failure budget** (``max_failures``, :mod:`amorsize.run.budget`). Once more items
+failed for good than allowed (the breaker's ``circuit_open`` entries do not count),
+no item starts in any worker, the DLQ is flushed, the checkpoint saved (a resume runs
+exactly the items not started) and FailureBudgetExceededError raised with
+``.results`` and ``.not_started``. imap raises it after yielding what finished (in
+order: up to the first position not started). See docs/pacing.md.
+
+**Keywords.** An unknown keyword raises UnknownArgumentError (a TypeError) naming
+the nearest valid one.
+
 **Reorder.** Every chunk is a contiguous run of positions (a split chunk too),
 so ordering costs one dict operation per chunk.
 """
@@ -48,6 +63,7 @@ from amorsize.breaker import CircuitBreaker
 from amorsize.checkpoint import Checkpoint
 from amorsize.errors import InputIteratorError, ItemTimeoutError, WorkerCrashedError
 from amorsize.failure import Failure
+from amorsize.pacing import RateLimit
 from amorsize.retry import RetryPolicy
 from amorsize.run.dispatch import Dispatcher
 from amorsize.run.options import TARGET_CHUNK_SECONDS, OnFailure, RunOptions, check_func, strict_keywords
@@ -76,12 +92,16 @@ def execute(
     circuit_breaker: CircuitBreaker | None = None,
     on_open: str = "dead_letter",
     checkpoint: Checkpoint | None = None,
+    rate_limit: RateLimit | None = None,
+    max_failures: int | float | None = None,
 ) -> List[Any]:
     """Run ``func`` over ``items`` in worker processes; return results aligned with ``items``.
 
     A failed item's position holds a falsy :class:`~amorsize.Failure`; the item and its
     error are in the DLQ. The options are those of :func:`imap` (results are always
-    in input order here).
+    in input order here). When ``max_failures`` is spent, the run raises
+    :class:`~amorsize.FailureBudgetExceededError` carrying ``.results`` (aligned with
+    ``items``, None where not started) and ``.not_started``.
     """
     check_func(func)
     out: List[Any] = []
@@ -116,6 +136,8 @@ def imap(
     circuit_breaker: CircuitBreaker | None = None,
     on_open: str = "dead_letter",
     checkpoint: Checkpoint | None = None,
+    rate_limit: RateLimit | None = None,
+    max_failures: int | float | None = None,
 ) -> Iterator[Any]:
     """Lazily yield ``func(item)`` per item, in input order or (``ordered=False``) as chunks finish.
 
@@ -148,12 +170,11 @@ def imap(
         on_open: while it is open, ``"dead_letter"`` items without calling ``func``
             (reason ``circuit_open``) or ``"wait"`` until it half-opens.
         checkpoint: a :class:`~amorsize.Checkpoint`; a killed run resumes from it.
-
-    An unknown keyword raises UnknownArgumentError (a TypeError) naming the nearest.
+        rate_limit: a :class:`~amorsize.RateLimit` shared by every call in every worker.
+        max_failures: a failure budget: an int, or a share in (0, 1) of finished items.
     """
     check_func(func)
-    run = Dispatcher(func, items, RunOptions.of(locals()))  # validate now, like map()
-    return _values(run.chunks())
+    return _values(Dispatcher(func, items, RunOptions.of(locals())).chunks())  # validated now
 
 
 def _values(chunks: Iterator[Tuple[int, List[Any]]]) -> Iterator[Any]:

@@ -65,9 +65,15 @@ Params = Tuple[int, float, Optional[int], Optional[int]]
 _OPENING = threading.Lock()
 
 
+#: This process's id, kept up to date at fork: the hot path compares it on every call,
+#: and ``os.getpid()`` is a system call (about 1-5 us in a sandboxed container).
+_PID = os.getpid()
+
+
 def _reset_after_fork() -> None:
-    global _OPENING
+    global _OPENING, _PID
     _OPENING = threading.Lock()
+    _PID = os.getpid()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -228,10 +234,10 @@ class RateLimit:
     def _process_state(self) -> _pace_state.ProcessState:
         """This process's open handles, opened again after a fork (flocks must not be shared)."""
         local = self._local
-        if local is None or local.pid != os.getpid():
+        if local is None or local.pid != _PID:
             with _OPENING:
                 local = self._local
-                if local is None or local.pid != os.getpid():
+                if local is None or local.pid != _PID:
                     local = self._local = _ProcessLocal(self.path, self.max_concurrent or 0, None)
         return local.state
 

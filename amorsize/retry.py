@@ -308,17 +308,45 @@ class RetryPolicy:
 
 
 def call_with_retry(
-    func: Callable[[Any], Any], item: Any, retry: RetryPolicy | None, pacer: Pacer | None = None
+    func: Callable[[Any], Any], item: Any, retry: RetryPolicy | None, pacer: Pacer | None = None,
+    *, limit: Any = None, deadline: float | None = None,
 ) -> RetryOutcome:
     """Run ``func(item)`` under ``retry`` (None: one attempt); never raises for its error.
 
     The one place every runner (workers, the in-process backend, ``capture()``, replay
     and the CLI) calls a user's function. ``pacer``: the run's shared rate limit, paused
-    by a Retry-After (see :meth:`RetryPolicy.run`).
+    by a Retry-After (see :meth:`RetryPolicy.run`). ``limit``: a
+    :class:`~amorsize.RateLimit` each attempt waits for (retries are calls too), at
+    most until ``deadline`` (its clock; then the attempt fails with
+    :class:`~amorsize.errors.RateLimitTimeoutError`); it is also the pacer.
     """
     if retry is None:
         try:
-            return RetryOutcome(True, func(item), None, 1)
+            if limit is None:
+                return RetryOutcome(True, func(item), None, 1)
+            with limit.acquire(deadline):
+                return RetryOutcome(True, func(item), None, 1)
         except Exception as exc:
+            if pacer is not None or limit is not None:
+                pause_for_retry_after(pacer or limit, exc)
             return RetryOutcome(False, None, exc, 1)
+    if limit is not None:
+        func, pacer = _paced(func, limit, deadline), pacer or limit
     return retry.run(func, item, pacer=pacer)
+
+
+def _paced(func: Callable[[Any], Any], limit: Any, deadline: float | None) -> Callable[[Any], Any]:
+    """``func`` with each call waiting for ``limit`` (and holding its concurrency slot)."""
+
+    def attempt(item: Any) -> Any:
+        with limit.acquire(deadline):
+            return func(item)
+
+    return attempt
+
+
+def pause_for_retry_after(pacer: Pacer, exc: BaseException) -> None:
+    """Without a policy a Retry-After still slows every worker (capped like the default policy)."""
+    seconds = retry_after_seconds(exc)
+    if seconds is not None:
+        pacer.pause(min(seconds, DEFAULT_MAX_DELAY))

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from _http_service import get
+from _http_service import fetch, get
 
 from amorsize.pacing import RateLimit
 
@@ -58,3 +58,15 @@ def acquire_then_die(limit: RateLimit, ready: Any) -> None:
 def state_path(_: Any) -> str:
     """Which state directory this worker's module-level limiter uses."""
     return LIMIT.path
+
+
+def fetch_ok(url: str) -> float:
+    """GET ``url``, raising ``HTTPError`` (Retry-After included) for a 429 or 500: its start time."""
+    start = time.monotonic()
+    fetch(url)
+    return start
+
+
+def broken(item: Any) -> Any:
+    """A broken deployment: every call fails."""
+    raise RuntimeError(f"broken deployment (item {item!r})")

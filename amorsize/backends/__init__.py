@@ -58,6 +58,9 @@ class ChunkSpec:
     ``source_file``: the script a ``__main__`` function came from (it travels by value,
     and cloudpickle names its code ``<dynamic-code>``); a worker calls
     :meth:`restore_source` after loading the spec, so tracebacks name the user's file.
+    ``rate_limit``: a :class:`~amorsize.RateLimit` each attempt waits for, at most
+    ``timeout`` seconds after its item started. ``budget``: the run's failure budget
+    (:mod:`amorsize.run.budget`), checked before each item and told of failures.
     """
 
     func: Callable[[Any], Any]
@@ -66,6 +69,9 @@ class ChunkSpec:
     function_name: str
     keep_error: bool = False
     source_file: Optional[str] = None
+    rate_limit: Any = None
+    budget: Any = None
+    timeout: Optional[float] = None
 
     def restore_source(self) -> None:
         """In a worker: give the function's code its file back (see ``source_file``)."""

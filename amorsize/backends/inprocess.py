@@ -24,6 +24,7 @@ from typing import Any, Iterator, List, Optional
 from amorsize._validate import invalid_value
 from amorsize.backends import ChunkDone, ChunkSpec, ChunkTask
 from amorsize.backends.worker import clear_real_interrupt, note_real_interrupt, run_chunk
+from amorsize.failure import Failure
 
 
 @contextlib.contextmanager
@@ -65,7 +66,9 @@ class InProcessPool:
         with _marking_real_interrupts():
             result = run_chunk(self._spec, task, stop_at_failure=True)
         done = len(result.values)
-        if done < len(task.items):  # stopped at a failure: the rest runs at the next wait()
+        # Stopped at a failure: the rest runs at the next wait(). Stopped by the failure
+        # budget (no failure last): the rest never starts.
+        if done < len(task.items) and done and isinstance(result.values[-1], Failure):
             self._task = ChunkTask(task.chunk_id, task.start + done, task.items[done:])
             task = ChunkTask(task.chunk_id, task.start, task.items[:done])
         return [ChunkDone(task, result)]

@@ -25,7 +25,8 @@ import cloudpickle
 from amorsize.backends import ChunkResult, ChunkSpec, ChunkTask
 from amorsize.dlq.entry import DLQEntry
 from amorsize.failure import failure_entry, failure_of
-from amorsize.retry import call_with_retry
+from amorsize.retry import call_with_retry, pause_for_retry_after
+from amorsize.run.budget import STOP_BYTE
 from amorsize.serialization import PickledValue, short_repr, unpack_transported
 from amorsize.tracebacks import traceback_text
 
@@ -77,7 +78,7 @@ def run_chunk(
     failures: List[DLQEntry] = []
     begin = time.perf_counter()
     slots = _fast_slots(progress)
-    if slots is None and spec.retry is None:
+    if slots is None and spec.retry is None and spec.rate_limit is None and spec.budget is None:
         error = _run_plain(spec, task, values, failures, stop_at_failure)
     else:
         error = _run_tracked(spec, task, values, failures, slots, clock, stop_at_failure)
@@ -89,43 +90,66 @@ def _run_tracked(
     spec: ChunkSpec, task: ChunkTask, values: List[Any], failures: List[DLQEntry],
     slots: Optional[Any], clock: Optional[Callable[[], float]], stop_at_failure: bool = False,
 ) -> Optional[BaseException]:
-    """One item at a time: progress slots and the retry policy; returns the kept error."""
-    func, retry = spec.func, spec.retry
+    """One item at a time: progress slots, retry, rate limit, failure budget; returns the kept error.
+
+    With a failure budget the chunk stops before an item once the run must stop:
+    ``values`` then holds fewer values than the task has items (the rest never started).
+    """
+    budget = spec.budget
+    stop = budget.flag() if budget is not None else None
     kept: Optional[BaseException] = None
+    told = 0  # successes already reported to the budget
     for position, item in enumerate(task.items):
+        if stop is not None and stop[STOP_BYTE]:
+            break
         if slots is not None:
             if clock is not None:
                 slots[1] = clock()
             slots[0] = position
-        error: Optional[BaseException]
-        if retry is None:
-            try:
-                values.append(func(item))
-                continue
-            except BaseException as exc:  # SystemExit, GeneratorExit...: still the item's failure
-                reraise_real_interrupt(exc)
-                error, attempts = exc, 1
-        else:
-            try:
-                outcome = call_with_retry(func, item, retry)
-            except BaseException as exc:  # a BaseException the policy does not retry
-                reraise_real_interrupt(exc)
-                _fail(spec, task, position, exc, 1, values, failures)
-                kept = exc if kept is None and spec.keep_error else kept
-                if stop_at_failure:
-                    break
-                continue
-            if outcome.ok:
-                values.append(outcome.value)
-                continue
-            error, attempts = outcome.error, outcome.attempts
-        assert error is not None
-        _fail(spec, task, position, error, attempts, values, failures)
+        ok, value, attempts = _attempt(spec, item)
+        if ok:
+            values.append(value)
+            continue
+        _fail(spec, task, position, value, attempts, values, failures)
+        if budget is not None:  # as it happens: every worker sees the stop before its next item
+            succeeded = len(values) - len(failures)
+            budget.report(succeeded - told, 1)
+            told = succeeded
         if kept is None and spec.keep_error:
-            kept = error
+            kept = value
         if stop_at_failure:
             break
+    if budget is not None:
+        budget.report(len(values) - len(failures) - told, 0)
     return kept
+
+
+def _attempt(spec: ChunkSpec, item: Any) -> Tuple[bool, Any, int]:
+    """Run one item: ``(True, value, attempts)`` or ``(False, error, attempts)``.
+
+    Without a retry policy the call is made here, not through ``call_with_retry``:
+    no RetryOutcome per item. A BaseException (SystemExit, GeneratorExit...) is the
+    item's failure too, except a real Ctrl-C in the caller.
+    """
+    func, retry, limit = spec.func, spec.retry, spec.rate_limit
+    try:
+        if retry is not None:
+            outcome = call_with_retry(func, item, retry, limit=limit, deadline=_deadline(spec))
+            return outcome.ok, outcome.value if outcome.ok else outcome.error, outcome.attempts
+        if limit is None:
+            return True, func(item), 1
+        with limit.acquire(_deadline(spec)):
+            return True, func(item), 1
+    except BaseException as exc:
+        reraise_real_interrupt(exc)
+        if limit is not None and retry is None:
+            pause_for_retry_after(limit, exc)
+        return False, exc, 1
+
+
+def _deadline(spec: ChunkSpec) -> Optional[float]:
+    """When a call waiting for the rate limit must give up: its item's timeout."""
+    return None if spec.timeout is None else time.monotonic() + spec.timeout
 
 
 def _run_plain(

@@ -128,8 +128,11 @@ class CapturedFunction:
         reraise: bool = False,
         ingest_address: Any = None,
         timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS,
+        rate_limit: Any = None,
     ) -> None:
         check_callable("func", func)
+        if rate_limit is not None and not callable(getattr(rate_limit, "acquire", None)):
+            raise InvalidTypeError(f"rate_limit={rate_limit!r} is not valid; expected a RateLimit or None")
         if retry is not None and not callable(getattr(retry, "run", None)):
             raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
         # The function and the policy travel in ONE cloudpickle payload: a class both
@@ -146,12 +149,15 @@ class CapturedFunction:
         self.ingest_address = ingest_address
         #: Seconds a call to the manager may take before the hook gives up.
         self.timeout = timeout
+        #: A :class:`~amorsize.RateLimit` every attempt waits for, across the pool's processes.
+        self.rate_limit = rate_limit
 
     def __reduce__(self) -> Any:
         return (
             _rebuild,
             (self._func_bytes, self.function_name, self.address, self._authkey,
-             self.include_traceback, self.reraise, self.ingest_address, self.timeout),
+             self.include_traceback, self.reraise, self.ingest_address, self.timeout,
+             self.rate_limit),
         )
 
     def __repr__(self) -> str:
@@ -170,7 +176,7 @@ class CapturedFunction:
         if loaded is None:
             loaded = self._loaded = _load_function(self._func_bytes)
         func, retry = loaded
-        outcome = call_with_retry(func, item, retry)
+        outcome = call_with_retry(func, item, retry, limit=self.rate_limit)
         if outcome.ok:
             return outcome.value
         error = outcome.error
@@ -243,7 +249,7 @@ class CapturedFunction:
 def _rebuild(
     func_bytes: bytes, name: str, address: Any, authkey: bytes,
     include_traceback: bool, reraise: bool, ingest_address: Any = None,
-    timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS,
+    timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS, rate_limit: Any = None,
 ) -> CapturedFunction:
     hook = CapturedFunction.__new__(CapturedFunction)
     hook._func_bytes = func_bytes
@@ -255,4 +261,5 @@ def _rebuild(
     hook.reraise = reraise
     hook.ingest_address = ingest_address
     hook.timeout = timeout
+    hook.rate_limit = rate_limit
     return hook

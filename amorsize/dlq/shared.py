@@ -167,10 +167,13 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
             ) from exc
 
     def capture(
-        self, func: Callable[[Any], Any], retry: Any = None, *, reraise: bool = False
+        self, func: Callable[[Any], Any], retry: Any = None, *, reraise: bool = False,
+        rate_limit: Any = None,
     ) -> Any:
         """Wrap ``func`` into a picklable hook for any process pool.
 
+        ``rate_limit``: a :class:`~amorsize.RateLimit` each attempt (retries too) waits
+        for, shared by every process of the pool; a Retry-After pauses it for all.
         See :class:`amorsize.dlq.capture.CapturedFunction`.
         """
         return CapturedFunction(
@@ -182,6 +185,7 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
             reraise=reraise,
             ingest_address=self._ingest_address,
             timeout=self._timeout,
+            rate_limit=rate_limit,
         )
 
     def close(self) -> None:

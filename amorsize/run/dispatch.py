@@ -20,6 +20,7 @@ from amorsize.backends import ChunkDone, ChunkLost, ChunkResult, ChunkSpec, Chun
 from amorsize.backends.worker import finish_in_parent
 from amorsize.errors import InputIteratorError
 from amorsize.failure import failure_of, function_name
+from amorsize.run.budget import Budget
 from amorsize.run.chunker import Chunker
 from amorsize.run.failures import FailureRouter, lost_entry
 from amorsize.run.gate import REJECT, Gate
@@ -56,8 +57,11 @@ class Dispatcher:
         #: Segments finished before the pool opens, by a checkpointed run.
         self.finished: List[Segment] = list(self.resume.finished)
         include_traceback = getattr(getattr(options.dlq, "policy", None), "include_traceback", True)
+        self.budget = Budget(options.max_failures, self.chunker)
         self.spec = ChunkSpec(func, options.retry, include_traceback, function_name(func),
-                              keep_error=options.on_failure == "raise", source_file=source_file(func))
+                              keep_error=options.on_failure == "raise", source_file=source_file(func),
+                              rate_limit=options.rate_limit, budget=self.budget.shared,
+                              timeout=options.timeout)
         self.failures = FailureRouter(options, self.resume)
         self.gate = Gate(options.circuit_breaker, options.on_open)
         self.progress = Progress(total, options.progress, options.on_progress)
@@ -108,7 +112,7 @@ class Dispatcher:
         try:
             while True:
                 hold: Optional[float] = None
-                while pool.idle_count():
+                while pool.idle_count() and not self.budget.stopped():
                     limit = self.gate.limit()
                     if limit == 0:
                         hold = self.gate.hold_seconds()
@@ -123,6 +127,8 @@ class Dispatcher:
                     pool.submit(task)
                 starved = self.chunker.starved
                 if not pool.busy_count():
+                    if self.budget.stopped():
+                        break
                     if starved:
                         self.chunker.feeder.wait(INPUT_POLL_SECONDS)
                         continue
@@ -149,6 +155,7 @@ class Dispatcher:
                 f"the input iterator raised {type(error).__name__}: {error}; every item read "
                 "before it was delivered"
             ) from error
+        self.budget.check(self.finished)
 
     def _open(self) -> Pool:
         plan, options = self.plan, self.options
@@ -194,7 +201,7 @@ class Dispatcher:
         if result.failures:
             self.failures.route(result.failures, values, task.start, result.error)
         self._record(task.start, values, len(result.failures))
-        return task.start, values
+        return task.start, values  # fewer values than items: the budget stopped the chunk
 
     def _lost(self, event: ChunkLost) -> Optional[Segment]:
         task, position, chunker = event.task, event.position, self.chunker
@@ -221,12 +228,14 @@ class Dispatcher:
         entries = Gate.rejected(task, self.spec.function_name)
         values: List[Any] = [failure_of(e) for e in entries]
         self.failures.route(entries, values, task.start)
-        self._record(task.start, values, len(entries))
+        self._record(task.start, values, len(entries), budgeted=False)
         return task.start, values
 
-    def _record(self, start: int, values: List[Any], n_failed: int) -> None:
+    def _record(self, start: int, values: List[Any], n_failed: int, budgeted: bool = True) -> None:
+        """A finished segment; ``budgeted``: its failures count against ``max_failures``."""
         self.progress.advance(len(values), n_failed, self.failures.failed)
         self.resume.record(start, values)
+        self.budget.record(start, values, n_failed if budgeted else 0)
 
     def _finish(self, ok: bool) -> None:
         try:
@@ -234,3 +243,4 @@ class Dispatcher:
             self.resume.finish(ok)  # after the flush: see amorsize.run.resume
         finally:
             self.progress.close()
+            self.budget.close()

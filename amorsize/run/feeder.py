@@ -64,6 +64,13 @@ class Feeder:
         """The input ended (or raised) and every item read has been taken."""
         return self._ended and (not self._threaded or not self._buffer)
 
+    def unread(self) -> int:
+        """Items read from the input and not taken yet (a run that stops early counts them)."""
+        if not self._threaded:
+            return 0
+        with self._lock:
+            return len(self._buffer)
+
     def take(self, n: int) -> List[Any]:
         """Up to ``n`` items, without waiting for more than are ready; asks for the rest."""
         if not self._threaded:

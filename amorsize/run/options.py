@@ -28,6 +28,7 @@ from amorsize.backends import resolve_backend
 from amorsize.breaker import CircuitBreaker
 from amorsize.checkpoint import Checkpoint
 from amorsize.errors import InvalidTypeError, UnknownArgumentError
+from amorsize.pacing import RateLimit
 
 #: Target seconds of work per chunk for adaptive chunking.
 TARGET_CHUNK_SECONDS = 0.2
@@ -59,6 +60,8 @@ class RunOptions:
     circuit_breaker: Optional[CircuitBreaker] = None
     on_open: str = "dead_letter"
     checkpoint: Optional[Checkpoint] = None
+    rate_limit: Any = None
+    max_failures: Union[int, float, None] = None
 
     def __post_init__(self) -> None:
         check_int("n_jobs", self.n_jobs, 1, optional=True)
@@ -80,6 +83,8 @@ class RunOptions:
                    optional=True)
         check_choice("on_open", self.on_open, ON_OPEN_MODES)
         check_type("checkpoint", self.checkpoint, Checkpoint, "a Checkpoint", optional=True)
+        check_type("rate_limit", self.rate_limit, RateLimit, "a RateLimit or None", optional=True)
+        check_max_failures(self.max_failures)
         self._set("backend", resolve_backend(self.backend))
 
     def _set(self, name: str, value: Any) -> None:
@@ -117,6 +122,16 @@ def _checked_dlq(dlq: Any) -> Any:
         f"dlq={dlq!r} is not valid; expected a DeadLetterQueue, a SharedDeadLetterQueue, "
         "a path (a DLQ directory) or None"
     )
+
+
+def check_max_failures(value: Any) -> None:
+    """``max_failures``: None, an int >= 0, or a float strictly between 0 and 1 (a share)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return
+    if isinstance(value, float) and 0.0 < value < 1.0:
+        return
+    raise invalid_value("max_failures", value,
+                        "None, an int >= 0 (failed items) or a float in (0, 1) (a share of finished items)")
 
 
 def check_func(func: Any) -> None:
