@@ -32,6 +32,7 @@ from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.journal import Journal, read_records
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
+from amorsize.dlq.pruning import PRUNE_COMPACTION_MIN_BATCH, PruningToArchive
 from amorsize.dlq.records import decode_record, encode_entry
 from amorsize.dlq.rescue import persist_error
 from amorsize.dlq.summary import select_entries, summarize
@@ -39,13 +40,7 @@ from amorsize.errors import DLQCorruptError, DLQPersistError
 
 logger = logging.getLogger("amorsize.dlq")
 
-#: Pruned entries are dropped from memory at once but from the journal in
-#: batches, so pruning stays O(1) per add: compact once this many (or
-#: ``max_entries``, if larger) pruned records have built up on disk.
-PRUNE_COMPACTION_MIN_BATCH = 256
-
-
-class DeadLetterQueue(DeadLetterQueueBase):
+class DeadLetterQueue(PruningToArchive, DeadLetterQueueBase):
     """Keeps items that failed for good, with their errors, for inspection and replay.
 
     Args:
@@ -152,7 +147,7 @@ class DeadLetterQueue(DeadLetterQueueBase):
     def _recovered(self) -> None:
         if self._failing:
             self._failing = False
-            logger.warning("DLQ %r: writes succeed again after %d failed attempts so far; "
+            logger.info("DLQ %r: writes succeed again after %d failed attempts so far; "
                            "the backlog is on disk", self.policy.path, self._persist_errors)
 
     def _compact(
@@ -198,51 +193,6 @@ class DeadLetterQueue(DeadLetterQueueBase):
             self._recovered()
             self._compaction_pending = False
             self._prune_compaction_at = max(self.policy.max_entries, PRUNE_COMPACTION_MIN_BATCH)
-
-    def _prune(self) -> None:
-        limit = self.policy.max_entries
-        if not limit or len(self._entries) <= limit:
-            return
-        dropped = self._move_to_archive(len(self._entries) - limit)
-        if not dropped:
-            return
-        self._pruned += dropped
-        where = "the archive " + self._journal.archive_path if self._journal else "nowhere (no journal)"
-        log = logger.info if self._prune_warned else logger.warning
-        self._prune_warned = True
-        log("DLQ at max_entries=%d: moved %d oldest entries to %s (%d so far); "
-            "`amorsize dlq list --archived` shows them", limit, dropped, where, self._pruned)
-        if len(self._dropped_on_disk) >= self._prune_compaction_at:
-            self._compact(set())
-            # Next time after another batch, also when this one failed (no re-read per add).
-            self._prune_compaction_at = len(self._dropped_on_disk) + max(
-                limit, PRUNE_COMPACTION_MIN_BATCH
-            )
-
-    def _move_to_archive(self, count: int) -> int:
-        """Take the ``count`` oldest entries out of memory, into the archive batch."""
-        cap = self.policy.max_archive_bytes
-        journal = self._journal
-        moved = 0
-        while moved < count:
-            entry_id, entry = next(iter(self._entries.items()))
-            if journal is not None:
-                line = self._encode(entry)
-                pending = self._archive_bytes + sum(map(len, self._to_archive.values()))
-                if cap and pending + len(line) > cap:
-                    if not self._archive_full_warned:
-                        self._archive_full_warned = True
-                        logger.warning(
-                            "DLQ archive %s is at its cap (%d of max_archive_bytes=%d): pruning "
-                            "stopped, entries over max_entries stay live; move it away or raise "
-                            "the cap", journal.archive_path, pending, cap)
-                    break
-                self._to_archive[entry_id] = line
-                self._dropped_on_disk.add(entry_id)
-                self._unpersisted.pop(entry_id, None)
-            del self._entries[entry_id]
-            moved += 1
-        return moved
 
     def save(self, path: PathArg = None) -> str:
         """Write every entry to ``path`` atomically (default: the journal). Returns the path.
