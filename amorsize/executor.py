@@ -76,6 +76,7 @@ def execute(
     circuit_breaker: CircuitBreaker | None = None,
     on_open: str = "dead_letter",
     checkpoint: Checkpoint | None = None,
+    concurrency: int | None = None,
 ) -> List[Any]:
     """Run ``func`` over ``items`` in worker processes; return results aligned with ``items``.
 
@@ -116,6 +117,7 @@ def imap(
     circuit_breaker: CircuitBreaker | None = None,
     on_open: str = "dead_letter",
     checkpoint: Checkpoint | None = None,
+    concurrency: int | None = None,
 ) -> Iterator[Any]:
     """Lazily yield ``func(item)`` per item, in input order or (``ordered=False``) as chunks finish.
 
@@ -139,7 +141,8 @@ def imap(
         start_method: multiprocessing start method for the workers.
         max_crashes: crash-loop guard (CrashLoopError); None: 10 + 1% of the items done.
         target_chunk_duration: seconds of work per chunk that adaptive chunking aims at.
-        backend: None or ``"processes"`` (worker processes here), ``"in_process"``, a
+        backend: None or ``"processes"`` (worker processes here), ``"threads"`` (a thread
+            pool here, for I/O; ``n_jobs=None``: ``min(32, cpus + 4)``), ``"in_process"``, a
             name registered with :func:`amorsize.backends.register_backend` or under the
             entry-point group ``amorsize.backends`` (``"dask"``), or a backend object.
         dry_run: False skips the dry run: every call of ``func`` happens in a worker.
@@ -148,6 +151,11 @@ def imap(
         on_open: while it is open, ``"dead_letter"`` items without calling ``func``
             (reason ``circuit_open``) or ``"wait"`` until it half-opens.
         checkpoint: a :class:`~amorsize.Checkpoint`; a killed run resumes from it.
+        concurrency: for an ``async def`` func, the items each worker's event loop keeps
+            in flight (default 100, aiohttp's connection limit); ``n_jobs * concurrency``
+            in all. With ``n_jobs=None`` one loop runs here unless the dry run finds the
+            function CPU-bound. ``timeout`` then cancels the item's task. Not for plain
+            functions.
 
     An unknown keyword raises UnknownArgumentError (a TypeError) naming the nearest.
     """

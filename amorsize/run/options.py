@@ -59,9 +59,11 @@ class RunOptions:
     circuit_breaker: Optional[CircuitBreaker] = None
     on_open: str = "dead_letter"
     checkpoint: Optional[Checkpoint] = None
+    concurrency: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_int("n_jobs", self.n_jobs, 1, optional=True)
+        check_int("concurrency", self.concurrency, 1, optional=True)
         check_int("chunksize", self.chunksize, 1, optional=True)
         check_int("max_crashes", self.max_crashes, 0, optional=True)
         timeout = self.timeout
