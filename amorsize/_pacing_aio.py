@@ -17,10 +17,14 @@ if TYPE_CHECKING:
     from amorsize.pacing import Limited, Permit, RateLimit
 
 
-async def acquire_async(limit: RateLimit, deadline: float | None = None) -> Permit:
-    """Await until a call may start under ``limit``; raise RateLimitTimeoutError after ``deadline``."""
-    from amorsize.pacing import SLOT_POLL_MAX, SLOT_POLL_MIN, Permit
+async def acquire_async(
+    limit: RateLimit, deadline: float | None, permit: type[Permit], poll_bounds: tuple[float, float]
+) -> Permit:
+    """Await until a call may start under ``limit``; raise RateLimitTimeoutError after ``deadline``.
 
+    ``permit`` and ``poll_bounds`` come from :mod:`amorsize.pacing` (which imports this module).
+    """
+    Permit, (SLOT_POLL_MIN, SLOT_POLL_MAX) = permit, poll_bounds
     state = limit._process_state()
     slot = None
     if limit.max_concurrent is not None:
@@ -50,7 +54,7 @@ async def acquire_async(limit: RateLimit, deadline: float | None = None) -> Perm
 
 async def limited_call(wrapper: Limited, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """One call of a RateLimit-decorated coroutine function."""
-    permit = await acquire_async(wrapper.limit)
+    permit = await wrapper.limit.acquire_async()
     try:
         return await wrapper.__wrapped__(*args, **kwargs)
     finally:

@@ -136,13 +136,11 @@ def imap(
             (the worker's traceback text is its ``__cause__``), or a TaskFailedError
             when it cannot be rebuilt here or the item's worker was lost.
         ordered: yield in input order (True) or completion order (False).
-        progress: show a tqdm progress bar (needs the ``progress`` extra).
+        progress: a tqdm progress bar (the ``progress`` extra).
         on_progress: callable ``(done, total)`` called after each chunk.
         start_method: multiprocessing start method for the workers.
         max_crashes: crash-loop guard (CrashLoopError); None: 10 + 1% of the items done.
-        target_chunk_duration: seconds of work per chunk that adaptive chunking aims at.
-        backend: None or ``"processes"`` (worker processes here), ``"threads"`` (a thread
-            pool here, for I/O; ``n_jobs=None``: ``min(32, cpus + 4)``), ``"in_process"``, a
+        backend: None or ``"processes"`` (worker processes here), ``"threads"``, ``"in_process"``, a
             name registered with :func:`amorsize.backends.register_backend` or under the
             entry-point group ``amorsize.backends`` (``"dask"``), or a backend object.
         dry_run: False skips the dry run: every call of ``func`` happens in a worker.
@@ -151,11 +149,7 @@ def imap(
         on_open: while it is open, ``"dead_letter"`` items without calling ``func``
             (reason ``circuit_open``) or ``"wait"`` until it half-opens.
         checkpoint: a :class:`~amorsize.Checkpoint`; a killed run resumes from it.
-        concurrency: for an ``async def`` func, the items each worker's event loop keeps
-            in flight (default 100, aiohttp's connection limit); ``n_jobs * concurrency``
-            in all. With ``n_jobs=None`` one loop runs here unless the dry run finds the
-            function CPU-bound. ``timeout`` then cancels the item's task. Not for plain
-            functions.
+        concurrency: ``async def`` func only: items in flight per event loop (default 100).
 
     An unknown keyword raises UnknownArgumentError (a TypeError) naming the nearest.
     """

@@ -163,7 +163,7 @@ class RateLimit:
 
     async def acquire_async(self, deadline: float | None = None) -> Permit:
         """:meth:`acquire` for coroutines: awaits ``asyncio.sleep``, never blocks the loop."""
-        return await _pacing_aio.acquire_async(self, deadline)
+        return await _pacing_aio.acquire_async(self, deadline, Permit, (SLOT_POLL_MIN, SLOT_POLL_MAX))
 
     def pause_until(self, until: float) -> None:
         """Let no call of any process start before ``until`` (a time on ``clock``)."""
