@@ -140,9 +140,9 @@ def imap(
         on_progress: callable ``(done, total)`` called after each chunk.
         start_method: multiprocessing start method for the workers.
         max_crashes: crash-loop guard (CrashLoopError); None: 10 + 1% of the items done.
-        backend: None or ``"processes"`` (worker processes here), ``"threads"``, ``"in_process"``, a
-            name registered with :func:`amorsize.backends.register_backend` or under the
-            entry-point group ``amorsize.backends`` (``"dask"``), or a backend object.
+        target_chunk_duration: seconds of work per chunk that adaptive chunking aims at.
+        backend: ``"processes"`` (None), ``"threads"``, ``"in_process"``, a name registered
+            with :func:`amorsize.backends.register_backend` or an entry point, or an object.
         dry_run: False skips the dry run: every call of ``func`` happens in a worker.
         circuit_breaker: a :class:`~amorsize.CircuitBreaker` fed by every worker's outcomes;
             while CLOSED, at most as many items are in flight as failures it takes to open.
