@@ -284,3 +284,52 @@ def test_ctrl_c_stops_an_async_run() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def always_down(x: int) -> int:
+    await asyncio.sleep(0.001)
+    raise ConnectionError("service down")
+
+
+@pytest.mark.parametrize("backend", ["in_process", "threads"])
+def test_the_breaker_gates_async_and_threads(backend) -> None:
+    from amorsize import CircuitBreaker
+
+    dlq = memory_dlq()
+    breaker = CircuitBreaker(failure_threshold=5, reset_timeout=60)
+    func = always_down if backend == "in_process" else sync_down
+    values = execute(func, range(200), circuit_breaker=breaker, dlq=dlq, backend=backend, dry_run=False)
+    reasons = [v.reason for v in values]
+    assert reasons.count("exception") == 5  # the breaker admits no more than it takes to open
+    assert reasons.count("circuit_open") == 195
+    assert len(dlq.get_entries()) == 200
+
+
+def sync_down(x: int) -> int:
+    raise ConnectionError("service down")
+
+
+_checkpoint_calls: List[int] = []
+
+
+async def record_call(x: int) -> int:
+    _checkpoint_calls.append(x)
+    if x == 150 and len(_checkpoint_calls) < 1000:
+        raise KeyboardInterrupt  # the first run is killed part-way
+    return x
+
+
+def test_an_async_run_resumes_from_its_checkpoint(tmp_path) -> None:
+    from amorsize import Checkpoint
+
+    _checkpoint_calls.clear()
+    path = str(tmp_path / "run.ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        execute(record_call, range(300), chunksize=50, concurrency=5,
+                checkpoint=Checkpoint(path, every_items=1, every_seconds=None))
+    first = len(_checkpoint_calls)
+    _checkpoint_calls.extend([0] * 1000)  # let item 150 pass now
+    values = execute(record_call, range(300), chunksize=50, concurrency=5,
+                     checkpoint=Checkpoint(path, every_items=1, every_seconds=None))
+    assert values == list(range(300))
+    assert len(_checkpoint_calls) - 1000 - first < 300  # finished chunks were not run again
