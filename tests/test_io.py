@@ -333,3 +333,28 @@ def test_an_async_run_resumes_from_its_checkpoint(tmp_path) -> None:
                      checkpoint=Checkpoint(path, every_items=1, every_seconds=None))
     assert values == list(range(300))
     assert len(_checkpoint_calls) - 1000 - first < 300  # finished chunks were not run again
+
+
+ASYNC_FIX = '''
+import asyncio
+
+async def fixed(item):
+    await asyncio.sleep(0.01)
+    if item % 2:
+        raise LookupError(f"still odd: {item}")
+    return item
+'''
+
+
+@pytest.mark.parametrize("options", [[], ["--backend", "threads", "--n-jobs", "4"], ["--n-jobs", "2"]])
+def test_cli_replay_runs_async_functions(tmp_path, options) -> None:
+    from test_cli import entry_for, read_dlq, run_cli, write_dlq
+
+    (tmp_path / "afix.py").write_text(ASYNC_FIX)
+    write_dlq(tmp_path / "q", [entry_for(i, ValueError(f"bad {i}")) for i in range(6)])
+    done = run_cli("dlq", "replay", tmp_path / "q", "--func", "afix:fixed", *options, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # 1: some items still fail
+    assert "recovered:     3" in done.stdout and "still failing: 3" in done.stdout
+    left = read_dlq(tmp_path / "q")
+    assert [e.item for e in left] == [1, 3, 5]
+    assert all(e.error_type == "LookupError" for e in left)
