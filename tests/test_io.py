@@ -358,3 +358,15 @@ def test_cli_replay_runs_async_functions(tmp_path, options) -> None:
     left = read_dlq(tmp_path / "q")
     assert [e.item for e in left] == [1, 3, 5]
     assert all(e.error_type == "LookupError" for e in left)
+
+
+def test_an_async_spec_pickles_and_runs_through_run_chunk() -> None:
+    import pickle
+
+    from amorsize.backends import ChunkSpec, ChunkTask, encode_result, run_chunk
+
+    spec = ChunkSpec(hangs_on_three, None, True, "hangs_on_three", concurrency=4, item_timeout=0.2)
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    result = pickle.loads(encode_result(run_chunk(spec, ChunkTask(0, 10, [1, 2, 3])), spec))
+    assert result.values[:2] == [1, 2] and result.values[2].reason == "timeout"
+    assert [e.metadata["index"] for e in result.failures] == [12]
