@@ -6,7 +6,9 @@
 REQUESTS GETs to the local service (tests/_http_service.py, run in its own process
 so it does not share this one's GIL) with LATENCY seconds of latency each, made
 with **httpx** in every row (``httpx.AsyncClient`` in the async rows, one shared
-``httpx.Client`` in the thread rows, one per process in the process row):
+``httpx.Client`` in the thread rows, one per process in the process row). Install
+``sniffio`` beside it (the ``bench`` extra does): without it httpcore retries a
+failing ``import sniffio`` on every async request, a path search each time.
 
 * amorsize async (``concurrency=100``) vs ``asyncio.gather`` + ``Semaphore(100)``:
   target <= 1.1x;
@@ -26,9 +28,9 @@ import asyncio
 import multiprocessing
 import os
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import ThreadingHTTPServer
 from typing import Any, Callable, Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,6 +38,7 @@ sys.path[:0] = [os.path.dirname(HERE), os.path.join(os.path.dirname(HERE), "test
 
 import httpx  # noqa: E402
 from _http_service import HTTPService  # noqa: E402
+from _io_client import afetch, fetch, safe_fetch  # noqa: E402
 
 from amorsize import DeadLetterQueue, DLQPolicy, execute, is_failure  # noqa: E402
 
@@ -46,11 +49,15 @@ THREADS = 64
 ERROR_SHARE = 0.02
 TARGET = 1.10
 TARGET_WITH_ERRORS = 1.15
+LISTEN_BACKLOG = 1024
 
 # --- the service, in a child process ---------------------------------------------------
 
 
 def _serve(conn: Any, error_share: float) -> None:
+    # socketserver listens with a backlog of 5: a hundred clients connecting at once
+    # would see dropped SYNs and one-second retransmits, measuring the kernel, not us.
+    ThreadingHTTPServer.request_queue_size = LISTEN_BACKLOG
     service = HTTPService(rate=1e9, burst=10**9, latency=LATENCY, error_share=error_share).start()
     conn.send(service.url)
     while True:
@@ -82,45 +89,6 @@ class Service:
         self._process.join(10)
 
 
-# --- the functions, the same client library in every row -----------------------------------
-
-_sync_client: httpx.Client | None = None
-_async_clients: Dict[Any, httpx.AsyncClient] = {}
-_lock = threading.Lock()
-
-
-def _client() -> httpx.Client:
-    global _sync_client
-    with _lock:
-        if _sync_client is None:  # one per process, shared by its threads (httpx.Client is thread-safe)
-            _sync_client = httpx.Client(limits=httpx.Limits(max_connections=THREADS), timeout=30)
-    return _sync_client
-
-
-def fetch(url: str) -> int:
-    response = _client().get(url)
-    response.raise_for_status()
-    return response.status_code
-
-
-async def afetch(url: str) -> int:
-    loop = asyncio.get_running_loop()
-    client = _async_clients.get(loop)
-    if client is None:  # one per event loop
-        client = _async_clients[loop] = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=CONCURRENCY), timeout=30)
-    response = await client.get(url)
-    response.raise_for_status()
-    return response.status_code
-
-
-def _safe(url: str) -> Any:
-    try:
-        return fetch(url)
-    except httpx.HTTPStatusError as exc:
-        return exc
-
-
 # --- rows ---------------------------------------------------------------------------------
 
 
@@ -139,7 +107,7 @@ def bare_gather(urls: List[str]) -> int:
 
 def bare_threads(urls: List[str]) -> int:
     with ThreadPoolExecutor(THREADS) as pool:
-        return sum(isinstance(v, BaseException) for v in pool.map(_safe, urls))
+        return sum(isinstance(v, BaseException) for v in pool.map(safe_fetch, urls))
 
 
 def _amorsize(func: Callable[[str], Any], **options: Any) -> Callable[[List[str]], int]:
@@ -155,12 +123,12 @@ def _amorsize(func: Callable[[str], Any], **options: Any) -> Callable[[List[str]
 def mpire_threads(urls: List[str]) -> int:
     from mpire import WorkerPool
     with WorkerPool(n_jobs=THREADS, start_method="threading") as pool:
-        return sum(isinstance(v, BaseException) for v in pool.map(_safe, urls, progress_bar=False))
+        return sum(isinstance(v, BaseException) for v in pool.map(safe_fetch, urls, progress_bar=False))
 
 
 def joblib_threads(urls: List[str]) -> int:
     from joblib import Parallel, delayed
-    values = Parallel(n_jobs=THREADS, backend="threading")(delayed(_safe)(u) for u in urls)
+    values = Parallel(n_jobs=THREADS, backend="threading")(delayed(safe_fetch)(u) for u in urls)
     return sum(isinstance(v, BaseException) for v in values)
 
 
@@ -179,23 +147,25 @@ COMPARED = [("amorsize async (concurrency=100)", "asyncio.gather + Semaphore(100
 
 def measure(service: Service, rows: List[Tuple[str, Callable[[List[str]], int]]], n: int,
             repeat: int) -> Dict[str, Tuple[float, int, int]]:
-    """name -> (best seconds, failures the row saw, 500s the server sent in that run)."""
+    """name -> (best seconds, failures the row saw, 500s the server sent in that run).
+
+    Rounds are interleaved (every row once, then again), so a burst of load from
+    elsewhere on the machine hurts every row alike rather than one.
+    """
     urls = [f"{service.url}/item/{i}" for i in range(n)]
-    out: Dict[str, Tuple[float, int, int]] = {}
-    for name, run in rows:
-        best = None
-        for _ in range(repeat):
+    best: Dict[str, Tuple[float, int, int]] = {}
+    for round_ in range(repeat):
+        for name, run in rows:
             service.statuses()
             start = time.perf_counter()
             failed = run(urls)
             seconds = time.perf_counter() - start
             sent = service.statuses().get(500, 0)
-            if best is None or seconds < best[0]:
-                best = (seconds, failed, sent)
-        assert best is not None
-        out[name] = best
-        print(f"  {name:<34} {best[0]:7.2f} s {n / best[0]:8.0f} req/s  failed {best[1]}", flush=True)
-    return out
+            print(f"  [{round_ + 1}/{repeat}] {name:<34} {seconds:7.2f} s {n / seconds:8.0f} req/s  "
+                  f"failed {failed} (server 500s: {sent})", flush=True)
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, failed, sent)
+    return best
 
 
 def report(title: str, results: Dict[str, Tuple[float, int, int]], n: int, target: float) -> List[str]:
