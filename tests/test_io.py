@@ -105,7 +105,7 @@ def test_async_timeout_cancels_the_task() -> None:
     _cancelled.clear()
     dlq = memory_dlq()
     start = time.monotonic()
-    values = execute(hangs_on_three, range(8), timeout=0.3, dlq=dlq)
+    values = execute(hangs_on_three, range(8), timeout=0.3, dlq=dlq, backend="in_process")
     assert time.monotonic() - start < 10
     assert [v for v in values if not is_failure(v)] == [0, 1, 2, 4, 5, 6, 7]
     (entry,) = dlq.get_entries()
@@ -168,7 +168,7 @@ def test_async_retries_do_not_block_the_loop() -> None:
     _attempts.clear()
     retry = RetryPolicy(max_retries=1, initial_delay=0.5, jitter=False)
     start = time.monotonic()
-    values = execute(fails_once, range(100), retry=retry, concurrency=100, dry_run=False)
+    values = execute(fails_once, range(100), retry=retry, concurrency=100, backend="in_process")
     elapsed = time.monotonic() - start
     assert values == list(range(100)) and set(_attempts.values()) == {2}
     assert elapsed < 5  # about 0.5 s; 50 s if each wait blocked the loop
@@ -196,8 +196,8 @@ def test_a_blocked_loop_is_reported_once() -> None:
     _aio.reset_blocked_warning()
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        assert execute(blocks_the_loop, range(4), dry_run=False) == [0, 1, 2, 3]
-        execute(blocks_the_loop, range(2), dry_run=False)
+        assert execute(blocks_the_loop, range(4), backend="in_process") == [0, 1, 2, 3]
+        execute(blocks_the_loop, range(2), backend="in_process")
     assert [w.category for w in seen if issubclass(w.category, BlockedLoopWarning)] == [BlockedLoopWarning]
 
 
@@ -215,24 +215,31 @@ async def spins(x: int) -> int:
     return x
 
 
-def test_sizing_one_loop_for_io_one_per_core_for_cpu(http_service) -> None:
-    from amorsize.run.aio import plan_async
-    from amorsize.run.chunker import Chunker
+def test_sizing_one_loop_for_io_one_per_core_for_cpu(http_service, no_leaked_children) -> None:
+    from amorsize.backends import ChunkResult, ChunkSpec, ChunkTask
+    from amorsize.backends.aio import run_async_chunk
+    from amorsize.run.aio import widen_async
     from amorsize.run.options import RunOptions
-    from amorsize.sizing.aio import CPU_DOMINANT_SHARE, async_width, cpu_share
+    from amorsize.sizing.aio import CPU_DOMINANT_SHARE, cpu_share
     from amorsize.sizing.measure import usable_cores
 
     service = http_service(**FAST, latency=0.05)
-    urls = [f"{service.url}/item/{i}" for i in range(20)]
-    io_plan = plan_async(async_fetch, Chunker(iter(urls), 20), RunOptions())
-    assert io_plan.n_jobs == 1 and io_plan.backend.name == "in_process"
-    assert [v for _, (v,) in io_plan.finished] == [200] * 8  # sampled results are kept
-    io_share, _ = cpu_share(async_fetch, urls[:8])
-    cpu_bound, values = cpu_share(spins, range(8))
-    assert values == list(range(8))
+    urls = [f"{service.url}/item/{i}" for i in range(8)]
+    waited = run_async_chunk(ChunkSpec(async_fetch, None, True, "f", concurrency=8), ChunkTask(0, 0, urls))
+    computed = run_async_chunk(ChunkSpec(spins, None, True, "f", concurrency=8),
+                               ChunkTask(0, 0, list(range(8))))
+    io_share = cpu_share(waited.cpu_seconds, waited.compute_seconds)
+    cpu_bound = cpu_share(computed.cpu_seconds, computed.compute_seconds)
     # The machine may be loaded (CPU share below 1), but waiting is far below computing.
     assert io_share < CPU_DOMINANT_SHARE and cpu_bound > 2 * io_share
-    assert async_width(0.9) == usable_cores() and async_width(io_share) == 1
+    assert widen_async(waited, 100, RunOptions()).n_jobs == 1
+    hot = ChunkResult(0, 0, [], [], compute_seconds=1.0, cpu_seconds=0.9)
+    assert widen_async(hot, 100, RunOptions()).n_jobs == usable_cores()
+    assert widen_async(hot, 1, RunOptions()).n_jobs == 1
+    # End to end: the default run probes, then keeps one worker's loop busy with many in flight.
+    many = [f"{service.url}/item/{i}" for i in range(60)]
+    assert execute(async_fetch, many, concurrency=30) == [200] * 60
+    assert service.max_in_flight() >= 10
 
 
 def test_progress_and_imap_with_async() -> None:
@@ -325,11 +332,11 @@ def test_an_async_run_resumes_from_its_checkpoint(tmp_path) -> None:
     _checkpoint_calls.clear()
     path = str(tmp_path / "run.ckpt")
     with pytest.raises(KeyboardInterrupt):
-        execute(record_call, range(300), chunksize=50, concurrency=5,
+        execute(record_call, range(300), chunksize=50, concurrency=5, backend="in_process",
                 checkpoint=Checkpoint(path, every_items=1, every_seconds=None))
     first = len(_checkpoint_calls)
     _checkpoint_calls.extend([0] * 1000)  # let item 150 pass now
-    values = execute(record_call, range(300), chunksize=50, concurrency=5,
+    values = execute(record_call, range(300), chunksize=50, concurrency=5, backend="in_process",
                      checkpoint=Checkpoint(path, every_items=1, every_seconds=None))
     assert values == list(range(300))
     assert len(_checkpoint_calls) - 1000 - first < 300  # finished chunks were not run again
