@@ -230,3 +230,7 @@ class AmorsizeWarning(UserWarning):
 
 class OptimizerWarning(AmorsizeWarning):
     """Something the optimizer could not measure or had to work around."""
+
+
+class BlockedLoopWarning(AmorsizeWarning, RuntimeWarning):
+    """An ``async def`` function blocked its event loop (a blocking call inside a coroutine)."""

@@ -94,6 +94,7 @@ def execute(
     checkpoint: Checkpoint | None = None,
     rate_limit: RateLimit | None = None,
     max_failures: int | float | None = None,
+    concurrency: int | None = None,
 ) -> List[Any]:
     """Run ``func`` over ``items`` in worker processes; return results aligned with ``items``.
 
@@ -138,6 +139,7 @@ def imap(
     checkpoint: Checkpoint | None = None,
     rate_limit: RateLimit | None = None,
     max_failures: int | float | None = None,
+    concurrency: int | None = None,
 ) -> Iterator[Any]:
     """Lazily yield ``func(item)`` per item, in input order or (``ordered=False``) as chunks finish.
 
@@ -156,14 +158,13 @@ def imap(
             (the worker's traceback text is its ``__cause__``), or a TaskFailedError
             when it cannot be rebuilt here or the item's worker was lost.
         ordered: yield in input order (True) or completion order (False).
-        progress: show a tqdm progress bar (needs the ``progress`` extra).
+        progress: a tqdm progress bar (the ``progress`` extra).
         on_progress: callable ``(done, total)`` called after each chunk.
         start_method: multiprocessing start method for the workers.
         max_crashes: crash-loop guard (CrashLoopError); None: 10 + 1% of the items done.
         target_chunk_duration: seconds of work per chunk that adaptive chunking aims at.
-        backend: None or ``"processes"`` (worker processes here), ``"in_process"``, a
-            name registered with :func:`amorsize.backends.register_backend` or under the
-            entry-point group ``amorsize.backends`` (``"dask"``), or a backend object.
+        backend: ``"processes"`` (None), ``"threads"``, ``"in_process"``, a name registered
+            with :func:`amorsize.backends.register_backend` or an entry point, or an object.
         dry_run: False skips the dry run: every call of ``func`` happens in a worker.
         circuit_breaker: a :class:`~amorsize.CircuitBreaker` fed by every worker's outcomes;
             while CLOSED, at most as many items are in flight as failures it takes to open.
@@ -172,6 +173,9 @@ def imap(
         checkpoint: a :class:`~amorsize.Checkpoint`; a killed run resumes from it.
         rate_limit: a :class:`~amorsize.RateLimit` shared by every call in every worker.
         max_failures: a failure budget: an int, or a share in (0, 1) of finished items.
+        concurrency: ``async def`` func only: items in flight per event loop (default 100).
+
+    An unknown keyword raises UnknownArgumentError (a TypeError) naming the nearest.
     """
     check_func(func)
     return _values(Dispatcher(func, items, RunOptions.of(locals())).chunks())  # validated now

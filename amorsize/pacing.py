@@ -44,7 +44,8 @@ from typing import Any, Callable, Optional, Tuple
 
 import psutil
 
-from amorsize import _pace_state
+from amorsize import _pace_state, _pacing_aio
+from amorsize._aio import is_async_callable
 from amorsize._validate import check_callable, check_int, check_seconds
 from amorsize.errors import RateLimitTimeoutError
 
@@ -165,6 +166,10 @@ class RateLimit:
             if slot is not None:
                 state.release_slot(slot)
             raise
+
+    async def acquire_async(self, deadline: float | None = None) -> Permit:
+        """:meth:`acquire` for coroutines: awaits ``asyncio.sleep``, never blocks the loop."""
+        return await _pacing_aio.acquire_async(self, deadline, Permit, (SLOT_POLL_MIN, SLOT_POLL_MAX))
 
     def pause_until(self, until: float) -> None:
         """Let no call of any process start before ``until`` (a time on ``clock``)."""
@@ -304,8 +309,12 @@ class Limited:
         # After update_wrapper: wrapping a Limited copies its __dict__, limit included.
         self.limit = limit
         self.__wrapped__ = func
+        #: Wrapping an ``async def``: calls return a coroutine that awaits the limit.
+        self._amorsize_async = is_async_callable(func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._amorsize_async:
+            return _pacing_aio.limited_call(self, args, kwargs)
         with self.limit.acquire():
             return self.__wrapped__(*args, **kwargs)
 

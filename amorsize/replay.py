@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Tuple
 
+from amorsize._aio import as_sync
 from amorsize._validate import check_callable
 from amorsize.dlq.base import DeadLetterQueueBase
 from amorsize.dlq.entry import DLQEntry
@@ -97,6 +98,7 @@ def _replay_serially(
     recovered: List[str] = []
     still_failed: List[DLQEntry] = []
     name = function_name(func)
+    func = as_sync(func)  # an async def function: each item on this thread's event loop
     for entry in snapshot:
         outcome = call_with_retry(func, entry.item, retry)
         if outcome.ok:
@@ -112,11 +114,11 @@ def _replay_serially(
 
 def _replay_in_workers(
     snapshot: List[DLQEntry], func: Callable[[Any], Any], retry: RetryPolicy | None,
-    n_jobs: int | None,
+    n_jobs: int | None, backend: Any = None,
 ) -> Outcomes:
     failures: Dict[int, DLQEntry] = {}
     values = execute(
-        func, [e.item for e in snapshot], n_jobs=n_jobs, retry=retry, dry_run=False,
+        func, [e.item for e in snapshot], n_jobs=n_jobs, retry=retry, dry_run=False, backend=backend,
         on_failure=lambda failure: failures.__setitem__(failure.metadata["index"], failure),
     )
     results: List[Any] = []
@@ -139,6 +141,7 @@ def replay_failed_items(
     n_jobs: int | None = 1,
     retry: RetryPolicy | None = None,
     entries: List[DLQEntry] | None = None,
+    backend: Any = None,
 ) -> Tuple[List[Any], List[DLQEntry]]:
     """Call ``func`` on every item in ``dlq`` (or on ``entries`` of it), in DLQ order.
 
@@ -147,13 +150,15 @@ def replay_failed_items(
     Entries added to the queue while the replay runs are left untouched.
     Works with a :class:`DeadLetterQueue` and a :class:`SharedDeadLetterQueue`.
 
-    With ``n_jobs`` other than 1 the items run through :func:`amorsize.execute` in
-    worker processes (a crash or timeout then fails one item, not the replay).
+    With ``n_jobs`` other than 1, or a ``backend``, the items run through
+    :func:`amorsize.execute` (worker processes by default: a crash or timeout then
+    fails one item, not the replay). ``func`` may be an ``async def`` function.
 
     Args:
         n_jobs: 1 to replay serially in this process; None or > 1 for worker processes.
         retry: a RetryPolicy applied to each replayed item.
         entries: replay only these entries (default: all of them).
+        backend: as for :func:`amorsize.execute` (``"threads"`` for I/O-bound work).
 
     Returns:
         ``(results, still_failed)``: results of the recovered items in DLQ order,
@@ -172,10 +177,10 @@ def replay_failed_items(
         raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
     snapshot = dlq.get_entries() if entries is None else list(entries)
     refuse_pickle_locked(snapshot)
-    if n_jobs == 1:
+    if n_jobs == 1 and backend is None:
         outcomes = _replay_serially(snapshot, func, retry, dlq.policy.include_traceback)
     else:
-        outcomes = _replay_in_workers(snapshot, func, retry, n_jobs)
+        outcomes = _replay_in_workers(snapshot, func, retry, n_jobs, backend)
     results, recovered, still_failed = outcomes
     dlq.update(still_failed, remove_ids=recovered if clear_on_success else ())
     return results, still_failed

@@ -39,6 +39,7 @@ protocol 2 writes builtin ``OSError`` subclasses such as ``TimeoutError`` as ``O
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random as _random
 import time
@@ -350,3 +351,37 @@ def pause_for_retry_after(pacer: Pacer, exc: BaseException) -> None:
     seconds = retry_after_seconds(exc)
     if seconds is not None:
         pacer.pause(min(seconds, DEFAULT_MAX_DELAY))
+
+
+async def call_with_retry_async(
+    func: Callable[[Any], Any], item: Any, retry: RetryPolicy | None, pacer: Pacer | None = None
+) -> RetryOutcome:
+    """:func:`call_with_retry` for a coroutine function: ``await func(item)``, waits with ``asyncio.sleep``.
+
+    The policy's delays and its choice of errors are the same; only the wait never
+    blocks the event loop (the policy's injected ``sleep`` is not used). A
+    cancellation (the item's timeout, Ctrl-C) is never retried: it propagates.
+    """
+    attempt = 1
+    start = retry.clock() if retry is not None and retry.max_elapsed is not None else 0.0
+    while True:
+        try:
+            return RetryOutcome(True, await func(item), None, attempt)
+        except Exception as exc:
+            error: BaseException = exc
+        except BaseException as exc:
+            if retry is None or isinstance(exc, asyncio.CancelledError) or not retry._names_explicitly(exc):
+                raise
+            error = exc
+        if retry is None:
+            return RetryOutcome(False, None, error, attempt)
+        requested = retry.requested_delay(error)
+        if requested is not None and pacer is not None:
+            pacer.pause(requested)
+        if not retry.should_retry(error, attempt):
+            return RetryOutcome(False, None, error, attempt)
+        delay = retry.compute_delay(attempt) if requested is None else requested
+        if retry.max_elapsed is not None and retry.clock() - start + delay > retry.max_elapsed:
+            return RetryOutcome(False, None, error, attempt)
+        await asyncio.sleep(delay)
+        attempt += 1

@@ -8,10 +8,11 @@ the item it was running, or None when the backend cannot tell, and the
 dispatcher then bisects).
 
 Built in: ``"processes"`` (worker processes on this machine, the default;
-``"local"`` is an alias) and ``"in_process"`` (chunks run in the caller's
-process). Others register with :func:`register_backend` or, from an installed
-distribution, under the entry-point group ``amorsize.backends`` (the Dask
-plugin registers ``"dask"``), so the core never imports them.
+``"local"`` is an alias), ``"threads"`` (a thread pool in the caller's process,
+for I/O) and ``"in_process"`` (chunks run in the caller's process). Others
+register with :func:`register_backend` or, from an installed distribution,
+under the entry-point group ``amorsize.backends`` (the Dask plugin registers
+``"dask"``), so the core never imports them.
 
 A pool runs each chunk with :func:`run_chunk` (worker side) and ships it with
 :func:`encode_result`; see ``docs/backends.md`` for a worked example. The
@@ -61,6 +62,9 @@ class ChunkSpec:
     ``rate_limit``: a :class:`~amorsize.RateLimit` each attempt waits for, at most
     ``timeout`` seconds after its item started. ``budget``: the run's failure budget
     (:mod:`amorsize.run.budget`), checked before each item and told of failures.
+    ``concurrency``: None for a plain function; for an ``async def`` one, the items
+    each worker's event loop keeps in flight (:mod:`amorsize.backends.aio`), and
+    ``timeout`` is then enforced there, by cancelling the item's task.
     """
 
     func: Callable[[Any], Any]
@@ -72,6 +76,7 @@ class ChunkSpec:
     rate_limit: Any = None
     budget: Any = None
     timeout: Optional[float] = None
+    concurrency: Optional[int] = None
 
     def restore_source(self) -> None:
         """In a worker: give the function's code its file back (see ``source_file``)."""
@@ -97,6 +102,9 @@ class ChunkResult:
     #: Some values were pre-pickled with cloudpickle (``PickledValue``) to cross over.
     packed_values: bool = False
     error: Optional[BaseException] = None
+    #: CPU seconds the chunk's event loop used (async functions only; None otherwise):
+    #: with ``compute_seconds`` it tells waiting from computing (amorsize.sizing.aio).
+    cpu_seconds: Optional[float] = None
 
 
 # --- events a pool reports ----------------------------------------------------------
@@ -175,6 +183,7 @@ _BUILTIN: Dict[str, str] = {
     "processes": "amorsize.backends.local:ProcessBackend",
     "local": "amorsize.backends.local:ProcessBackend",  # the name before 0.2
     "in_process": "amorsize.backends.inprocess:InProcessBackend",
+    "threads": "amorsize.backends.threads:ThreadBackend",
 }
 _registered: Dict[str, Callable[[], Any]] = {}
 
@@ -250,6 +259,9 @@ _LAZY = {
     "describe_exit": "amorsize.backends.local",
     "InProcessBackend": "amorsize.backends.inprocess",
     "InProcessPool": "amorsize.backends.inprocess",
+    "ThreadBackend": "amorsize.backends.threads",
+    "ThreadPool": "amorsize.backends.threads",
+    "run_async_chunk": "amorsize.backends.aio",
     "failure_entry": "amorsize.failure",
     "failure_of": "amorsize.failure",
     "usable_cores": "amorsize.sizing.measure",
@@ -266,8 +278,10 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from amorsize.backends.aio import run_async_chunk
     from amorsize.backends.inprocess import InProcessBackend, InProcessPool
     from amorsize.backends.local import LocalBackend, LocalProcessPool, ProcessBackend, describe_exit
+    from amorsize.backends.threads import ThreadBackend, ThreadPool
     from amorsize.backends.worker import encode_result, finish_in_parent, run_chunk
     from amorsize.failure import failure_entry, failure_of
     from amorsize.sizing.measure import usable_cores
@@ -287,6 +301,8 @@ __all__ = [
     "LocalProcessPool",
     "Pool",
     "ProcessBackend",
+    "ThreadBackend",
+    "ThreadPool",
     "available_backends",
     "describe_exit",
     "encode_result",
@@ -295,6 +311,7 @@ __all__ = [
     "finish_in_parent",
     "register_backend",
     "resolve_backend",
+    "run_async_chunk",
     "run_chunk",
     "usable_cores",
 ]

@@ -23,6 +23,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import cloudpickle
 
 from amorsize.backends import ChunkResult, ChunkSpec, ChunkTask
+from amorsize.backends.aio import run_async_chunk
 from amorsize.dlq.entry import DLQEntry
 from amorsize.failure import failure_entry, failure_of
 from amorsize.retry import call_with_retry, pause_for_retry_after
@@ -74,6 +75,8 @@ def run_chunk(
             the items up to it): the in-process backend records each failure before the
             next item starts.
     """
+    if spec.concurrency is not None:  # an async def function: see amorsize.backends.aio
+        return run_async_chunk(spec, task, progress)
     values: List[Any] = []
     failures: List[DLQEntry] = []
     begin = time.perf_counter()

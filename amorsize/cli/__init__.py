@@ -66,7 +66,11 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
                    "mymod:Parser.parse; the current directory is searched first, like python -m")
     add_filter_options(p)
     p.add_argument("--n-jobs", type=positive_int, default=1, metavar="N",
-                   help="worker processes (default 1: serially, in this process)")
+                   help="workers (default 1: serially, in this process)")
+    p.add_argument("--backend", choices=("processes", "threads"), default=None,
+                   help="where the --n-jobs workers run: processes (the default when N > 1) "
+                   "or threads (I/O-bound functions; N threads, even N=1). Async def "
+                   "functions work with every choice")
     p.add_argument("--retries", type=non_negative_int, default=0, metavar="N",
                    help="retries per item after the first attempt, with backoff (default 0)")
     p.add_argument("--rate", type=parse_rate, metavar="N/s",

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Sequence, Tupl
 
 import amorsize
 from amorsize import replay as replay_core
+from amorsize._aio import as_sync
 from amorsize.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -175,16 +176,20 @@ def _run_items(
     retries: int,
     rate: float | None,
     stop: Callable[[], bool] = _never,
+    backend: str | None = None,
 ) -> Iterator[Outcome]:
     """THE SEAM: run ``func`` over ``items``; yield ``(True, value)`` or ``(False, ErrorInfo)``.
 
     The i-th outcome belongs to ``items[i]``. Nothing new starts once ``stop()`` is
     true, so a consumer that stops early holds a prefix. Serial, in this process,
-    with ``n_jobs == 1`` or with ``rate``.
+    with ``n_jobs == 1`` (and no ``backend``) or with ``rate``; an ``async def`` ``func``
+    then runs each item on this thread's event loop.
     """
-    if n_jobs != 1 and rate is None:
-        yield from _run_parallel(func, items, n_jobs=n_jobs, retries=retries, stop=stop)
+    if (n_jobs != 1 or backend is not None) and rate is None:
+        yield from _run_parallel(func, items, n_jobs=n_jobs, retries=retries, stop=stop,
+                                 backend=backend)
         return
+    func = as_sync(func)
     policy = RetryPolicy(max_retries=retries)
     bucket = TokenBucket(rate) if rate else None
     for item in items:
@@ -225,7 +230,7 @@ def _until_stopped(items: Iterable[Any], stop: Callable[[], bool]) -> Iterator[A
 
 def _run_parallel(
     func: Callable[[Any], Any], items: Sequence[Any], *, n_jobs: int, retries: int,
-    stop: Callable[[], bool],
+    stop: Callable[[], bool], backend: str | None = None,
 ) -> Iterator[Outcome]:
     """Through ``amorsize.imap`` (ordered): results in input order, a Failure per failed item.
 
@@ -237,6 +242,7 @@ def _run_parallel(
     results = amorsize.imap(
         func, _until_stopped(items, stop), n_jobs=n_jobs,
         retry=RetryPolicy(max_retries=retries), dlq=None, on_failure=sink, dry_run=False,
+        backend=backend,
     )
     for value in results:
         if is_failure(value):
@@ -320,7 +326,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 # No break on cancel here: _run_items starts nothing new once cancel is set, and
                 # every outcome it still yields is an item that ran, so it must be committed.
                 for outcome in _run_items(func, [e.item for e in entries], n_jobs=args.n_jobs,
-                                          retries=args.retries, rate=args.rate, stop=cancel.is_set):
+                                          retries=args.retries, rate=args.rate, stop=cancel.is_set,
+                                          backend=getattr(args, "backend", None)):
                     outcomes.append(outcome)
             except KeyboardInterrupt:
                 cancel.signum = cancel.signum or signal.SIGINT

@@ -20,6 +20,7 @@ from amorsize.backends import ChunkDone, ChunkLost, ChunkResult, ChunkSpec, Chun
 from amorsize.backends.worker import finish_in_parent
 from amorsize.errors import InputIteratorError
 from amorsize.failure import failure_of, function_name
+from amorsize.run.aio import async_fields, plan_async, widen_async
 from amorsize.run.budget import Budget
 from amorsize.run.chunker import Chunker
 from amorsize.run.failures import FailureRouter, lost_entry
@@ -53,7 +54,8 @@ class Dispatcher:
         self.resume = Resume(options.checkpoint, options.dlq)
         self.chunker = Chunker(self.resume.bind(func, iter(items), total), total)
         self.chunker.skip.extend(self.resume.skip_ranges())
-        self.plan = plan_run(self.chunker, options)
+        fields = async_fields(func, options)
+        self.plan = plan_async(self.chunker, options) if fields else plan_run(self.chunker, options)
         #: Segments finished before the pool opens, by a checkpointed run.
         self.finished: List[Segment] = list(self.resume.finished)
         include_traceback = getattr(getattr(options.dlq, "policy", None), "include_traceback", True)
@@ -61,7 +63,7 @@ class Dispatcher:
         self.spec = ChunkSpec(func, options.retry, include_traceback, function_name(func),
                               keep_error=options.on_failure == "raise", source_file=source_file(func),
                               rate_limit=options.rate_limit, budget=self.budget.shared,
-                              timeout=options.timeout)
+                              timeout=options.timeout, **fields)
         self.failures = FailureRouter(options, self.resume)
         self.gate = Gate(options.circuit_breaker, options.on_open)
         self.progress = Progress(total, options.progress, options.on_progress)
@@ -159,25 +161,31 @@ class Dispatcher:
 
     def _open(self) -> Pool:
         plan, options = self.plan, self.options
+        is_async = self.spec.concurrency is not None  # its loop enforces the timeout
         pool: Pool = plan.backend.open(
-            self.spec, n_jobs=plan.n_jobs, timeout=options.timeout, start_method=options.start_method
+            self.spec, n_jobs=plan.n_jobs, timeout=None if is_async else options.timeout,
+            start_method=options.start_method,
         )
         self.width = max(1, getattr(pool, "size", plan.n_jobs or 1))
         self.chunker.start_sizer(plan.chunksize, n_jobs=self.width,
                                  target=options.target_chunk_duration,
-                                 adaptive=options.chunksize is None and not plan.probe)
+                                 adaptive=options.chunksize is None and not plan.probe and not is_async)
         self.pool = pool
         return pool
 
     def _widen(self, task: ChunkTask, result: ChunkResult) -> None:
         """After the probe chunk: choose the width and chunk size, grow the pool to it."""
-        plan = self.plan = widen(result, task.items, self.chunker.total, self.options)
+        if self.spec.concurrency is not None:  # async: one loop unless CPU time dominates
+            plan = self.plan = widen_async(result, self.chunker.total, self.options)
+        else:
+            plan = self.plan = widen(result, task.items, self.chunker.total, self.options)
         grow = getattr(self.pool, "grow", None)
         if grow is not None and plan.n_jobs is not None and plan.n_jobs > self.width:
             grow(plan.n_jobs - self.width)
             self.width = plan.n_jobs
         self.chunker.start_sizer(plan.chunksize, n_jobs=self.width,
-                                 target=self.options.target_chunk_duration, adaptive=True)
+                                 target=self.options.target_chunk_duration,
+                                 adaptive=self.spec.concurrency is None)
 
     def _next_task(self, limit: Optional[int]) -> Optional[ChunkTask]:
         backlog = len(self.reorder) - self.waiting_finished

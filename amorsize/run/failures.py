@@ -121,9 +121,10 @@ def lost_entry(task: ChunkTask, position: int, event: ChunkLost, function_name: 
         error: BaseException = detail.pop("error")
         item = pack_for_transport(item)
     elif event.reason == "timeout":
+        fate = (f"its thread ({detail.get('thread')}) was abandoned" if detail.get("abandoned")
+                else f"its worker (pid {detail.get('pid')}) was terminated")
         error = ItemTimeoutError(
-            f"the item ran longer than timeout={detail.get('timeout_seconds')}s; its worker "
-            f"(pid {detail.get('pid')}) was terminated"
+            f"the item ran longer than timeout={detail.get('timeout_seconds')}s; {fate}"
         )
     else:
         error = WorkerCrashedError(

@@ -62,9 +62,11 @@ class RunOptions:
     checkpoint: Optional[Checkpoint] = None
     rate_limit: Any = None
     max_failures: Union[int, float, None] = None
+    concurrency: Optional[int] = None
 
     def __post_init__(self) -> None:
         check_int("n_jobs", self.n_jobs, 1, optional=True)
+        check_int("concurrency", self.concurrency, 1, optional=True)
         check_int("chunksize", self.chunksize, 1, optional=True)
         check_int("max_crashes", self.max_crashes, 0, optional=True)
         timeout = self.timeout
