@@ -146,17 +146,15 @@ def imap(
     Args:
         func: a callable of one argument; lambdas and closures work (cloudpickle).
         items: any iterable, read lazily with bounded look-ahead.
-        n_jobs: worker processes. With ``n_jobs`` and ``chunksize`` both None (and no
-            timeout) a dry run of the first few items here chooses them (their results
-            are kept). A width of 1 without a timeout runs in this process.
+        n_jobs: workers. None with ``chunksize`` None: a probe of the first items, run in
+            one worker (results kept), chooses both; nothing runs in this process.
         chunksize: items per chunk; None adapts it while running from measured times.
         retry: a :class:`~amorsize.RetryPolicy` applied to each item in the worker.
         dlq: a DeadLetterQueue or SharedDeadLetterQueue receiving failed items.
         timeout: seconds an item may run before its worker is killed.
-        on_failure: ``"dlq"`` (default with a dlq), a callable receiving each DLQEntry,
-            or ``"raise"`` (default without a dlq): re-raises the item's own exception
-            (the worker's traceback text is its ``__cause__``), or a TaskFailedError
-            when it cannot be rebuilt here or the item's worker was lost.
+        on_failure: ``"dlq"`` (default with a dlq), a callable receiving each DLQEntry, or
+            ``"raise"`` (default without): re-raises the item's own exception, its cause the
+            worker's traceback text (TaskFailedError if it cannot be rebuilt here).
         ordered: yield in input order (True) or completion order (False).
         progress: a tqdm progress bar (the ``progress`` extra).
         on_progress: callable ``(done, total)`` called after each chunk.
@@ -165,7 +163,7 @@ def imap(
         target_chunk_duration: seconds of work per chunk that adaptive chunking aims at.
         backend: ``"processes"`` (None), ``"threads"``, ``"in_process"``, a name registered
             with :func:`amorsize.backends.register_backend` or an entry point, or an object.
-        dry_run: False skips the dry run: every call of ``func`` happens in a worker.
+        dry_run: False skips the probe and its sizing.
         circuit_breaker: a :class:`~amorsize.CircuitBreaker` fed by every worker's outcomes;
             while CLOSED, at most as many items are in flight as failures it takes to open.
         on_open: while it is open, ``"dead_letter"`` items without calling ``func``
@@ -174,7 +172,6 @@ def imap(
         rate_limit: a :class:`~amorsize.RateLimit` shared by every call in every worker.
         max_failures: a failure budget: an int, or a share in (0, 1) of finished items.
         concurrency: ``async def`` func only: items in flight per event loop (default 100).
-
     An unknown keyword raises UnknownArgumentError (a TypeError) naming the nearest.
     """
     check_func(func)
