@@ -9,7 +9,7 @@ import enum
 import os
 from dataclasses import dataclass, field
 
-from amorsize._validate import check_bool, check_choice, check_int, invalid_value
+from amorsize._validate import check_bool, check_choice, check_int, check_seconds, invalid_value
 
 FSYNC_MODES = ("always", "batch", "never")
 PERSIST_ERROR_MODES = ("warn", "raise")
@@ -62,6 +62,11 @@ class DLQPolicy:
             way ``flush()``/``close()`` raise if entries remain unwritten.
         max_archive_bytes: cap of the archive of pruned entries; 0 means unbounded.
             At the cap pruning stops (entries stay live) and a WARNING says so.
+        dedupe: a failure of an item already in the queue updates its entry (attempts
+            summed, first/last failure times, last error, recent distinct errors)
+            instead of adding another; see :mod:`amorsize.dlq.dedupe`.
+        max_age_seconds: drop entries whose first failure is older than this, on
+            open and on add (logged as a WARNING with the count); None keeps them.
 
     Raises:
         InvalidArgumentError: a field has a value that is not accepted.
@@ -77,6 +82,8 @@ class DLQPolicy:
     strict: bool = True
     on_persist_error: str = "warn"
     max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
+    dedupe: bool = False
+    max_age_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.directory, (str, os.PathLike)) or not os.fspath(self.directory):
@@ -87,11 +94,13 @@ class DLQPolicy:
             raise invalid_value("format", self.format, "DLQFormat.JSON or DLQFormat.PICKLE") from None
         object.__setattr__(self, "format", fmt)
         check_int("max_entries", self.max_entries, 0)  # 0 means unbounded
-        for name in ("include_traceback", "auto_persist", "strict"):
+        for name in ("include_traceback", "auto_persist", "strict", "dedupe"):
             check_bool(name, getattr(self, name))
         check_choice("fsync", self.fsync, FSYNC_MODES)
         check_choice("on_persist_error", self.on_persist_error, PERSIST_ERROR_MODES)
         check_int("max_archive_bytes", self.max_archive_bytes, 0)
+        max_age = check_seconds("max_age_seconds", self.max_age_seconds, positive=True, optional=True)
+        object.__setattr__(self, "max_age_seconds", max_age)
         if check_bool("allow_pickle", self.allow_pickle, optional=True) is None:
             object.__setattr__(self, "allow_pickle", fmt is DLQFormat.PICKLE)
 

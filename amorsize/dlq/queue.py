@@ -22,18 +22,24 @@ plus what it added, and ``load()`` picks up what others appended since.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import threading
+import time
 from typing import Any, Dict, List, Sequence, Set
 
 from amorsize._fs import write_atomically
+from amorsize._validate import check_callable, invalid_value
+from amorsize.dlq.alerts import AlertCallback, make_alerter
 from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
+from amorsize.dlq.dedupe import Deduper, KeyFunction
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.journal import Journal, read_records
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
 from amorsize.dlq.records import decode_record, encode_entry
 from amorsize.dlq.rescue import persist_error
+from amorsize.dlq.retention import RetentionLog, expired
 from amorsize.dlq.summary import select_entries, summarize
 from amorsize.errors import DLQCorruptError, DLQPersistError
 
@@ -45,19 +51,39 @@ logger = logging.getLogger("amorsize.dlq")
 PRUNE_COMPACTION_MIN_BATCH = 256
 
 
+def dedupe_for(policy: DLQPolicy, key: KeyFunction | None) -> Deduper | None:
+    """The queue's :class:`Deduper` (``policy.dedupe``); a ``key`` without dedupe is refused."""
+    check_callable("key", key, "a callable(item) or None", optional=True)
+    if key is not None and not policy.dedupe:
+        raise invalid_value("key", key, "None unless DLQPolicy(dedupe=True)")
+    return Deduper(key) if policy.dedupe else None
+
+
 class DeadLetterQueue(DeadLetterQueueBase):
     """Keeps items that failed for good, with their errors, for inspection and replay.
 
     Args:
         policy: a :class:`DLQPolicy`; defaults to ``DLQPolicy()``.
+        on_add: ``callable(entry, count)`` called after each add, outside the lock;
+            its errors are logged, never raised (see :mod:`amorsize.dlq.alerts`).
+        alert_every_seconds: at most one ``on_add`` call per interval, carrying the
+            count of entries added since the previous call.
+        key: with ``policy.dedupe``, ``callable(item)`` naming the item a failure
+            belongs to (default: a hash of its canonical encoding; see
+            :mod:`amorsize.dlq.dedupe`).
     """
 
     def __init__(
-        self, policy: DLQPolicy | str | os.PathLike[str] | None = None, *, _lazy_pickle: bool = False
+        self, policy: DLQPolicy | str | os.PathLike[str] | None = None, *,
+        on_add: AlertCallback | None = None, alert_every_seconds: float | None = None,
+        key: KeyFunction | None = None, _lazy_pickle: bool = False,
     ) -> None:
         if isinstance(policy, (str, os.PathLike)):  # a path: shorthand for a queue in that directory
             policy = DLQPolicy(directory=os.fspath(policy))
         self.policy = policy = checked_policy(policy)
+        self._alerter = make_alerter(on_add, alert_every_seconds)
+        self._deduper = dedupe_for(policy, key)
+        self._retention_log = RetentionLog(policy.path, policy.max_age_seconds or 0.0)
         self._lock = threading.RLock()
         self._entries: collections.OrderedDict[str, DLQEntry] = collections.OrderedDict()
         self._pruned = 0
@@ -93,12 +119,16 @@ class DeadLetterQueue(DeadLetterQueueBase):
     def _store(self, batch: Sequence[DLQEntry]) -> None:
         # The hot path of add(): no call that has nothing to do.
         with self._lock:
+            if self._deduper is not None:
+                batch = self._deduper.fold(batch, self._entries)
             for entry in batch:
                 self._entries[entry.entry_id] = entry
             if self._journal is not None:
                 self._persist([e.entry_id for e in batch])
-            if self.policy.max_entries:
+            if self.policy.max_entries or self.policy.max_age_seconds is not None:
                 self._prune()
+        if self._alerter is not None:  # outside the lock: a slow callback blocks no writer
+            self._alerter.notify(batch)
 
     # -- persistence ----------------------------------------------------------
 
@@ -199,33 +229,50 @@ class DeadLetterQueue(DeadLetterQueueBase):
             self._compaction_pending = False
             self._prune_compaction_at = max(self.policy.max_entries, PRUNE_COMPACTION_MIN_BATCH)
 
-    def _prune(self) -> None:
+    def _prune(self, *, full_age_scan: bool = False) -> None:
+        """Apply ``max_age_seconds`` then ``max_entries``, both through :meth:`_drop_pruned`."""
+        max_age = self.policy.max_age_seconds
+        if max_age is not None and self._entries:
+            ids = expired(self._entries, max_age, time.time(), oldest_only=not full_age_scan)
+            if ids:
+                self._retention_log.dropped(self._drop_pruned(ids))
         limit = self.policy.max_entries
         if not limit or len(self._entries) <= limit:
             return
-        dropped = self._move_to_archive(len(self._entries) - limit)
+        dropped = self._drop_pruned(list(itertools.islice(self._entries, len(self._entries) - limit)))
         if not dropped:
             return
-        self._pruned += dropped
         where = "the archive " + self._journal.archive_path if self._journal else "nowhere (no journal)"
         log = logger.info if self._prune_warned else logger.warning
         self._prune_warned = True
         log("DLQ at max_entries=%d: moved %d oldest entries to %s (%d so far); "
             "`amorsize dlq list --archived` shows them", limit, dropped, where, self._pruned)
+
+    def _drop_pruned(self, entry_ids: List[str]) -> int:
+        """THE prune path (max_entries and max_age_seconds): archive ``entry_ids``.
+
+        They leave memory at once and move to the archive (``dlq.pruned.jsonl``) with
+        the next batched compaction. Returns how many (counted in ``summary["pruned"]``).
+        """
+        dropped = self._move_to_archive(entry_ids)
+        self._pruned += dropped
         if len(self._dropped_on_disk) >= self._prune_compaction_at:
             self._compact(set())
             # Next time after another batch, also when this one failed (no re-read per add).
             self._prune_compaction_at = len(self._dropped_on_disk) + max(
-                limit, PRUNE_COMPACTION_MIN_BATCH
+                self.policy.max_entries, PRUNE_COMPACTION_MIN_BATCH
             )
+        return dropped
 
-    def _move_to_archive(self, count: int) -> int:
-        """Take the ``count`` oldest entries out of memory, into the archive batch."""
+    def _move_to_archive(self, entry_ids: List[str]) -> int:
+        """Take ``entry_ids`` out of memory, into the archive batch (stops at the cap)."""
         cap = self.policy.max_archive_bytes
         journal = self._journal
         moved = 0
-        while moved < count:
-            entry_id, entry = next(iter(self._entries.items()))
+        for entry_id in entry_ids:
+            entry = self._entries.get(entry_id)
+            if entry is None:
+                continue
             if journal is not None:
                 line = self._encode(entry)
                 pending = self._archive_bytes + sum(map(len, self._to_archive.values()))
@@ -301,6 +348,8 @@ class DeadLetterQueue(DeadLetterQueueBase):
                 logger.warning("DLQ file %r: skipped record at line %d: %s", path, number, detail)
         # Nothing is merged before the whole file has been read and decoded.
         self._corrupt_skipped += skipped
+        if self._deduper is not None:
+            self._deduper.forget()
         ids = []
         own_journal = self._journal is not None and os.path.abspath(path) == os.path.abspath(
             self._journal.path
@@ -310,8 +359,10 @@ class DeadLetterQueue(DeadLetterQueueBase):
                 continue  # pruned or removed here, still on file until the next compaction
             self._entries[entry.entry_id] = entry
             ids.append(entry.entry_id)
-        if self.policy.max_entries and len(self._entries) > self.policy.max_entries:
-            self._prune()
+        if self.policy.max_age_seconds is not None or (
+            self.policy.max_entries and len(self._entries) > self.policy.max_entries
+        ):
+            self._prune(full_age_scan=True)
         return ids
 
     def _catch_up(self) -> None:
@@ -343,6 +394,8 @@ class DeadLetterQueue(DeadLetterQueueBase):
         Raises:
             DLQPersistError: as :meth:`flush` (the handles are released all the same).
         """
+        if self._alerter is not None:
+            self._alerter.flush()
         with self._lock:
             if self._journal is not None:
                 try:
