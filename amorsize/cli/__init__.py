@@ -10,6 +10,7 @@ amorsize dlq purge   [DIR] [filters] [--older-than AGE] [--dry-run | -y/--yes]
 amorsize dlq replay  [DIR] --func module:function [--any-function] [filters] [--n-jobs N]
                      [--retries N] [--rate N/s] [--timeout S] [--dry-run]
 amorsize dlq tail    [DIR] [-n N] [--duration S] [--json]
+amorsize dlq migrate [DIR] [--dry-run] [--allow-pickle]
 ```
 
 Modules: :mod:`.common` (exit codes, opening a queue read-only, filters, the
@@ -41,6 +42,7 @@ from amorsize.cli.common import (
 from amorsize.cli.filters import add_filter_options
 from amorsize.cli.helptext import epilog
 from amorsize.cli.listing import GROUP_KEYS, add_list_options, cmd_list, cmd_summary
+from amorsize.cli.migrate import add_migrate_parser
 from amorsize.cli.replay import cmd_replay
 from amorsize.cli.replay_scope import positive_seconds
 from amorsize.cli.tail import add_tail_parser
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_replay(sub)
     add_tail_parser(sub, _subcommand)
+    add_migrate_parser(sub, _subcommand)
     parser.set_defaults(parsers={"": parser, "dlq": dlq})
     return parser
 

@@ -211,7 +211,7 @@ def open_queue(args: argparse.Namespace) -> DeadLetterQueue:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            queue = DeadLetterQueue(policy)
+            queue = DeadLetterQueue(policy, _migrate=False)  # read-only: `dlq migrate` migrates
             if archived and os.path.lexists(journal):
                 queue.load(journal)  # the archive of pruned entries, read like a journal
         except DLQCorruptError as exc:

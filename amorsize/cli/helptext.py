@@ -30,7 +30,7 @@ COMMAND_CODES = {
     "purge": (0, 2, 3, 4),
     "replay": (0, 1, 2, 3, 4, 130),
     "tail": (0, 2, 3),
-    "migrate": (0, 2, 3),
+    "migrate": (0, 2, 3, 4),
 }
 
 TIMES_HELP = """\

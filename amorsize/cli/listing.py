@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Sequence
 
 from amorsize.cli.common import EXIT_OK, open_queue
 from amorsize.cli.filters import select_from
+from amorsize.cli.migrate import warn_seed_files
 from amorsize.cli.render import (
     clean,
     entry_record,
@@ -180,6 +181,7 @@ def _groups_text(grouped: List[Dict[str, Any]], by: str) -> str:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     queue = open_queue(args)
+    warn_seed_files(args.dir)
     everything = queue.get_entries()
     entries = select_from(everything, args)
     if args.by:

@@ -36,6 +36,7 @@ from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
 from amorsize.dlq.dedupe import Deduper, KeyFunction
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.journal import Journal, read_records
+from amorsize.dlq.migrate import migrate_on_open
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
 from amorsize.dlq.records import decode_record, encode_entry
 from amorsize.dlq.rescue import persist_error
@@ -76,7 +77,7 @@ class DeadLetterQueue(DeadLetterQueueBase):
     def __init__(
         self, policy: DLQPolicy | str | os.PathLike[str] | None = None, *,
         on_add: AlertCallback | None = None, alert_every_seconds: float | None = None,
-        key: KeyFunction | None = None, _lazy_pickle: bool = False,
+        key: KeyFunction | None = None, _lazy_pickle: bool = False, _migrate: bool = True,
     ) -> None:
         if isinstance(policy, (str, os.PathLike)):  # a path: shorthand for a queue in that directory
             policy = DLQPolicy(directory=os.fspath(policy))
@@ -108,6 +109,9 @@ class DeadLetterQueue(DeadLetterQueueBase):
         # The manager process of a SharedDeadLetterQueue keeps pickled items as bytes.
         self._lazy_pickle = _lazy_pickle
         if policy.auto_persist:
+            if _migrate:  # a seed-era dlq.json / dlq.pkl moves into the journal, once
+                migrate_on_open(policy.path, allow_pickle=bool(policy.allow_pickle),
+                                pickle_everything=self._pickle_everything, fsync=policy.fsync)
             self._journal = Journal(policy.path, fsync=policy.fsync, strict=policy.strict)
             self._journal.prepare()
             self._archive_bytes = self._journal.archive_size()
