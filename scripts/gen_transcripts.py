@@ -47,6 +47,13 @@ TRANSCRIPTS: dict[str, list[Command]] = {
         "amorsize dlq list failed/ --error-type ValueError --grep EUR --json",
         lambda session: f"amorsize dlq show failed/ {_key_error_prefix(session)}",
     ],
+    "operator": [
+        "amorsize dlq summary failed/ --by signature",
+        "amorsize dlq list failed/ --newest --limit 2 --fields id,reason,signature",
+        "amorsize dlq list failed/ --error-type valueerror --error-type keyerror --json | wc -l",
+        "amorsize dlq list failed/ --error-type ValuError",
+        "amorsize dlq export failed/ --to - --error-type KeyError | wc -l",
+    ],
     "export": [
         "amorsize dlq export failed/ --to failed.csv --error-type ValueError",
         "ls -l failed.csv | cut -c1-10",
@@ -60,7 +67,7 @@ TRANSCRIPTS: dict[str, list[Command]] = {
     ],
     "purge": [
         "amorsize dlq purge failed/ --error-type TypeError",
-        "amorsize dlq purge failed/ --error-type TypeError --yes",
+        "amorsize dlq purge failed/ --error-type TypeError -y",
     ],
     "errors": [
         "amorsize dlq replay failed/ --func etl_fixed:parse_record",
