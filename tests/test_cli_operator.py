@@ -176,7 +176,6 @@ def test_replay_timeout_fails_a_slow_item(tmp_path):
 def test_tail_follows_new_entries(tmp_path):
     import subprocess
     import sys
-    import time
 
     from amorsize import DeadLetterQueue, DLQPolicy
     from tests.test_cli import cli_env
@@ -184,14 +183,15 @@ def test_tail_follows_new_entries(tmp_path):
     q, _ = queue(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "amorsize", "dlq", "tail", str(q), "-n", "1", "--json",
-         "--duration", "4"],
+         "--duration", "8"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     try:
-        time.sleep(1.5)
+        first = proc.stdout.readline()  # the last entry already there: the tail is following
         live = DeadLetterQueue(DLQPolicy(directory=q, max_entries=0))
         live.add({"n": 99}, ValueError("arrived late"))
         live.close()
         out, err = proc.communicate(timeout=30)
+        out = first + out
     finally:
         if proc.poll() is None:
             proc.kill()
