@@ -99,9 +99,11 @@ def _run(command: str, session: Path) -> tuple[str, int]:
 def _hold_replay_lock(session: Path) -> subprocess.Popen[bytes]:
     """Start a replay of a slow function on failed/ and wait until it holds the lock."""
     (session / "slow.py").write_text(_SLOW_MODULE)
+    lock = session / "failed" / ".replay.lock"
+    # Earlier replays left their pid in the file: clear it, or we would not wait at all.
+    lock.unlink(missing_ok=True)
     proc = subprocess.Popen(["amorsize", "dlq", "replay", "failed/", "--func", "slow:parse_record"],
                             cwd=session, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lock = session / "failed" / ".replay.lock"
     deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
     while not (lock.exists() and lock.read_text().strip()):
         if time.monotonic() > deadline or proc.poll() is not None:
