@@ -27,6 +27,7 @@ import hashlib
 import json
 from typing import Any, Callable, Dict, List, Mapping, Sequence
 
+from amorsize._validate import check_callable, invalid_value
 from amorsize.dlq.entry import DLQEntry
 from amorsize.serialization import PickledPayload, PickledValue, UnserializableItem, dumps, is_json_native
 
@@ -130,3 +131,11 @@ class Deduper:
             self._index[key] = merged.entry_id
             out[merged.entry_id] = merged
         return list(out.values())
+
+
+def dedupe_for(policy: Any, key: KeyFunction | None) -> Deduper | None:
+    """The queue's :class:`Deduper` (``policy.dedupe``); a ``key`` without dedupe is refused."""
+    check_callable("key", key, "a callable(item) or None", optional=True)
+    if key is not None and not policy.dedupe:
+        raise invalid_value("key", key, "None unless DLQPolicy(dedupe=True)")
+    return Deduper(key) if policy.dedupe else None

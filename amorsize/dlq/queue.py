@@ -22,45 +22,31 @@ plus what it added, and ``load()`` picks up what others appended since.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import os
 import threading
-import time
 from typing import Any, Dict, List, Sequence, Set
 
 from amorsize._fs import write_atomically
-from amorsize._validate import check_callable, invalid_value
 from amorsize.dlq.alerts import AlertCallback, make_alerter
 from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
-from amorsize.dlq.dedupe import Deduper, KeyFunction
+from amorsize.dlq.dedupe import KeyFunction, dedupe_for
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.journal import Journal, read_records
 from amorsize.dlq.migrate import migrate_on_open
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
+from amorsize.dlq.pruning import PRUNE_COMPACTION_MIN_BATCH, PruningMixin
 from amorsize.dlq.records import decode_record, encode_entry
 from amorsize.dlq.rescue import persist_error
-from amorsize.dlq.retention import RetentionLog, expired
+from amorsize.dlq.retention import RetentionLog
 from amorsize.dlq.summary import select_entries, summarize
 from amorsize.errors import DLQCorruptError, DLQPersistError
 
 logger = logging.getLogger("amorsize.dlq")
 
-#: Pruned entries are dropped from memory at once but from the journal in
-#: batches, so pruning stays O(1) per add: compact once this many (or
-#: ``max_entries``, if larger) pruned records have built up on disk.
-PRUNE_COMPACTION_MIN_BATCH = 256
 
 
-def dedupe_for(policy: DLQPolicy, key: KeyFunction | None) -> Deduper | None:
-    """The queue's :class:`Deduper` (``policy.dedupe``); a ``key`` without dedupe is refused."""
-    check_callable("key", key, "a callable(item) or None", optional=True)
-    if key is not None and not policy.dedupe:
-        raise invalid_value("key", key, "None unless DLQPolicy(dedupe=True)")
-    return Deduper(key) if policy.dedupe else None
-
-
-class DeadLetterQueue(DeadLetterQueueBase):
+class DeadLetterQueue(PruningMixin, DeadLetterQueueBase):
     """Keeps items that failed for good, with their errors, for inspection and replay.
 
     Args:
@@ -232,68 +218,6 @@ class DeadLetterQueue(DeadLetterQueueBase):
             self._recovered()
             self._compaction_pending = False
             self._prune_compaction_at = max(self.policy.max_entries, PRUNE_COMPACTION_MIN_BATCH)
-
-    def _prune(self, *, full_age_scan: bool = False) -> None:
-        """Apply ``max_age_seconds`` then ``max_entries``, both through :meth:`_drop_pruned`."""
-        max_age = self.policy.max_age_seconds
-        if max_age is not None and self._entries:
-            ids = expired(self._entries, max_age, time.time(), oldest_only=not full_age_scan)
-            if ids:
-                self._retention_log.dropped(self._drop_pruned(ids))
-        limit = self.policy.max_entries
-        if not limit or len(self._entries) <= limit:
-            return
-        dropped = self._drop_pruned(list(itertools.islice(self._entries, len(self._entries) - limit)))
-        if not dropped:
-            return
-        where = "the archive " + self._journal.archive_path if self._journal else "nowhere (no journal)"
-        log = logger.info if self._prune_warned else logger.warning
-        self._prune_warned = True
-        log("DLQ at max_entries=%d: moved %d oldest entries to %s (%d so far); "
-            "`amorsize dlq list --archived` shows them", limit, dropped, where, self._pruned)
-
-    def _drop_pruned(self, entry_ids: List[str]) -> int:
-        """THE prune path (max_entries and max_age_seconds): archive ``entry_ids``.
-
-        They leave memory at once and move to the archive (``dlq.pruned.jsonl``) with
-        the next batched compaction. Returns how many (counted in ``summary["pruned"]``).
-        """
-        dropped = self._move_to_archive(entry_ids)
-        self._pruned += dropped
-        if len(self._dropped_on_disk) >= self._prune_compaction_at:
-            self._compact(set())
-            # Next time after another batch, also when this one failed (no re-read per add).
-            self._prune_compaction_at = len(self._dropped_on_disk) + max(
-                self.policy.max_entries, PRUNE_COMPACTION_MIN_BATCH
-            )
-        return dropped
-
-    def _move_to_archive(self, entry_ids: List[str]) -> int:
-        """Take ``entry_ids`` out of memory, into the archive batch (stops at the cap)."""
-        cap = self.policy.max_archive_bytes
-        journal = self._journal
-        moved = 0
-        for entry_id in entry_ids:
-            entry = self._entries.get(entry_id)
-            if entry is None:
-                continue
-            if journal is not None:
-                line = self._encode(entry)
-                pending = self._archive_bytes + sum(map(len, self._to_archive.values()))
-                if cap and pending + len(line) > cap:
-                    if not self._archive_full_warned:
-                        self._archive_full_warned = True
-                        logger.warning(
-                            "DLQ archive %s is at its cap (%d of max_archive_bytes=%d): pruning "
-                            "stopped, entries over max_entries stay live; move it away or raise "
-                            "the cap", journal.archive_path, pending, cap)
-                    break
-                self._to_archive[entry_id] = line
-                self._dropped_on_disk.add(entry_id)
-                self._unpersisted.pop(entry_id, None)
-            del self._entries[entry_id]
-            moved += 1
-        return moved
 
     def save(self, path: PathArg = None) -> str:
         """Write every entry to ``path`` atomically (default: the journal). Returns the path.
