@@ -104,7 +104,7 @@ def test_max_age_prunes_on_open_and_on_add_with_a_warning(tmp_path, caplog):
 
 def test_max_age_prunes_the_oldest_end_on_add(monkeypatch):
     now = [time.time()]
-    monkeypatch.setattr("amorsize.dlq.queue.time", types.SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr("amorsize.dlq.pruning.time", types.SimpleNamespace(time=lambda: now[0]))
     q = DeadLetterQueue(DLQPolicy(auto_persist=False, max_age_seconds=60))
     q.extend([DLQEntry(i, "E", "m", now[0] + i * 10) for i in range(5)])
     now[0] += 85  # items 0, 1 and 2 (at +0, +10, +20) are now older than 60 s
