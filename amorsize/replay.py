@@ -10,13 +10,17 @@ Replay runs work, so it lives above the store: it may import the executor, and
 
 from __future__ import annotations
 
+import collections
+import logging
 import time
 from dataclasses import replace
 from typing import Any, Callable, Dict, List, Tuple
 
 from amorsize._aio import as_sync
-from amorsize._validate import check_callable
+from amorsize._validate import check_callable, check_type
+from amorsize.dlq import dedupe
 from amorsize.dlq.base import DeadLetterQueueBase
+from amorsize.dlq.dedupe import KEY_FIELD
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.records import STORED_METADATA_KEY
 from amorsize.errors import InvalidTypeError, PickleNotAllowedError
@@ -24,6 +28,68 @@ from amorsize.executor import execute
 from amorsize.failure import failure_entry, function_name
 from amorsize.retry import RetryPolicy, call_with_retry
 from amorsize.serialization import PickledPayload
+
+logger = logging.getLogger("amorsize.replay")
+
+
+class _SameFunction:
+    """The default of ``function=``: the qualified name of the replayed ``func``."""
+
+    def __repr__(self) -> str:
+        return "SAME_FUNCTION"
+
+
+#: ``replay_failed_items(function=SAME_FUNCTION)`` (the default): only entries recorded
+#: for a function with the replayed function's qualified name.
+SAME_FUNCTION: Any = _SameFunction()
+
+
+def function_matches(recorded: str | None, wanted: str, qualname: str | None = None) -> bool:
+    """Whether an entry recorded for ``recorded`` belongs to the function named ``wanted``.
+
+    An entry that records no function matches (nothing says it is another's). A
+    function recorded in ``__main__`` (a script) matches the same ``qualname`` under
+    its module's real name, as when the script's module is given as ``--func``.
+    """
+    if recorded is None or recorded == wanted:
+        return True
+    return qualname is not None and recorded == f"__main__.{qualname}"
+
+
+def split_by_function(
+    entries: List[DLQEntry], wanted: str, qualname: str | None = None
+) -> Tuple[List[DLQEntry], Dict[str, int]]:
+    """``(kept, skipped)``: the entries of ``wanted``, and counts of the others by function."""
+    kept: List[DLQEntry] = []
+    skipped: Dict[str, int] = collections.Counter()
+    for entry in entries:
+        recorded = entry.function
+        if function_matches(recorded, wanted, qualname):
+            kept.append(entry)
+        else:
+            skipped[str(recorded)] += 1
+    return kept, dict(skipped)
+
+
+def describe_skipped(skipped: Dict[str, int]) -> str:
+    """``"3 entries recorded for other functions (__main__.f: 2, x.g: 1)"``."""
+    ordered = sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+    parts = ", ".join(f"{name}: {count}" for name, count in ordered)
+    return f"{sum(skipped.values())} entries recorded for other functions ({parts})"
+
+
+def _for_function(snapshot: List[DLQEntry], func: Callable[[Any], Any], function: Any) -> List[DLQEntry]:
+    if function is None:
+        return snapshot
+    if function is SAME_FUNCTION:
+        wanted, qualname = function_name(func), getattr(func, "__qualname__", None)
+    else:
+        wanted, qualname = check_type("function", function, str, "a qualified name or None"), None
+    kept, skipped = split_by_function(snapshot, wanted, qualname)
+    if skipped:
+        logger.warning("replay of %s skipped %s; pass function=None to replay them too",
+                       wanted, describe_skipped(skipped))
+    return kept
 
 
 def failed_again(
@@ -43,6 +109,12 @@ def failed_again(
     merged = dict(entry.metadata)
     merged["last_replay_at"] = time.time()
     merged.update(metadata)
+    if KEY_FIELD in merged:  # a deduplicated entry sums attempts and keeps its error history
+        attempts = metadata.get("last_replay_attempts")
+        failure = DLQEntry(None, error_type, error_message, merged["last_replay_at"], traceback,
+                           metadata={"attempts": attempts if isinstance(attempts, int) else 1},
+                           reason=reason, error_qualname=error_qualname)
+        return dedupe.merge(replace(entry, metadata=merged), failure)
     return replace(
         entry,
         error_type=error_type,
@@ -57,6 +129,9 @@ def failed_again(
 
 def failed_like(entry: DLQEntry, failure: DLQEntry, **metadata: Any) -> DLQEntry:
     """``entry`` after a replay attempt that failed as ``failure`` (a fresh record) says."""
+    if isinstance(entry.metadata, dict) and KEY_FIELD in entry.metadata:
+        replayed = replace(entry, metadata={**entry.metadata, "last_replay_at": time.time(), **metadata})
+        return dedupe.merge(replayed, replace(failure, timestamp=time.time()))
     return failed_again(
         entry, error_type=failure.error_type, error_qualname=failure.error_qualname,
         error_message=failure.error_message, traceback=failure.traceback, reason=failure.reason,
@@ -142,6 +217,8 @@ def replay_failed_items(
     retry: RetryPolicy | None = None,
     entries: List[DLQEntry] | None = None,
     backend: Any = None,
+    signature: str | None = None,
+    function: Any = SAME_FUNCTION,
 ) -> Tuple[List[Any], List[DLQEntry]]:
     """Call ``func`` on every item in ``dlq`` (or on ``entries`` of it), in DLQ order.
 
@@ -159,6 +236,11 @@ def replay_failed_items(
         retry: a RetryPolicy applied to each replayed item.
         entries: replay only these entries (default: all of them).
         backend: as for :func:`amorsize.execute` (``"threads"`` for I/O-bound work).
+        signature: replay only the entries with this :attr:`DLQEntry.signature`.
+        function: replay only the entries recorded (``metadata["function"]``) for the
+            function with this qualified name; by default ``func``'s own (entries that
+            record none are replayed). The skipped ones are counted in a WARNING log line.
+            ``None`` replays every entry.
 
     Returns:
         ``(results, still_failed)``: results of the recovered items in DLQ order,
@@ -176,6 +258,9 @@ def replay_failed_items(
     if retry is not None and not isinstance(retry, RetryPolicy):
         raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
     snapshot = dlq.get_entries() if entries is None else list(entries)
+    if signature is not None:
+        snapshot = [e for e in snapshot if e.signature == signature]
+    snapshot = _for_function(snapshot, func, function)
     refuse_pickle_locked(snapshot)
     if n_jobs == 1 and backend is None:
         outcomes = _replay_serially(snapshot, func, retry, dlq.policy.include_traceback)

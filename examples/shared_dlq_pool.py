@@ -108,14 +108,15 @@ def main() -> Tuple[int, int, int]:
             print(f"parsed {len(good):,} of {len(rows):,} rows; {dlq.size()} went to the DLQ")
             summary = dlq.get_summary()
             print("by error type:", summary["error_types"])
-            for message, count in summary["top_messages"][:3]:
-                print(f"  {count:4d} x {message}")
+            for group in summary["signatures"][:3]:  # messages that differ only by values group
+                print(f"  {group['count']:4d} x {group['signature']}")
             example = dlq.get_entries()[0]
             print(f"first failure: row {example.item!r} from worker pid {example.metadata['pid']}, "
                   f"after {example.metadata['attempts']} attempt(s)")
 
-            # ...fix the parser, then run only the failed rows again.
-            recovered, still_failed = replay_failed_items(dlq, parse_order_fixed)
+            # ...fix the parser, then run only the failed rows again. The fix has another
+            # name than parse_order, whose entries these are: function=None takes them.
+            recovered, still_failed = replay_failed_items(dlq, parse_order_fixed, function=None)
             print(f"replay: recovered {len(recovered)}, still failing {len(still_failed)}, "
                   f"left in the DLQ {dlq.size()}")
             return len(good), len(recovered), len(still_failed)

@@ -47,6 +47,13 @@ TRANSCRIPTS: dict[str, list[Command]] = {
         "amorsize dlq list failed/ --error-type ValueError --grep EUR --json",
         lambda session: f"amorsize dlq show failed/ {_key_error_prefix(session)}",
     ],
+    "operator": [
+        "amorsize dlq summary failed/ --by signature",
+        "amorsize dlq list failed/ --newest --limit 2 --fields id,reason,signature",
+        "amorsize dlq list failed/ --error-type valueerror --error-type keyerror --json | wc -l",
+        "amorsize dlq list failed/ --error-type ValuError",
+        "amorsize dlq export failed/ --to - --error-type KeyError | wc -l",
+    ],
     "export": [
         "amorsize dlq export failed/ --to failed.csv --error-type ValueError",
         "ls -l failed.csv | cut -c1-10",
@@ -60,7 +67,7 @@ TRANSCRIPTS: dict[str, list[Command]] = {
     ],
     "purge": [
         "amorsize dlq purge failed/ --error-type TypeError",
-        "amorsize dlq purge failed/ --error-type TypeError --yes",
+        "amorsize dlq purge failed/ --error-type TypeError -y",
     ],
     "errors": [
         "amorsize dlq replay failed/ --func etl_fixed:parse_record",
@@ -92,9 +99,11 @@ def _run(command: str, session: Path) -> tuple[str, int]:
 def _hold_replay_lock(session: Path) -> subprocess.Popen[bytes]:
     """Start a replay of a slow function on failed/ and wait until it holds the lock."""
     (session / "slow.py").write_text(_SLOW_MODULE)
+    lock = session / "failed" / ".replay.lock"
+    # Earlier replays left their pid in the file: clear it, or we would not wait at all.
+    lock.unlink(missing_ok=True)
     proc = subprocess.Popen(["amorsize", "dlq", "replay", "failed/", "--func", "slow:parse_record"],
                             cwd=session, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lock = session / "failed" / ".replay.lock"
     deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
     while not (lock.exists() and lock.read_text().strip()):
         if time.monotonic() > deadline or proc.poll() is not None:

@@ -1,4 +1,4 @@
-"""``amorsize dlq summary | list | show | export | purge``."""
+"""``amorsize dlq show | export | purge`` (summary and list are in :mod:`.listing`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 import tempfile
 from typing import Any, Dict, List
 
@@ -19,15 +20,12 @@ from amorsize.cli.common import (
     open_queue,
     refuse_corrupt,
     require_directory,
-    select,
 )
+from amorsize.cli.filters import select
 from amorsize.cli.render import (
-    entries_table,
     entry_details,
     entry_record,
     preview_table,
-    summary_record,
-    summary_text,
     to_json_line,
 )
 from amorsize.dlq.entry import DLQEntry
@@ -39,35 +37,14 @@ CSV_FIELDS = ("entry_id", "time", "timestamp", "reason", "error_type", "error_qu
 
 
 def export_path(text: str) -> str:
-    """``--to``: a path ending in .jsonl or .csv (argparse turns the error into exit 2)."""
+    """``--to``: a path ending in .jsonl or .csv, or ``-`` for stdout (bad ones exit 2)."""
+    if text == "-":
+        return text
     if os.path.splitext(text)[1].lower() not in EXPORT_FORMATS:
         raise argparse.ArgumentTypeError(
             f"{text!r}: the file name must end in .jsonl or .csv (that picks the format)"
         )
     return text
-
-
-def cmd_summary(args: argparse.Namespace) -> int:
-    queue = open_queue(args)
-    summary = summary_record(queue, queue.get_entries())
-    print(json.dumps(summary, sort_keys=True) if args.json else summary_text(summary))
-    return EXIT_OK
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    queue = open_queue(args)
-    entries = select(queue, args)
-    if args.json:
-        for entry in entries:
-            print(to_json_line(entry_record(entry)))
-        return EXIT_OK
-    total = len(queue)
-    if not entries:
-        print("the DLQ is empty" if not total else f"no entries match ({total} in the DLQ)")
-        return EXIT_OK
-    print(entries_table(entries, all_ids=[e.entry_id for e in queue.get_entries()]))
-    print(f"{len(entries)} of {total} entries")
-    return EXIT_OK
 
 
 def find_entry(entries: List[DLQEntry], wanted: str, directory: str) -> DLQEntry:
@@ -142,6 +119,12 @@ def _write_export(path: str, records: List[Dict[str, Any]]) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     queue = open_queue(args)
     records = [entry_record(e) for e in select(queue, args)]
+    if args.to == "-":
+        write = sys.stdout.write
+        for record in records:
+            write(to_json_line(record) + "\n")
+        print(f"exported {len(records)} of {len(queue)} entries to stdout", file=sys.stderr)
+        return EXIT_OK
     try:
         _write_export(args.to, records)
     except OSError as exc:
@@ -160,7 +143,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
             return EXIT_OK
         print(f"would remove {len(entries)} of {len(queue)} entries:")
         print(preview_table(entries, all_ids=[e.entry_id for e in queue.get_entries()]))
-        print("nothing was removed; add --yes to remove them")
+        print("dry run: nothing was removed; add --yes (or -y) to remove them")
         return EXIT_OK
     with exclusive_lock(args.dir, "purge"):
         queue = open_queue(args)

@@ -128,9 +128,22 @@ def parse_rate(text: str) -> float:
     return value
 
 
+#: The environment variable naming the CLI's default DLQ directory.
+DLQ_DIR_ENV = "AMORSIZE_DLQ_DIR"
+
+
+def default_directory() -> str:
+    """``$AMORSIZE_DLQ_DIR``, else the directory ``DLQPolicy()`` uses."""
+    return os.environ.get(DLQ_DIR_ENV) or DLQPolicy().path
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     """DIR and the options every dlq subcommand takes."""
-    parser.add_argument("dir", metavar="DIR", help="the DLQ directory (it holds dlq.jsonl)")
+    parser.add_argument(
+        "dir", metavar="DIR", nargs="?", default=default_directory(),
+        help="the DLQ directory (it holds dlq.jsonl); default: $AMORSIZE_DLQ_DIR, else the "
+        f"library's default {DLQPolicy().path} (now: {default_directory()})",
+    )
     parser.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -198,7 +211,7 @@ def open_queue(args: argparse.Namespace) -> DeadLetterQueue:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            queue = DeadLetterQueue(policy)
+            queue = DeadLetterQueue(policy, _migrate=False)  # read-only: `dlq migrate` migrates
             if archived and os.path.lexists(journal):
                 queue.load(journal)  # the archive of pruned entries, read like a journal
         except DLQCorruptError as exc:

@@ -297,12 +297,13 @@ def summary_text(summary: Dict[str, Any]) -> str:
             f"newest (UTC):   {summary['newest_time']}",
             f"by error type:  {_counts(summary['error_types'])}",
             f"by reason:      {_counts(summary['reasons'])}",
+            f"by function:    {_counts(summary.get('functions', {}))}",
             f"avg retries:    {summary['avg_retry_count']:.2f}",
-            "top messages:",
+            "top signatures (`--by signature` lists all):",
         ]
-        width = terminal_columns() - 12
-        for message, count in summary["top_messages"]:
-            lines.append(f"  {count:>6}  {truncate(clean(message), max(20, width))}")
+        width = max(20, terminal_columns() - 12)
+        for group in summary.get("signatures", []):
+            lines.append(f"  {group['count']:>6}  {truncate(clean(group['signature']), width)}")
     if summary["pickled_not_loaded"]:
         lines.append(
             f"pickled items:  {summary['pickled_not_loaded']} stored as cloudpickle bytes, not "

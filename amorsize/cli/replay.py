@@ -41,9 +41,9 @@ from amorsize.cli.common import (
     open_queue,
     refuse_corrupt,
     require_directory,
-    select,
     signals_deferred,
 )
+from amorsize.cli.filters import select
 from amorsize.cli.render import (
     REPORT_ROWS,
     format_table,
@@ -53,6 +53,7 @@ from amorsize.cli.render import (
     preview_table,
     truncate,
 )
+from amorsize.cli.replay_scope import for_function, with_progress
 from amorsize.dlq.entry import DLQEntry
 from amorsize.failure import Failure, failure_entry, function_name, is_failure
 from amorsize.replay import is_pickle_locked
@@ -177,17 +178,19 @@ def _run_items(
     rate: float | None,
     stop: Callable[[], bool] = _never,
     backend: str | None = None,
+    timeout: float | None = None,
 ) -> Iterator[Outcome]:
     """THE SEAM: run ``func`` over ``items``; yield ``(True, value)`` or ``(False, ErrorInfo)``.
 
     The i-th outcome belongs to ``items[i]``. Nothing new starts once ``stop()`` is
     true, so a consumer that stops early holds a prefix. Serial, in this process,
     with ``n_jobs == 1`` (and no ``backend``) or with ``rate``; an ``async def`` ``func``
-    then runs each item on this thread's event loop.
+    then runs each item on this thread's event loop. A ``timeout`` runs items in worker
+    processes.
     """
-    if (n_jobs != 1 or backend is not None) and rate is None:
+    if (n_jobs != 1 or backend is not None or timeout is not None) and rate is None:
         yield from _run_parallel(func, items, n_jobs=n_jobs, retries=retries, stop=stop,
-                                 backend=backend)
+                                 backend=backend, timeout=timeout)
         return
     func = as_sync(func)
     policy = RetryPolicy(max_retries=retries)
@@ -230,7 +233,7 @@ def _until_stopped(items: Iterable[Any], stop: Callable[[], bool]) -> Iterator[A
 
 def _run_parallel(
     func: Callable[[Any], Any], items: Sequence[Any], *, n_jobs: int, retries: int,
-    stop: Callable[[], bool], backend: str | None = None,
+    stop: Callable[[], bool], backend: str | None = None, timeout: float | None = None,
 ) -> Iterator[Outcome]:
     """Through ``amorsize.imap`` (ordered): results in input order, a Failure per failed item.
 
@@ -242,7 +245,7 @@ def _run_parallel(
     results = amorsize.imap(
         func, _until_stopped(items, stop), n_jobs=n_jobs,
         retry=RetryPolicy(max_retries=retries), dlq=None, on_failure=sink, dry_run=False,
-        backend=backend,
+        backend=backend, timeout=timeout,
     )
     for value in results:
         if is_failure(value):
@@ -296,7 +299,8 @@ def _refuse_pickled(entries: List[DLQEntry], directory: str) -> None:
 
 def _settings(args: argparse.Namespace) -> str:
     rate = f", rate={args.rate:g}/s" if args.rate else ""
-    return f"{args.func} (n_jobs={args.n_jobs}, retries={args.retries}{rate})"
+    timeout = f", timeout={args.timeout:g}s" if getattr(args, "timeout", None) else ""
+    return f"{args.func} (n_jobs={args.n_jobs}, retries={args.retries}{rate}{timeout})"
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -304,7 +308,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     func = resolve_function(args.func)
     if args.dry_run:
         queue = open_queue(args)
-        entries = select(queue, args)
+        entries = for_function(args, func, select(queue, args))
         _refuse_pickled(entries, args.dir)
         print(f"would replay {len(entries)} of {len(queue)} entries with {_settings(args)}:")
         if entries:
@@ -314,7 +318,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with exclusive_lock(args.dir, "replay"):
         queue = open_queue(args)
         refuse_corrupt(queue, "replay")
-        entries = select(queue, args)
+        entries = for_function(args, func, select(queue, args))
         _refuse_pickled(entries, args.dir)
         if not entries:
             print(f"nothing to replay: no entries match ({len(queue)} in the DLQ)")
@@ -325,9 +329,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
             try:
                 # No break on cancel here: _run_items starts nothing new once cancel is set, and
                 # every outcome it still yields is an item that ran, so it must be committed.
-                for outcome in _run_items(func, [e.item for e in entries], n_jobs=args.n_jobs,
-                                          retries=args.retries, rate=args.rate, stop=cancel.is_set,
-                                          backend=getattr(args, "backend", None)):
+                run = _run_items(func, [e.item for e in entries], n_jobs=args.n_jobs,
+                                 retries=args.retries, rate=args.rate, stop=cancel.is_set,
+                                 backend=getattr(args, "backend", None), timeout=args.timeout)
+                for outcome in with_progress(run, len(entries)):
                     outcomes.append(outcome)
             except KeyboardInterrupt:
                 cancel.signum = cancel.signum or signal.SIGINT

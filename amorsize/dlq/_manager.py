@@ -31,10 +31,11 @@ import threading
 import time
 from multiprocessing import managers
 from multiprocessing.managers import BaseManager, BaseProxy
-from typing import Any, Tuple, Union
+from typing import Any, List, Tuple, Union
 
 from amorsize._validate import invalid_value
 from amorsize.dlq._deadline import timed_client
+from amorsize.dlq.alerts import Alerter, NewEntryBuffer
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.ingest import IngestServer, ingest_address_for
 from amorsize.dlq.policy import DLQPolicy
@@ -84,6 +85,17 @@ class _ServerQueue(DeadLetterQueue):
     def __init__(self, policy: DLQPolicy) -> None:
         super().__init__(policy, _lazy_pickle=True)
         self.lane_address: Address | None = None
+        self._new_entries: NewEntryBuffer | None = None
+
+    def watch_new(self) -> None:
+        """Keep the entries added from now on for :meth:`take_new` (the parent's alerts)."""
+        if self._new_entries is None:
+            self._new_entries = NewEntryBuffer()
+            self._alerter = Alerter(self._new_entries)
+
+    def take_new(self) -> Tuple[List[DLQEntry], int]:
+        """The entries added since the last call (the newest, bounded) and their count."""
+        return self._new_entries.take() if self._new_entries is not None else ([], 0)
 
     def get_policy(self) -> DLQPolicy:
         return self.policy
@@ -96,7 +108,7 @@ class QueueProxy(BaseProxy):
     # The DeadLetterQueueBase primitives, plus what the proxy-backed queue reads directly.
     _exposed_ = (
         "_store", "_update", "_select", "get_entries", "size", "clear", "save", "load",
-        "get_summary", "flush", "close", "get_policy", "ingest_address",
+        "get_summary", "flush", "close", "get_policy", "ingest_address", "watch_new", "take_new",
     )
 
     def call(self, name: str, *args: Any) -> Any:

@@ -95,10 +95,13 @@ class DeadLetterQueueBase(abc.ABC):
         since: TimeBound = None,
         until: TimeBound = None,
         predicate: Callable[[DLQEntry], bool] | None = None,
+        *,
+        signature: str | None = None,
     ) -> List[DLQEntry]:
         """Entries matching every given condition, in insertion order.
 
         ``error_type`` matches the short or the module-qualified type name;
+        ``signature`` is an entry's :attr:`~DLQEntry.signature` (as in ``get_summary()``);
         ``since``/``until`` bound ``timestamp`` (inclusive), as POSIX time or datetime;
         ``predicate`` runs in the caller's process.
         """
@@ -107,7 +110,10 @@ class DeadLetterQueueBase(abc.ABC):
         low, high = check_timestamp("since", since), check_timestamp("until", until)
         if predicate is not None and not callable(predicate):
             raise invalid_value("predicate", predicate, "a callable taking a DLQEntry, or None")
+        check_type("signature", signature, str, "a signature string or None", optional=True)
         selected = self._select(error_type, reason, low, high)
+        if signature is not None:
+            selected = [e for e in selected if e.signature == signature]
         return [e for e in selected if predicate(e)] if predicate is not None else selected
 
     def __len__(self) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict
 
 from amorsize._validate import check_choice, check_type
+from amorsize.dlq.signature import entry_signature
 from amorsize.tracebacks import traceback_text
 
 REASONS = (
@@ -127,6 +128,21 @@ class DLQEntry:
             reason,
             qualified_type_name(kind),
         )
+
+    @property
+    def signature(self) -> str:
+        """Error type plus message with numbers, ids, quoted strings and paths taken out.
+
+        Entries that failed the same way for different items share it (see
+        :mod:`amorsize.dlq.signature`); computed from the error fields, never stored.
+        """
+        return entry_signature(self)
+
+    @property
+    def function(self) -> str | None:
+        """The qualified name of the function that failed, as recorded in ``metadata``."""
+        name = self.metadata.get("function") if isinstance(self.metadata, dict) else None
+        return name if isinstance(name, str) else None
 
     def to_dict(self) -> Dict[str, Any]:
         """All fields as a dict (the item and metadata are not copied or encoded)."""

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from dataclasses import dataclass, field
 
-from amorsize._validate import check_bool, check_choice, check_int, invalid_value
+from amorsize._validate import check_bool, check_choice, check_int, check_seconds, invalid_value
+from amorsize.errors import AmorsizeError
 
 FSYNC_MODES = ("always", "batch", "never")
 PERSIST_ERROR_MODES = ("warn", "raise")
@@ -34,6 +36,27 @@ class DLQFormat(str, enum.Enum):
 
     JSON = "json"
     PICKLE = "pickle"
+
+
+#: The seed library's wording of its checks, appended to ours so that code matching
+#: the seed's messages (``"max_entries must be a non-negative integer"``) keeps working.
+SEED_PHRASES = {
+    "directory": "directory must be a non-empty string",
+    "format": "format must be a DLQFormat enum value",
+    "max_entries": "max_entries must be a non-negative integer",
+    "include_traceback": "include_traceback must be a boolean",
+    "auto_persist": "auto_persist must be a boolean",
+}
+_FIELD = re.compile(r"(\w+)=(.*) is not valid;", re.DOTALL)
+
+
+def seed_worded(exc: AmorsizeError) -> AmorsizeError:
+    """``exc`` with the seed's phrase for its field appended: ``(... : got VALUE)``."""
+    match = _FIELD.match(str(exc))
+    phrase = SEED_PHRASES.get(match.group(1)) if match else None
+    if match and phrase:
+        exc.args = (f"{exc} ({phrase}: got {match.group(2)})",)
+    return exc
 
 
 @dataclass(frozen=True)
@@ -62,6 +85,11 @@ class DLQPolicy:
             way ``flush()``/``close()`` raise if entries remain unwritten.
         max_archive_bytes: cap of the archive of pruned entries; 0 means unbounded.
             At the cap pruning stops (entries stay live) and a WARNING says so.
+        dedupe: a failure of an item already in the queue updates its entry (attempts
+            summed, first/last failure times, last error, recent distinct errors)
+            instead of adding another; see :mod:`amorsize.dlq.dedupe`.
+        max_age_seconds: drop entries whose first failure is older than this, on
+            open and on add (logged as a WARNING with the count); None keeps them.
 
     Raises:
         InvalidArgumentError: a field has a value that is not accepted.
@@ -77,8 +105,24 @@ class DLQPolicy:
     strict: bool = True
     on_persist_error: str = "warn"
     max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
+    dedupe: bool = False
+    max_age_seconds: float | None = None
 
     def __post_init__(self) -> None:
+        try:
+            self._check_seed_era_fields()
+        except AmorsizeError as exc:
+            raise seed_worded(exc) from None
+        check_choice("fsync", self.fsync, FSYNC_MODES)
+        check_choice("on_persist_error", self.on_persist_error, PERSIST_ERROR_MODES)
+        check_int("max_archive_bytes", self.max_archive_bytes, 0)
+        max_age = check_seconds("max_age_seconds", self.max_age_seconds, positive=True, optional=True)
+        object.__setattr__(self, "max_age_seconds", max_age)
+        if check_bool("allow_pickle", self.allow_pickle, optional=True) is None:
+            object.__setattr__(self, "allow_pickle", self.format is DLQFormat.PICKLE)
+
+    def _check_seed_era_fields(self) -> None:
+        """The fields the seed library had; their errors also carry its wording."""
         if not isinstance(self.directory, (str, os.PathLike)) or not os.fspath(self.directory):
             raise invalid_value("directory", self.directory, "a non-empty path (str or PathLike)")
         try:
@@ -87,13 +131,8 @@ class DLQPolicy:
             raise invalid_value("format", self.format, "DLQFormat.JSON or DLQFormat.PICKLE") from None
         object.__setattr__(self, "format", fmt)
         check_int("max_entries", self.max_entries, 0)  # 0 means unbounded
-        for name in ("include_traceback", "auto_persist", "strict"):
+        for name in ("include_traceback", "auto_persist", "strict", "dedupe"):
             check_bool(name, getattr(self, name))
-        check_choice("fsync", self.fsync, FSYNC_MODES)
-        check_choice("on_persist_error", self.on_persist_error, PERSIST_ERROR_MODES)
-        check_int("max_archive_bytes", self.max_archive_bytes, 0)
-        if check_bool("allow_pickle", self.allow_pickle, optional=True) is None:
-            object.__setattr__(self, "allow_pickle", fmt is DLQFormat.PICKLE)
 
     @property
     def path(self) -> str:

@@ -1,20 +1,19 @@
-"""Pruning at ``max_entries``: the oldest entries move to the archive, never vanish.
+"""Pruning a DeadLetterQueue: ``max_age_seconds`` and ``max_entries``, one path to the archive.
 
-Entries leave memory at once and the journal in batches (with its compaction), so
-pruning stays O(1) per add. The archive ``dlq.pruned.jsonl`` has its own cap
-(``max_archive_bytes``): at the cap pruning stops, with one WARNING, and entries
-over ``max_entries`` stay live.
+Both limits go through :meth:`PruningMixin._drop_pruned`: the entries leave memory
+at once and move to the archive (``dlq.pruned.jsonl``, issue 13) with the next
+batched compaction, so pruning stays O(1) per add. A mixin of
+:class:`~amorsize.dlq.queue.DeadLetterQueue`, whose lock is held by every caller.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Set
+import time
+from typing import Any, Dict, List, Set
 
-if TYPE_CHECKING:
-    from amorsize.dlq.entry import DLQEntry
-    from amorsize.dlq.journal import Journal
-    from amorsize.dlq.policy import DLQPolicy
+from amorsize.dlq.retention import expired
 
 logger = logging.getLogger("amorsize.dlq")
 
@@ -24,54 +23,73 @@ logger = logging.getLogger("amorsize.dlq")
 PRUNE_COMPACTION_MIN_BATCH = 256
 
 
-class PruningToArchive:
-    """What :class:`~amorsize.dlq.queue.DeadLetterQueue` does at ``max_entries``."""
+class PruningMixin:
+    """The pruning methods of DeadLetterQueue (its state lives on the queue)."""
 
-    policy: DLQPolicy
-    _entries: Dict[str, DLQEntry]
-    _journal: Journal | None
-    _pruned: int
-    _prune_warned: bool
-    _archive_full_warned: bool
+    # Declared for type checkers; DeadLetterQueue.__init__ sets them.
+    _entries: Any
+    _journal: Any
+    policy: Any
     _archive_bytes: int
-    _to_archive: Dict[str, bytes]
+    _archive_full_warned: bool
     _dropped_on_disk: Set[str]
-    _unpersisted: Dict[str, Any]
     _prune_compaction_at: int
+    _prune_warned: bool
+    _pruned: int
+    _retention_log: Any
+    _to_archive: Dict[str, bytes]
+    _unpersisted: Dict[str, None]
 
-    def _encode(self, entry: DLQEntry) -> bytes:
+    def _encode(self, entry: Any) -> bytes:
         raise NotImplementedError
 
     def _compact(self, drop_ids: Set[str]) -> None:
         raise NotImplementedError
 
-    def _prune(self) -> None:
+    def _prune(self, *, full_age_scan: bool = False) -> None:
+        """Apply ``max_age_seconds`` then ``max_entries``, both through :meth:`_drop_pruned`."""
+        max_age = self.policy.max_age_seconds
+        if max_age is not None and self._entries:
+            ids = expired(self._entries, max_age, time.time(), oldest_only=not full_age_scan)
+            if ids:
+                self._retention_log.dropped(self._drop_pruned(ids))
         limit = self.policy.max_entries
         if not limit or len(self._entries) <= limit:
             return
-        dropped = self._move_to_archive(len(self._entries) - limit)
+        dropped = self._drop_pruned(list(itertools.islice(self._entries, len(self._entries) - limit)))
         if not dropped:
             return
-        self._pruned += dropped
         where = "the archive " + self._journal.archive_path if self._journal else "nowhere (no journal)"
         log = logger.info if self._prune_warned else logger.warning
         self._prune_warned = True
         log("DLQ at max_entries=%d: moved %d oldest entries to %s (%d so far); "
             "`amorsize dlq list --archived` shows them", limit, dropped, where, self._pruned)
+
+    def _drop_pruned(self, entry_ids: List[str]) -> int:
+        """THE prune path (max_entries and max_age_seconds): archive ``entry_ids``.
+
+        They leave memory at once and move to the archive (``dlq.pruned.jsonl``) with
+        the next batched compaction. Returns how many (counted in ``summary["pruned"]``).
+        """
+        dropped = self._move_to_archive(entry_ids)
+        self._pruned += dropped
         if len(self._dropped_on_disk) >= self._prune_compaction_at:
             self._compact(set())
             # Next time after another batch, also when this one failed (no re-read per add).
             self._prune_compaction_at = len(self._dropped_on_disk) + max(
-                limit, PRUNE_COMPACTION_MIN_BATCH
+                self.policy.max_entries, PRUNE_COMPACTION_MIN_BATCH
             )
+        return dropped
 
-    def _move_to_archive(self, count: int) -> int:
-        """Take the ``count`` oldest entries out of memory, into the archive batch."""
+    def _move_to_archive(self, entry_ids: List[str]) -> int:
+        """Take ``entry_ids`` out of memory, into the archive batch (stops at the cap)."""
         cap = self.policy.max_archive_bytes
         journal = self._journal
         moved = 0
-        while moved < count:
-            entry_id, entry = next(iter(self._entries.items()))
+        for entry_id in entry_ids:
+            entry = self._entries.get(entry_id)
+            if entry is None:
+                continue
             if journal is not None:
                 line = self._encode(entry)
                 pending = self._archive_bytes + sum(map(len, self._to_archive.values()))
@@ -89,3 +107,4 @@ class PruningToArchive:
             del self._entries[entry_id]
             moved += 1
         return moved
+

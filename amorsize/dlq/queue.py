@@ -28,31 +28,49 @@ import threading
 from typing import Any, Dict, List, Sequence, Set
 
 from amorsize._fs import write_atomically
+from amorsize.dlq.alerts import AlertCallback, make_alerter
 from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
+from amorsize.dlq.dedupe import KeyFunction, dedupe_for
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.journal import Journal, read_records
+from amorsize.dlq.migrate import migrate_on_open
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
-from amorsize.dlq.pruning import PRUNE_COMPACTION_MIN_BATCH, PruningToArchive
+from amorsize.dlq.pruning import PRUNE_COMPACTION_MIN_BATCH, PruningMixin
 from amorsize.dlq.records import decode_record, encode_entry
 from amorsize.dlq.rescue import persist_error
+from amorsize.dlq.retention import RetentionLog
 from amorsize.dlq.summary import select_entries, summarize
 from amorsize.errors import DLQCorruptError, DLQPersistError
 
 logger = logging.getLogger("amorsize.dlq")
 
-class DeadLetterQueue(PruningToArchive, DeadLetterQueueBase):
+
+
+class DeadLetterQueue(PruningMixin, DeadLetterQueueBase):
     """Keeps items that failed for good, with their errors, for inspection and replay.
 
     Args:
         policy: a :class:`DLQPolicy`; defaults to ``DLQPolicy()``.
+        on_add: ``callable(entry, count)`` called after each add, outside the lock;
+            its errors are logged, never raised (see :mod:`amorsize.dlq.alerts`).
+        alert_every_seconds: at most one ``on_add`` call per interval, carrying the
+            count of entries added since the previous call.
+        key: with ``policy.dedupe``, ``callable(item)`` naming the item a failure
+            belongs to (default: a hash of its canonical encoding; see
+            :mod:`amorsize.dlq.dedupe`).
     """
 
     def __init__(
-        self, policy: DLQPolicy | str | os.PathLike[str] | None = None, *, _lazy_pickle: bool = False
+        self, policy: DLQPolicy | str | os.PathLike[str] | None = None, *,
+        on_add: AlertCallback | None = None, alert_every_seconds: float | None = None,
+        key: KeyFunction | None = None, _lazy_pickle: bool = False, _migrate: bool = True,
     ) -> None:
         if isinstance(policy, (str, os.PathLike)):  # a path: shorthand for a queue in that directory
             policy = DLQPolicy(directory=os.fspath(policy))
         self.policy = policy = checked_policy(policy)
+        self._alerter = make_alerter(on_add, alert_every_seconds)
+        self._deduper = dedupe_for(policy, key)
+        self._retention_log = RetentionLog(policy.path, policy.max_age_seconds or 0.0)
         self._lock = threading.RLock()
         self._entries: collections.OrderedDict[str, DLQEntry] = collections.OrderedDict()
         self._pruned = 0
@@ -77,6 +95,9 @@ class DeadLetterQueue(PruningToArchive, DeadLetterQueueBase):
         # The manager process of a SharedDeadLetterQueue keeps pickled items as bytes.
         self._lazy_pickle = _lazy_pickle
         if policy.auto_persist:
+            if _migrate:  # a seed-era dlq.json / dlq.pkl moves into the journal, once
+                migrate_on_open(policy.path, allow_pickle=bool(policy.allow_pickle),
+                                pickle_everything=self._pickle_everything, fsync=policy.fsync)
             self._journal = Journal(policy.path, fsync=policy.fsync, strict=policy.strict)
             self._journal.prepare()
             self._archive_bytes = self._journal.archive_size()
@@ -88,12 +109,16 @@ class DeadLetterQueue(PruningToArchive, DeadLetterQueueBase):
     def _store(self, batch: Sequence[DLQEntry]) -> None:
         # The hot path of add(): no call that has nothing to do.
         with self._lock:
+            if self._deduper is not None:
+                batch = self._deduper.fold(batch, self._entries)
             for entry in batch:
                 self._entries[entry.entry_id] = entry
             if self._journal is not None:
                 self._persist([e.entry_id for e in batch])
-            if self.policy.max_entries:
+            if self.policy.max_entries or self.policy.max_age_seconds is not None:
                 self._prune()
+        if self._alerter is not None:  # outside the lock: a slow callback blocks no writer
+            self._alerter.notify(batch)
 
     # -- persistence ----------------------------------------------------------
 
@@ -251,6 +276,8 @@ class DeadLetterQueue(PruningToArchive, DeadLetterQueueBase):
                 logger.warning("DLQ file %r: skipped record at line %d: %s", path, number, detail)
         # Nothing is merged before the whole file has been read and decoded.
         self._corrupt_skipped += skipped
+        if self._deduper is not None:
+            self._deduper.forget()
         ids = []
         own_journal = self._journal is not None and os.path.abspath(path) == os.path.abspath(
             self._journal.path
@@ -260,8 +287,10 @@ class DeadLetterQueue(PruningToArchive, DeadLetterQueueBase):
                 continue  # pruned or removed here, still on file until the next compaction
             self._entries[entry.entry_id] = entry
             ids.append(entry.entry_id)
-        if self.policy.max_entries and len(self._entries) > self.policy.max_entries:
-            self._prune()
+        if self.policy.max_age_seconds is not None or (
+            self.policy.max_entries and len(self._entries) > self.policy.max_entries
+        ):
+            self._prune(full_age_scan=True)
         return ids
 
     def _catch_up(self) -> None:
@@ -293,6 +322,8 @@ class DeadLetterQueue(PruningToArchive, DeadLetterQueueBase):
         Raises:
             DLQPersistError: as :meth:`flush` (the handles are released all the same).
         """
+        if self._alerter is not None:
+            self._alerter.flush()
         with self._lock:
             if self._journal is not None:
                 try:

@@ -43,6 +43,7 @@ from amorsize.dlq._manager import (
     unpack_entry,
     with_deadline,
 )
+from amorsize.dlq.alerts import AlertCallback, Alerter, AlertWatch, make_alerter
 from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
 from amorsize.dlq.capture import CapturedFunction, forget_connections
 from amorsize.dlq.entry import DLQEntry
@@ -71,6 +72,9 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
             from worker hooks (default 30); past it a
             :class:`~amorsize.SharedDLQUnavailableError` is raised (carrying the
             failure it could not record), as for a dead manager.
+        on_add, alert_every_seconds: as for :class:`DeadLetterQueue`; ``on_add`` is called
+            in this (the parent) process for entries added from anywhere, workers included,
+            within :data:`~amorsize.dlq.alerts.SHARED_ALERT_POLL_SECONDS`.
     """
 
     def __init__(
@@ -81,8 +85,11 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         authkey: bytes | None = None,
         start_method: str | None = None,
         timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS,
+        on_add: AlertCallback | None = None,
+        alert_every_seconds: float | None = None,
     ) -> None:
         policy = checked_policy(policy)
+        alerter = make_alerter(on_add, alert_every_seconds)
         check_type("authkey", authkey, bytes, "bytes or None", optional=True)
         self._timeout = check_seconds("timeout", timeout, positive=True)
         if policy.auto_persist:  # refuse an unusable directory here, not in the manager
@@ -115,6 +122,19 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         )
         self._closed = False
         self._ingest_address: Address | None = self._call("ingest_address")
+        self._alerts = self._watch_alerts(alerter)
+
+    def _watch_alerts(self, alerter: Alerter | None) -> AlertWatch | None:
+        # on_add runs here, in the parent: the manager only keeps what arrived for us.
+        if alerter is None:
+            return None
+        self._call("watch_new")
+        return AlertWatch(lambda: self._unpacked(self._proxy.call("take_new")), alerter)
+
+    @staticmethod
+    def _unpacked(taken: Any) -> Any:
+        entries, count = taken
+        return [unpack_entry(e) for e in entries], count
 
     @classmethod
     def connect(
@@ -136,6 +156,7 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         handle._closed = False
         handle.policy = handle._call("get_policy")
         handle._ingest_address = handle._call("ingest_address")
+        handle._alerts = None
         return handle
 
     # -- plumbing -------------------------------------------------------------
@@ -192,6 +213,9 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         """Flush the journal and stop the manager process (a connected handle just detaches)."""
         if self._closed:
             return
+        alerts = getattr(self, "_alerts", None)
+        if alerts is not None:
+            alerts.stop()
         try:
             if self._manager is not None:
                 try:

@@ -11,9 +11,14 @@ import datetime
 from typing import Any, Dict, Iterable, List, Union
 
 from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.signature import top_signatures
 
 #: How many of the most common error messages a summary lists.
 TOP_MESSAGES = 5
+#: How many of the most common failure signatures a summary lists.
+TOP_SIGNATURES = 10
+#: The ``functions`` key of an entry that records no function.
+UNKNOWN_FUNCTION = "<unknown>"
 
 TimeBound = Union[float, int, datetime.datetime, None]
 
@@ -46,7 +51,8 @@ def select_entries(
 def summarize(
     entries: List[DLQEntry], *, pruned: int, persist_errors: int, corrupt_skipped: int
 ) -> Dict[str, Any]:
-    """Counts by error type and reason, retry average, time span, top messages and health."""
+    """Counts by error type, reason and function, retry average, time span, top messages,
+    top signatures (each with one example) and health."""
     error_types = collections.Counter(e.error_type for e in entries)
     reasons = collections.Counter(e.reason for e in entries)
     messages = collections.Counter(e.error_message for e in entries)
@@ -59,6 +65,8 @@ def summarize(
         "oldest_timestamp": min(stamps) if stamps else None,
         "newest_timestamp": max(stamps) if stamps else None,
         "top_messages": messages.most_common(TOP_MESSAGES),
+        "signatures": top_signatures(entries, TOP_SIGNATURES),
+        "functions": dict(collections.Counter(e.function or UNKNOWN_FUNCTION for e in entries)),
         "pruned": pruned,
         "persist_errors": persist_errors,
         "corrupt_skipped": corrupt_skipped,
