@@ -131,6 +131,7 @@ class Journal:
         self.lock_path = os.path.join(directory, LOCK_FILE_NAME)
         self.archive_path = os.path.join(directory, ARCHIVE_FILE_NAME)
         self._torn_cuts = 0  # logged at WARNING once per journal, then at DEBUG
+        self._dropped_unreadable = 0  # unreadable lines compactions dropped (each one logged)
         self.fsync = fsync
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -322,16 +323,18 @@ class Journal:
         Raises:
             OSError: the rewrite failed; the old file is untouched.
             DLQCorruptError: the journal is corrupt and ``strict`` (it is never rewritten
-                then); without ``strict`` unreadable records are dropped (and logged).
+                then); without ``strict`` unreadable records are dropped, with one WARNING
+                per compaction giving the count.
         """
         self._lock(fcntl.LOCK_EX)
         try:
             if archive:
                 self._append_archive(archive)
             try:
-                current = read_records(self.path, strict=self.strict, parse=False).lines
+                found = read_records(self.path, strict=self.strict, parse=False)
             except DLQFileNotFoundError:
-                current = []
+                found = ReadResult()
+            current = found.lines
             # The same id can be on file twice (add_entry of an updated entry, load of a
             # file that overlaps): the later line is the newer version and wins, at
             # the position of the first, as when the file is read.
@@ -344,6 +347,14 @@ class Journal:
             for line in add:
                 kept[record_id(line) or json.loads(line)["entry_id"]] = line
             write_atomically(self.path, kept.values(), prefix=TEMP_PREFIX, error=DLQStorageError)
+            unreadable = found.corrupt_skipped + found.torn_tail
+            if unreadable:  # their bytes are gone now: never silently
+                self._dropped_unreadable += unreadable
+                logger.warning(
+                    "DLQ journal %r: the compaction dropped %d unreadable line(s) (%d corrupt, "
+                    "%d torn last); %d dropped by this queue so far",
+                    self.path, unreadable, found.corrupt_skipped, found.torn_tail,
+                    self._dropped_unreadable)
             if self._fd is not None:
                 fd, self._fd, self._end = self._fd, None, None
                 os.close(fd)

@@ -93,6 +93,9 @@ class DLQMachine(RuleBasedStateMachine):
         self.corrupt_lines = 0  # complete garbage lines in the journal
         self.tail_is_garbage = False  # its last complete line is one of them
         self.skipped_seen = 0  # corrupt records this queue instance skipped while reading
+        # Pruned entries wait in memory for the next compaction to move them to the
+        # archive; close() runs that compaction (memory and disk hold the same live entries).
+        self.archive_pending = False
 
     # -- helpers ------------------------------------------------------------------
 
@@ -116,11 +119,12 @@ class DLQMachine(RuleBasedStateMachine):
             self.torn = self.tail_is_garbage = False
 
     def compacted(self, drop: List[str]) -> None:
-        """The journal was rewritten without ``drop``; unreadable lines went too (strict=False)."""
+        """The journal was rewritten without ``drop``; unreadable lines went too (logged, counted)."""
         for entry_id in drop:
             self.disk.pop(entry_id, None)
         self.torn = self.tail_is_garbage = False
         self.corrupt_lines = 0
+        self.archive_pending = False
 
     def next_item(self, payload: Any) -> Dict[str, Any]:
         self.counter += 1
@@ -130,9 +134,12 @@ class DLQMachine(RuleBasedStateMachine):
         while self.max_entries and len(self.model) > self.max_entries:
             self.model.popitem(last=False)
             self.pruned += 1
+            self.archive_pending = True
 
     def reopen(self) -> None:
         self.queue.close()
+        if self.archive_pending:
+            self.compacted([])  # close() archived the pruned entries by a compaction
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             self.queue = DeadLetterQueue(self.policy())
@@ -140,6 +147,7 @@ class DLQMachine(RuleBasedStateMachine):
         assert len(torn_warnings) == (1 if self.torn or self.tail_is_garbage else 0), caught
         self.pruned = self.queue.get_summary()["pruned"]  # leftovers of batched pruning on disk
         self.skipped_seen = self.counted_corrupt()
+        self.archive_pending = self.pruned > 0  # pruned while reading: not archived yet
         if not self.max_entries:
             self.model = collections.OrderedDict(self.disk)  # the fresh queue holds the disk
 
