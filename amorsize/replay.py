@@ -208,6 +208,16 @@ def _replay_in_workers(
     return results, recovered, still_failed
 
 
+def _check_arguments(func: Any, dlq: Any, retry: Any) -> None:
+    check_callable("func", func)
+    if not isinstance(dlq, DeadLetterQueueBase):
+        raise InvalidTypeError(
+            f"dlq={dlq!r} is not valid; expected a DeadLetterQueue or SharedDeadLetterQueue"
+        )
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
+
+
 def replay_failed_items(
     dlq: DeadLetterQueueBase,
     func: Callable[[Any], Any],
@@ -250,13 +260,7 @@ def replay_failed_items(
         InvalidTypeError: ``func``, ``dlq`` or ``retry`` is not of an accepted type.
         PickleNotAllowedError: an item is stored pickled and the policy does not allow pickle.
     """
-    check_callable("func", func)
-    if not isinstance(dlq, DeadLetterQueueBase):
-        raise InvalidTypeError(
-            f"dlq={dlq!r} is not valid; expected a DeadLetterQueue or SharedDeadLetterQueue"
-        )
-    if retry is not None and not isinstance(retry, RetryPolicy):
-        raise InvalidTypeError(f"retry={retry!r} is not valid; expected a RetryPolicy or None")
+    _check_arguments(func, dlq, retry)
     snapshot = dlq.get_entries() if entries is None else list(entries)
     if signature is not None:
         snapshot = [e for e in snapshot if e.signature == signature]

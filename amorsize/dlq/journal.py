@@ -31,16 +31,13 @@ import json
 import logging
 import os
 import time
-import warnings
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Set
+from typing import Dict, List, Sequence, Set
 
 from amorsize._fs import (
     ensure_directory,
     open_nofollow,
     pread_all,
     private_directory,
-    read_nofollow,
     refuse_symlink,
     remove_stale_temp_files,
     truncate_quietly,
@@ -48,8 +45,8 @@ from amorsize._fs import (
     write_atomically,
 )
 from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
-from amorsize.dlq.records import parse_line, read_line, record_id
-from amorsize.errors import DLQCorruptError, DLQFileNotFoundError, DLQStorageError
+from amorsize.dlq.records import ReadResult, parse_line, read_records, record_id
+from amorsize.errors import DLQFileNotFoundError, DLQStorageError
 
 logger = logging.getLogger("amorsize.dlq")
 
@@ -59,66 +56,6 @@ ARCHIVE_FILE_NAME = "dlq.pruned.jsonl"
 #: Name pattern of a compaction's temp file (``write_atomically``): removed on open
 #: when a killed compaction left one behind.
 TEMP_PREFIX, TEMP_SUFFIX = ".dlq-", ".tmp"
-
-
-@dataclass
-class ReadResult:
-    """What reading a journal found: records in file order and what was skipped."""
-
-    records: List[Dict[str, Any]] = field(default_factory=list)
-    numbers: List[int] = field(default_factory=list)  # the line number of each record
-    lines: List[bytes] = field(default_factory=list)
-    corrupt_skipped: int = 0
-    torn_tail: bool = False
-
-
-def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadResult:
-    """Read every record of the journal at ``path``.
-
-    Args:
-        strict: raise on a corrupt record before the last line; otherwise skip and count it.
-        parse: parse records into dicts (False: only split lines, for compaction).
-
-    Raises:
-        DLQFileNotFoundError: ``path`` does not exist.
-        DLQCorruptError: a record before the last line is unreadable and ``strict``.
-    """
-    try:
-        data = read_nofollow(path, "DLQ file", DLQStorageError)
-    except FileNotFoundError:
-        raise DLQFileNotFoundError(f"DLQ file not found: {path!r}") from None
-    result = ReadResult()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    last = len(lines) - 1
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        record = None
-        if parse or number - 1 == last or record_id(line) is None:
-            record, problem = read_line(line)
-            if record is None:
-                if number - 1 == last:
-                    result.torn_tail = True
-                    warnings.warn(
-                        f"DLQ file {path!r}: skipped a torn last record at line {number} "
-                        "(a write was cut short by a crash); every earlier record was loaded",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-                    break
-                if strict:
-                    raise DLQCorruptError(path, number, problem)
-                result.corrupt_skipped += 1
-                logger.warning("DLQ file %r: skipped corrupt record at line %d (%s)", path, number,
-                               problem)
-                continue
-        if parse:
-            result.records.append(record)  # type: ignore[arg-type]
-            result.numbers.append(number)
-        result.lines.append(line + b"\n")
-    return result
 
 
 class Journal:

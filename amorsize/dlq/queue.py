@@ -32,11 +32,11 @@ from amorsize.dlq.alerts import AlertCallback, make_alerter
 from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
 from amorsize.dlq.dedupe import KeyFunction, dedupe_for
 from amorsize.dlq.entry import DLQEntry
-from amorsize.dlq.journal import Journal, read_records
+from amorsize.dlq.journal import Journal
 from amorsize.dlq.migrate import migrate_on_open
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
 from amorsize.dlq.pruning import PRUNE_COMPACTION_MIN_BATCH, PruningMixin
-from amorsize.dlq.records import decode_record, encode_entry
+from amorsize.dlq.records import decode_record, encode_entry, read_records
 from amorsize.dlq.rescue import persist_error
 from amorsize.dlq.retention import RetentionLog
 from amorsize.dlq.summary import select_entries, summarize

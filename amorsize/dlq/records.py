@@ -12,10 +12,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
-from typing import Any, Dict, Tuple
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Tuple
 
+from amorsize._fs import read_nofollow
 from amorsize.dlq.entry import REASONS, DLQEntry
+from amorsize.errors import DLQCorruptError, DLQFileNotFoundError, DLQStorageError
 from amorsize.serialization import (
     CODEC_CLOUDPICKLE,
     CODEC_JSON,
@@ -193,3 +198,65 @@ def _payload_problem(record: Dict[str, Any], name: str, codec: Any) -> str:
     if codec == CODEC_REPR and not isinstance(payload, dict):
         return f"{name} is not an object"
     return ""
+
+logger = logging.getLogger("amorsize.dlq")
+
+
+@dataclass
+class ReadResult:
+    """What reading a journal found: records in file order and what was skipped."""
+
+    records: List[Dict[str, Any]] = field(default_factory=list)
+    numbers: List[int] = field(default_factory=list)  # the line number of each record
+    lines: List[bytes] = field(default_factory=list)
+    corrupt_skipped: int = 0
+    torn_tail: bool = False
+
+
+def read_records(path: str, *, strict: bool = True, parse: bool = True) -> ReadResult:
+    """Read every record of the journal at ``path``.
+
+    Args:
+        strict: raise on a corrupt record before the last line; otherwise skip and count it.
+        parse: parse records into dicts (False: only split lines, for compaction).
+
+    Raises:
+        DLQFileNotFoundError: ``path`` does not exist.
+        DLQCorruptError: a record before the last line is unreadable and ``strict``.
+    """
+    try:
+        data = read_nofollow(path, "DLQ file", DLQStorageError)
+    except FileNotFoundError:
+        raise DLQFileNotFoundError(f"DLQ file not found: {path!r}") from None
+    result = ReadResult()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    last = len(lines) - 1
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        record = None
+        if parse or number - 1 == last or record_id(line) is None:
+            record, problem = read_line(line)
+            if record is None:
+                if number - 1 == last:
+                    result.torn_tail = True
+                    warnings.warn(
+                        f"DLQ file {path!r}: skipped a torn last record at line {number} "
+                        "(a write was cut short by a crash); every earlier record was loaded",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                    break
+                if strict:
+                    raise DLQCorruptError(path, number, problem)
+                result.corrupt_skipped += 1
+                logger.warning("DLQ file %r: skipped corrupt record at line %d (%s)", path, number,
+                               problem)
+                continue
+        if parse:
+            result.records.append(record)  # type: ignore[arg-type]
+            result.numbers.append(number)
+        result.lines.append(line + b"\n")
+    return result
