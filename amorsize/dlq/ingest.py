@@ -80,9 +80,6 @@ class JournalLine:
             raise ValueError(f"entry {self.entry_id}: its journal line is not a DLQ record")
         return decode_record(record, allow_pickle=True, lazy=True)
 
-    def __repr__(self) -> str:
-        return f"<journal line of entry {self.entry_id}, {len(self.line)} bytes>"
-
 
 def encode_entries(entries: List[DLQEntry]) -> bytes:
     """One frame (header included) carrying the journal lines of ``entries`` (items packed)."""

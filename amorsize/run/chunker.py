@@ -75,9 +75,9 @@ class ByteEstimate:
             self.per_item += BYTES_EWMA_ALPHA * (size - self.per_item)
 
     def items_within(self, budget: int) -> int:
-        """How many items fit in ``budget`` bytes (at least 1)."""
+        """How many items fit in ``budget`` bytes (at least 1; no bound before a sample)."""
         if self.per_item <= 0:
-            return MAX_CHUNK_ITEMS
+            return sys.maxsize
         return max(1, int(budget // self.per_item))
 
 
