@@ -10,6 +10,9 @@ Rows (median of ``--repeats`` runs each):
 * ``dask (incl. cluster start)``: ``execute(..., backend="dask", n_jobs=W)``, which
   starts and closes its own cluster inside the call.
 * ``cluster start``: starting that cluster and connecting a client, alone.
+* ``per chunk``: ``--chunk-items`` no-op items at ``chunksize=1`` on each backend
+  (warm cluster): seconds / chunks is what one chunk costs the engine and the
+  backend, with no work in it (the constant docs/scaling.md uses).
 
 PASS when the warm-cluster row is within ``TARGET_RATIO`` of the local row.
 """
@@ -52,6 +55,8 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--ms", type=float, default=1.0, help="busy milliseconds per item")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk-items", type=int, default=1000,
+                        help="no-op one-item chunks for the per-chunk cost")
     args = parser.parse_args(argv)
 
     from amorsize_dask import DaskBackend, start_local_cluster
@@ -78,6 +83,9 @@ def main(argv: List[str]) -> int:
     warm_times: List[float] = []
     own_times: List[float] = []
     starts: List[float] = []
+    chunk_local: List[float] = []
+    chunk_dask: List[float] = []
+    few = list(range(args.chunk_items))
     for _ in range(args.repeats):
         began = time.perf_counter()
         cluster = start_local_cluster(workers, silence_logs=logging.ERROR)
@@ -88,6 +96,10 @@ def main(argv: List[str]) -> int:
             client.run(int)  # workers are up and answering
             local_times.append(_seconds(local))
             warm_times.append(_seconds(functools.partial(dask_on, backend)))
+            chunk_local.append(_seconds(lambda: execute(
+                int, few, n_jobs=workers, chunksize=1)) / len(few))
+            chunk_dask.append(_seconds(lambda b=backend: execute(
+                int, few, chunksize=1, backend=b)) / len(few))
         finally:
             client.close()
             cluster.close()
@@ -103,6 +115,10 @@ def main(argv: List[str]) -> int:
     for name, seconds in rows:
         print(f"{name:<28} {seconds:>9.3f} {args.items / seconds:>9.0f} {seconds / base:>8.2f}x")
     print(f"{'cluster start (alone)':<28} {statistics.median(starts):>9.3f}")
+    per_local, per_dask = statistics.median(chunk_local), statistics.median(chunk_dask)
+    print(f"per chunk ({args.chunk_items} no-op one-item chunks; local includes its pool start): "
+          f"local {per_local * 1e3:.2f} ms, dask (warm) {per_dask * 1e3:.2f} ms, "
+          f"dask overhead {(per_dask - per_local) * 1e3:.2f} ms per chunk")
     ratio = rows[1][1] / base
     verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
     print(f"{verdict}: dask (warm cluster) / local = {ratio:.2f}x (target <= {TARGET_RATIO}x)")

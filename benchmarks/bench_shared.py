@@ -14,8 +14,11 @@ chunksize=C)`` against:
 
 The shared queue uses the default ``DLQPolicy`` (journal in a temp dir, fsync
 "batch", max_entries=10000), so the time includes the manager writing its journal.
-Targets (printed, not asserted): at 0% failing ours <= 1.05x plain, at 10% <= 1.5x
-plain, at 100% >= 10,000 recorded failures/s and faster than naive.
+Targets (printed, not asserted; issue 18): at 0% failing ours <= 1.05x plain, at 10%
+<= 1.3x plain, at 100% >= 20,000 recorded failures/s and faster than naive. The
+manager process's own CPU per recorded failure (psutil on its pid) is printed beside
+the wall figures: it is the shared queue's ceiling (1 / that = failures/s one manager
+can take).
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ import psutil
 from amorsize import DLQPolicy, SharedDeadLetterQueue
 
 TARGET_0 = 1.05
-TARGET_10 = 1.5
-TARGET_RATE = 10_000
+TARGET_10 = 1.3
+TARGET_RATE = 20_000
 
 # --- the work ------------------------------------------------------------------------
 
@@ -217,7 +220,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 workers = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
                 naive_workers = [p.pid for p in naive_pool._pool]  # type: ignore[attr-defined]
                 plain_meter = Meter([me, *workers])
-                ours_meter = Meter([me, *workers, dlq._manager._process.pid])  # type: ignore[union-attr]
+                manager_pid = dlq._manager._process.pid  # type: ignore[union-attr]
+                ours_meter = Meter([me, *workers, manager_pid])
+                manager_meter = Meter([manager_pid])
                 naive_meter = Meter([me, *naive_workers, manager._process.pid])  # type: ignore[attr-defined]
                 items = range(n)
                 # Warm both pools up (imports, first connections).
@@ -226,6 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for label, description, ok, variants in suites:
                     samples: Dict[Any, List[Tuple[float, float]]] = {}
                     recorded: Dict[int, int] = {}
+                    manager_cpu: Dict[int, List[float]] = {}
                     # Every repeat runs all seven measurements in a fresh random order, so
                     # drift in the machine's load does not favour whichever runs first.
                     jobs: List[Tuple[str, int, Callable[[Any], Any]]] = [("plain", 0, ok)]
@@ -242,8 +248,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 dlq.clear()
                                 pruned = dlq.get_summary()["pruned"]
                                 hook = dlq.capture(func)
+                                before = manager_meter.cpu()
                                 sample = ours_meter.measure(
                                     lambda h=hook: pool.map(h, items, chunksize=chunksize))
+                                manager_cpu.setdefault(percent, []).append(manager_meter.cpu() - before)
                                 summary = dlq.get_summary()
                                 recorded[percent] = summary["total_entries"] + summary["pruned"] - pruned
                             else:
@@ -259,6 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             "naive": _medians(samples[("naive", percent)]),
                             "failures": len(range(0, n, 100 // percent)) if percent else 0,
                             "recorded": recorded[percent],
+                            "manager_cpu": statistics.median(manager_cpu[percent]),
                         })
                 dlq.clear()
     finally:
@@ -317,7 +326,11 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
         if r["failures"]:
             ours = (r["ours"][1] - r["plain"][1]) / r["failures"] * 1e6
             naive = (r["naive"][1] - r["plain"][1]) / r["failures"] * 1e6
-            print(f"  {r['f']:<8}{r['percent']:>4}% failing: ours {ours:6.0f} us, naive {naive:6.0f} us")
+            manager = r["manager_cpu"] / r["failures"] * 1e6
+            print(f"  {r['f']:<8}{r['percent']:>4}% failing: ours {ours:6.0f} us "
+                  f"(of which the manager process {manager:5.1f} us: at most "
+                  f"{1e6 / manager if manager else float('inf'):,.0f} failures/s per manager), "
+                  f"naive {naive:6.0f} us")
     print()
     print(f"{sum(verdicts)}/{len(verdicts)} rows met their target")
 

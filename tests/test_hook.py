@@ -31,6 +31,7 @@ from amorsize import (
     is_failure,
 )
 from amorsize.dlq.capture import CapturedFunction
+from amorsize.dlq.policy import DLQFormat
 from amorsize.serialization import UnserializableItem
 
 NOWHERE = "/nonexistent-amorsize-dir/dlq.sock"
@@ -519,10 +520,10 @@ def test_lane_stores_entries_exactly(make_lane: Any, tmp_path: Any) -> None:
     sent = _entries(3)
     client.send(sent[:1])
     client.send(sent[1:])
-    assert lane.stored == sent  # stored before send() returned
+    assert [line.entry() for line in lane.stored] == sent  # stored before send() returned
     big = _entries(1, size=3 << 20)  # bigger than one read
     client.send(big)
-    assert lane.stored[-1] == big[0]
+    assert lane.stored[-1].entry() == big[0]
     client.close()
 
 
@@ -678,3 +679,44 @@ def test_lane_failing_loop_closes_connections_instead_of_hanging(
         client.send(_entries(1))
     client.close()
     assert time.monotonic() - started < 5
+
+
+def test_lane_frames_must_be_whole_journal_records(make_lane: Any) -> None:
+    from amorsize.dlq.ingest import HEADER, NACK, IngestClient, encode_entries
+
+    lane = make_lane()
+    client = IngestClient(lane.address, b"k" * 32)
+    whole = encode_entries(_entries(1))[HEADER.size:]
+    for bad in (whole[:-1], whole + b'{"no":"id"}\n', b"\n"):  # a cut line, a line without an id
+        client._sock.sendall(HEADER.pack(len(bad)) + bad)
+        assert client._recv_exactly(1) == NACK
+        (size,) = HEADER.unpack(client._recv_exactly(HEADER.size))
+        assert "could not decode" in client._recv_exactly(size).decode()
+    assert lane.stored == []  # nothing of a refused frame is stored
+    client.close()
+
+
+def test_manager_journals_the_workers_bytes_and_reads_them_back(tmp_path: Any) -> None:
+    from amorsize.dlq.records import encode_entry
+
+    with SharedDeadLetterQueue(DLQPolicy(directory=tmp_path / "dlq")) as queue:
+        hook = queue.capture(double)
+        assert not hook(-1) and not hook(-2)
+        entries = queue.get_entries()
+        assert [e.item for e in entries] == [-1, -2]
+        # The journal holds exactly the lines the worker encoded, and the in-memory
+        # view decodes to the same entries as the file.
+        journal = (tmp_path / "dlq" / "dlq.jsonl").read_bytes()
+        assert journal == b"".join(encode_entry(e, pickle_everything=False) for e in entries)
+        assert queue.get_summary()["error_types"] == {"ValueError": 2}
+    with DeadLetterQueue(DLQPolicy(directory=tmp_path / "dlq")) as reread:
+        assert reread.get_entries() == entries
+
+
+def test_a_pickle_format_manager_still_pickles_lane_entries(tmp_path: Any) -> None:
+    policy = DLQPolicy(directory=tmp_path / "dlq", format=DLQFormat.PICKLE)
+    with SharedDeadLetterQueue(policy) as queue:
+        assert not queue.capture(double)(-3)
+        assert [e.item for e in queue.get_entries()] == [-3]
+    line = (tmp_path / "dlq" / "dlq.jsonl").read_text()
+    assert '"item_codec":"cloudpickle"' in line

@@ -7,7 +7,7 @@ from typing import Any, List, Optional, Tuple
 from hypothesis import given
 from hypothesis import strategies as st
 
-from amorsize.run.chunker import Chunker
+from amorsize.run.chunker import MAX_CHUNK_BYTES, MAX_CHUNK_ITEMS, ByteEstimate, Chunker, encoded_size
 
 
 def next_ready(chunker: Chunker, limit: Any = None, *, read: bool = True) -> Any:
@@ -70,3 +70,46 @@ def test_work_queued_again_runs_before_new_input(n: int, data: st.DataObject) ->
     following = next_ready(chunker)
     assert following is not None and following.start == n  # then new input, where it stopped
     assert chunker.next_task(read=False) is None  # nothing queued: no input is read
+
+
+# --- memory bounds ------------------------------------------------------------------
+
+
+def test_cheap_items_are_capped_by_items_however_fast_they_run() -> None:
+    # Before the cap, a sizer fed tiny per-item times grew chunks to MAX_CHUNKSIZE.
+    chunker = Chunker(iter(range(3_000_000)), None)
+    chunker.start_sizer(1_000_000, n_jobs=2, target=0.2, adaptive=True)
+    for _ in range(4):
+        task = next_ready(chunker)
+        assert task is not None
+        assert len(task.items) <= MAX_CHUNK_ITEMS
+        chunker.observe(len(task.items), 1e-9 * len(task.items))
+
+
+def test_large_items_are_capped_by_encoded_size_from_the_first_chunk() -> None:
+    item = b"x" * (1 << 20)
+    chunker = Chunker(iter([item] * 100), 100)
+    chunker.start_sizer(100, n_jobs=2, target=0.2, adaptive=False)  # even a fixed chunksize
+    task = next_ready(chunker)
+    assert task is not None
+    assert 1 <= len(task.items) <= MAX_CHUNK_BYTES // len(item)
+
+
+def test_a_fixed_chunksize_of_small_items_is_kept() -> None:
+    size = MAX_CHUNK_ITEMS * 2
+    chunker = Chunker(iter(range(size * 2)), size * 2)  # sized: read directly, whole chunks
+    chunker.start_sizer(size, n_jobs=2, target=0.2, adaptive=False)
+    task = next_ready(chunker)
+    assert task is not None and len(task.items) == size
+
+
+@given(st.lists(st.integers(0, 5000), min_size=1, max_size=40))
+def test_byte_estimate_never_underestimates_the_latest_larger_sample(sizes: List[int]) -> None:
+    estimate = ByteEstimate()
+    for size in sizes:
+        before = estimate.per_item
+        estimate.observe(b"x" * size)
+        encoded = encoded_size(b"x" * size)
+        assert estimate.per_item >= min(encoded, before)
+        if encoded >= before:
+            assert estimate.per_item == encoded

@@ -31,13 +31,13 @@ import threading
 import time
 from multiprocessing import managers
 from multiprocessing.managers import BaseManager, BaseProxy
-from typing import Any, List, Tuple, Union
+from typing import Any, List, Sequence, Tuple, Union, cast
 
 from amorsize._validate import invalid_value
 from amorsize.dlq._deadline import timed_client
 from amorsize.dlq.alerts import Alerter, NewEntryBuffer
 from amorsize.dlq.entry import DLQEntry
-from amorsize.dlq.ingest import IngestServer, ingest_address_for
+from amorsize.dlq.ingest import IngestServer, JournalLine, ingest_address_for
 from amorsize.dlq.policy import DLQPolicy
 from amorsize.dlq.queue import DeadLetterQueue
 from amorsize.dlq.records import STORED_METADATA_KEY
@@ -80,7 +80,11 @@ def unpack_entry(entry: DLQEntry) -> DLQEntry:
 
 
 class _ServerQueue(DeadLetterQueue):
-    """The queue the manager serves: a DeadLetterQueue plus what only a server knows."""
+    """The queue the manager serves: a DeadLetterQueue plus what only a server knows.
+
+    Entries from the workers' lane are held as the :class:`JournalLine` a worker
+    encoded: appended to the journal byte for byte, decoded on the first read.
+    """
 
     def __init__(self, policy: DLQPolicy) -> None:
         super().__init__(policy, _lazy_pickle=True)
@@ -95,7 +99,31 @@ class _ServerQueue(DeadLetterQueue):
 
     def take_new(self) -> Tuple[List[DLQEntry], int]:
         """The entries added since the last call (the newest, bounded) and their count."""
-        return self._new_entries.take() if self._new_entries is not None else ([], 0)
+        if self._new_entries is None:
+            return [], 0
+        entries, count = self._new_entries.take()
+        # Lane entries are kept as their journal lines: decode the few the parent is sent.
+        return [e.entry() if type(e) is JournalLine else e for e in entries], count
+
+    def store_lines(self, lines: List[JournalLine]) -> None:
+        """The lane's store: lines go to the journal as they came (JSON format)."""
+        if self._pickle_everything:  # the workers wrote JSON; this journal wants pickle
+            self._store([line.entry() for line in lines])
+        else:
+            self._store(cast(Sequence[DLQEntry], lines))
+
+    def _encode(self, entry: DLQEntry) -> bytes:
+        if type(entry) is JournalLine:
+            return entry.line
+        return super()._encode(entry)
+
+    def get_entries(self) -> List[DLQEntry]:
+        with self._lock:
+            entries = self._entries
+            for entry_id, entry in list(entries.items()):
+                if type(entry) is JournalLine:
+                    entries[entry_id] = entry.entry()  # decoded once; the order is kept
+            return list(entries.values())
 
     def get_policy(self) -> DLQPolicy:
         return self.policy
@@ -179,7 +207,7 @@ def init_server(
     served = _server_queue = _ServerQueue(policy)
     if address is not None and authkey is not None:
         try:
-            lane = IngestServer(ingest_address_for(address), authkey, served._store)
+            lane = IngestServer(ingest_address_for(address), authkey, served.store_lines)
         except OSError as exc:  # hooks fall back to proxy calls
             logger.warning("DLQ manager: no fast lane for workers (%s: %s)", type(exc).__name__, exc)
         else:

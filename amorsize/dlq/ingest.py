@@ -3,22 +3,27 @@
 ```
  worker (capture() hook)                  manager process of a SharedDeadLetterQueue
  ───────────────────────                  ──────────────────────────────────────────
- entry ─► field tuple ─► pickle            accept thread: authenticate (HMAC challenge,
-        [8-byte length][payload] ───────►    as multiprocessing.connection), hand over
-                                           loop thread (one selector for all workers):
-                                             read every ready connection, decode every
-                                             complete frame, ONE queue.extend() for all
-                                             of them (one journal write), then
-        ◄─────────────── [status byte] ◄──   acknowledge each frame
+ entry ─► its journal line (JSON,          accept thread: authenticate (HMAC challenge,
+          records.encode_entry)              as multiprocessing.connection), hand over
+        [8-byte length][lines] ─────────►  loop thread (one selector for all workers):
+                                             read every ready connection, check the
+                                             framing of every complete frame (whole
+                                             lines, each with an id), ONE store for all
+                                             of them (ONE journal write() of the bytes
+                                             as they came), then
+        ◄─────────────── [status byte] ◄──   one send of the acks per connection
  the hook returns only after the ack,
- so the entry is in the queue first
+ so the entry is in the kernel first
 ```
 
-Every failure still makes one round trip, so an entry is in the manager before
-its hook returns. What the lane saves over a manager proxy call is the generic
-machinery: no ForkingPickler, no method dispatch, one read per message instead of
-two, a plain tuple instead of a pickled dataclass, no thread hand-off in the
-server, and when several workers fail at once, one journal append for all of them.
+Every failure still makes one round trip, so an entry is in the journal (its
+``write()`` done) before its hook returns. The cost of that promise sits in the
+workers, which run in parallel: a worker encodes the journal record itself, and
+the manager appends those bytes without decoding them. Its in-memory view holds
+each entry as a :class:`JournalLine` (the id, read from the line's fixed prefix,
+and the bytes), decoded on first read. When several workers fail at once, their
+frames are stored with one append and acknowledged with one send per worker: a
+group commit, one wake-up per batch.
 
 Status bytes: ``ACK`` for a stored frame; ``NACK`` then an 8-byte length and a UTF-8
 message when the manager could not decode or store it (the hook raises then).
@@ -29,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pickle
 import selectors
 import socket
 import stat
@@ -41,6 +45,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from amorsize.dlq._deadline import timed_client
 from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.records import decode_record, encode_entry, parse_line, record_id
 
 logger = logging.getLogger("amorsize.dlq")
 
@@ -56,20 +61,48 @@ HANDSHAKE_TIMEOUT_SECONDS = 10
 REPLY_TIMEOUT_SECONDS = 10.0
 BACKLOG = 128
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(DLQEntry))
+_NEWLINE = b"\n"
+
+
+class JournalLine:
+    """An entry as the journal line a worker encoded; decoded only when someone reads it."""
+
+    __slots__ = ("entry_id", "line")
+
+    def __init__(self, entry_id: str, line: bytes) -> None:
+        self.entry_id = entry_id
+        self.line = line
+
+    def entry(self) -> DLQEntry:
+        """The entry; pickled values stay bytes (:class:`~amorsize.serialization.PickledValue`)."""
+        record = parse_line(self.line)
+        if record is None:
+            raise ValueError(f"entry {self.entry_id}: its journal line is not a DLQ record")
+        return decode_record(record, allow_pickle=True, lazy=True)
 
 
 def encode_entries(entries: List[DLQEntry]) -> bytes:
-    """One frame (header included) carrying ``entries`` as field tuples."""
-    payload = pickle.dumps(
-        [tuple(getattr(e, name) for name in _FIELDS) for e in entries], protocol=pickle.HIGHEST_PROTOCOL
-    )
+    """One frame (header included) carrying the journal lines of ``entries`` (items packed)."""
+    payload = b"".join([encode_entry(e, pickle_everything=False) for e in entries])
     return HEADER.pack(len(payload)) + payload
 
 
-def decode_entries(payload: bytes) -> List[DLQEntry]:
-    """Inverse of :func:`encode_entries` (without the header)."""
-    return [DLQEntry(*fields) for fields in pickle.loads(payload)]
+def decode_entries(payload: bytes) -> List[JournalLine]:
+    """Split a frame's payload into its lines, checking the framing only.
+
+    Raises:
+        ValueError: not whole lines, or a line without the id prefix of a journal record.
+    """
+    lines = payload.splitlines(keepends=True)
+    if not lines:
+        raise ValueError("an empty frame")
+    out = []
+    for line in lines:
+        entry_id = record_id(line)
+        if entry_id is None or not line.endswith(_NEWLINE):
+            raise ValueError("a frame holds something other than whole journal records")
+        out.append(JournalLine(entry_id, line))
+    return out
 
 
 class IngestError(Exception):
@@ -95,7 +128,7 @@ class _Peer:
 class IngestServer:
     """Accepts authenticated connections and stores every frame they send with ``store``."""
 
-    def __init__(self, address: Any, authkey: bytes, store: Callable[[List[DLQEntry]], Any]) -> None:
+    def __init__(self, address: Any, authkey: bytes, store: Callable[[List[JournalLine]], Any]) -> None:
         self._sock = _listen(address)
         self.address = self._sock.getsockname()
         self._authkey = authkey
@@ -174,7 +207,7 @@ class IngestServer:
     def _serve(self) -> None:
         while True:
             acks: Dict[socket.socket, List[str | None]] = {}
-            batch: List[DLQEntry] = []
+            batch: List[JournalLine] = []
             owners: List[Tuple[socket.socket, int]] = []
             for key, _ in self._selector.select():
                 if key.data is None:
@@ -217,7 +250,7 @@ class IngestServer:
         self,
         peer: _Peer,
         acks: Dict[socket.socket, List[str | None]],
-        batch: List[DLQEntry],
+        batch: List[JournalLine],
         owners: List[Tuple[socket.socket, int]],
     ) -> None:
         try:
@@ -238,8 +271,10 @@ class IngestServer:
             end = start + HEADER.size + size
             if len(buffer) < end:
                 break
+            with memoryview(buffer) as view:  # one copy of the payload, not two
+                payload = bytes(view[start + HEADER.size:end])
             try:
-                entries = decode_entries(bytes(buffer[start + HEADER.size:end]))
+                entries = decode_entries(payload)
             except Exception as exc:
                 results.append(f"the manager could not decode a frame ({type(exc).__name__}: {exc})")
             else:
@@ -250,15 +285,18 @@ class IngestServer:
         del buffer[:start]
 
     def _reply(self, sock: socket.socket, results: List[str | None]) -> None:
-        out = bytearray()
-        for reason in results:
-            if reason is None:
-                out += ACK
-            else:
-                text = reason.encode("utf-8", "replace")
-                out += NACK + HEADER.pack(len(text)) + text
-        if not out:
+        if not results:
             return
+        if results.count(None) == len(results):
+            out: bytes | bytearray = ACK * len(results)  # the usual case: one small bytes
+        else:
+            out = bytearray()
+            for reason in results:
+                if reason is None:
+                    out += ACK
+                else:
+                    text = reason.encode("utf-8", "replace")
+                    out += NACK + HEADER.pack(len(text)) + text
         try:
             sent = sock.send(out)  # a few bytes into an empty socket buffer: sent at once
             if sent < len(out):

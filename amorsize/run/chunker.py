@@ -6,17 +6,79 @@ Chunks waiting to run again (the rest of a lost chunk, halves of a bisected one,
 items whose dry run failed) go before any new input is read. Ranges a resumed
 run already finished (*skip ranges*, from the checkpoint) are read past, never
 run; a chunk never spans the start of one.
+
+**Memory stays flat.** Time alone would let a chunk of cheap items grow to a
+million items, and a chunk of large ones to gigabytes. So a chunk is also capped
+by items (``MAX_CHUNK_ITEMS``) and by its estimated encoded size
+(``MAX_CHUNK_BYTES``): the chunker pickles one item of each chunk it reads (the
+first item of the input before sizing the first chunk) and keeps a running
+estimate of bytes per item (:class:`ByteEstimate`). The dispatcher uses the same
+estimate to bound what it holds (in flight plus waiting to be put in order) by
+``LOOKAHEAD_ITEMS_PER_WORKER`` and ``LOOKAHEAD_BYTES_PER_WORKER`` per worker.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import pickle
+import sys
 from typing import Any, Deque, Iterator, List, Optional, Tuple
 
 from amorsize.backends import ChunkTask
 from amorsize.run.feeder import Feeder
 from amorsize.sizing.chunks import ChunkSizer
+
+# --- memory bounds (tuning constants) ------------------------------------------------
+#: Items the dispatcher holds per worker: in flight plus waiting in the reorder
+#: buffer. At about 100 bytes per small item in the parent (the item, its result and
+#: their list slots) that is ~13 MB per worker; the per-chunk cost of the process
+#: backend (~0.2 ms) stays under 1% of a chunk of this size's share.
+LOOKAHEAD_ITEMS_PER_WORKER = 131_072
+#: Estimated encoded bytes (input and result) held per worker, the same way.
+LOOKAHEAD_BYTES_PER_WORKER = 16 << 20
+#: Chunks of the look-ahead: a chunk is at most a quarter of it, so a worker's next
+#: chunk can be ready while others wait in the reorder buffer.
+CHUNKS_PER_LOOKAHEAD = 4
+#: Largest chunk, in items (cheap items would otherwise grow to MAX_CHUNKSIZE).
+MAX_CHUNK_ITEMS = LOOKAHEAD_ITEMS_PER_WORKER // CHUNKS_PER_LOOKAHEAD
+#: Largest chunk by estimated encoded size: a chunk is pickled whole in the parent
+#: and unpickled whole in the worker, so each copy of it is at most this; 4 MiB still
+#: amortises a chunk's round trip (it pickles in a few milliseconds).
+MAX_CHUNK_BYTES = LOOKAHEAD_BYTES_PER_WORKER // CHUNKS_PER_LOOKAHEAD
+#: Weight of a new sample in the bytes-per-item estimate when it is smaller (a larger
+#: one is taken at once: over-estimating costs throughput, under-estimating memory).
+BYTES_EWMA_ALPHA = 0.2
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes ``value`` takes pickled; its in-memory size when it does not pickle."""
+    try:
+        return len(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        return sys.getsizeof(value)
+
+
+class ByteEstimate:
+    """A running estimate of encoded bytes per item: up at once, down slowly."""
+
+    __slots__ = ("per_item",)
+
+    def __init__(self) -> None:
+        self.per_item: float = 0.0
+
+    def observe(self, value: Any) -> None:
+        size = encoded_size(value)
+        if size >= self.per_item:
+            self.per_item = float(size)
+        else:
+            self.per_item += BYTES_EWMA_ALPHA * (size - self.per_item)
+
+    def items_within(self, budget: int) -> int:
+        """How many items fit in ``budget`` bytes (at least 1; no bound before a sample)."""
+        if self.per_item <= 0:
+            return sys.maxsize
+        return max(1, int(budget // self.per_item))
 
 
 class Chunker:
@@ -34,6 +96,8 @@ class Chunker:
         self.skip: Deque[Tuple[int, int]] = collections.deque()
         self.sizer: Optional[ChunkSizer] = None
         self._ids = itertools.count()
+        #: Encoded bytes per input item (sampled once per chunk read).
+        self.item_bytes = ByteEstimate()
 
     def start_sizer(self, first: int, *, n_jobs: int, target: float, adaptive: bool) -> None:
         self.sizer = ChunkSizer(
@@ -71,16 +135,27 @@ class Chunker:
         if self.exhausted or not read:
             return None
         self._read_past_finished()
-        size = self._size(limit)
-        chunk = self.feeder.take(max(size, 1))
+        chunk = self.feeder.take(max(self._size(limit), 1))
         if not chunk:
             self.exhausted = self.feeder.finished
             self.starved = not self.exhausted
             return None
+        self.item_bytes.observe(chunk[0])
         task = self.task(self.next_start, chunk)
         self.next_start += len(chunk)
+        cap = self.max_chunk_items()
+        if len(chunk) > cap:  # sized before this item's bytes were known: the rest waits
+            self.pending.appendleft(self.subtask(task, cap, None))
+            task = self.subtask(task, 0, cap)
         self.exhausted = self.feeder.finished
         return task
+
+    def max_chunk_items(self) -> int:
+        """The most items a chunk read now may hold (by the caps, not by time)."""
+        cap = self.item_bytes.items_within(MAX_CHUNK_BYTES)
+        if self.sizer is None or self.sizer.adaptive:
+            cap = min(cap, MAX_CHUNK_ITEMS)
+        return cap
 
     def _size(self, limit: Optional[int]) -> int:
         assert self.sizer is not None, "start_sizer() before reading the input"
@@ -90,10 +165,12 @@ class Chunker:
             size = min(size, self.skip[0][0] - self.next_start)
         if limit is not None:
             size = min(size, limit)
-        return size
+        # A chunksize the user fixed is kept, unless it holds too many bytes.
+        return min(size, self.max_chunk_items())
 
     def _read_past_finished(self) -> None:
         while self.skip and self.skip[0][0] <= self.next_start:
             _begin, end = self.skip.popleft()  # finished by a previous run
             self.feeder.take_exactly(end - self.next_start)
             self.next_start = end
+

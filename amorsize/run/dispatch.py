@@ -22,7 +22,12 @@ from amorsize.errors import InputIteratorError
 from amorsize.failure import failure_of, function_name
 from amorsize.run.aio import async_fields, plan_async, widen_async
 from amorsize.run.budget import Budget
-from amorsize.run.chunker import Chunker
+from amorsize.run.chunker import (
+    LOOKAHEAD_BYTES_PER_WORKER,
+    LOOKAHEAD_ITEMS_PER_WORKER,
+    ByteEstimate,
+    Chunker,
+)
 from amorsize.run.failures import FailureRouter, lost_entry
 from amorsize.run.gate import REJECT, Gate
 from amorsize.run.guard import leave_if_reimporting_main
@@ -36,6 +41,7 @@ from amorsize.tracebacks import source_file
 INPUT_POLL_SECONDS = 0.01
 #: Chunks whose results may wait in the reorder buffer per worker before the
 #: dispatcher stops cutting new chunks (bounds memory when one chunk is slow).
+#: Items and estimated bytes held are bounded too (``LOOKAHEAD_*`` in run.chunker).
 REORDER_CHUNKS_PER_WORKER = 4
 
 Segment = Tuple[int, List[Any]]  # (start position, values)
@@ -71,6 +77,8 @@ class Dispatcher:
         self.reorder: Dict[int, List[Any]] = {}
         self.waiting_finished = 0  # finished segments parked in the reorder buffer
         self.pool: Optional[Pool] = None
+        self.waiting_items = 0  # items of the other segments in the reorder buffer
+        self.result_bytes = ByteEstimate()  # encoded bytes per result, sampled per chunk
 
     def chunks(self) -> Iterator[Segment]:
         """Yield ``(start, values)`` per finished run of positions, ordered if asked."""
@@ -98,10 +106,13 @@ class Dispatcher:
         for start, values in itertools.chain([(-1, [])], self._events()):
             if start >= 0:
                 reorder[start] = values
+                self.waiting_items += len(values)
             while expected in reorder:
                 values = reorder.pop(expected)
                 if expected in finished_starts:
                     self.waiting_finished -= 1
+                else:
+                    self.waiting_items -= len(values)
                 yield expected, values
                 expected += len(values)
         if reorder:  # cannot happen unless a position was lost: never drop data silently
@@ -188,8 +199,24 @@ class Dispatcher:
                                  adaptive=self.spec.concurrency is None)
 
     def _next_task(self, limit: Optional[int]) -> Optional[ChunkTask]:
-        backlog = len(self.reorder) - self.waiting_finished
-        return self.chunker.next_task(limit, read=backlog < REORDER_CHUNKS_PER_WORKER * self.width)
+        return self.chunker.next_task(limit, read=self._may_read())
+
+    def _may_read(self) -> bool:
+        """Whether new input may be read: the look-ahead held is under its bounds.
+
+        Held means in flight plus waiting in the reorder buffer; one more chunk may
+        overshoot the bounds by at most its own caps (run.chunker's MAX_CHUNK_*).
+        """
+        held = self.gate.in_flight + self.waiting_items
+        if not held:
+            return True
+        width = self.width
+        if len(self.reorder) - self.waiting_finished >= REORDER_CHUNKS_PER_WORKER * width:
+            return False
+        if held >= LOOKAHEAD_ITEMS_PER_WORKER * width:
+            return False
+        per_item = self.chunker.item_bytes.per_item + self.result_bytes.per_item
+        return held * per_item < LOOKAHEAD_BYTES_PER_WORKER * width
 
     def _handle(self, event: Any) -> Optional[Segment]:
         if isinstance(event, ChunkDone):
@@ -205,6 +232,8 @@ class Dispatcher:
         finish_in_parent(result, task.items)
         self.chunker.observe(len(task.items), result.compute_seconds)
         values = result.values
+        if values and not result.failures:
+            self.result_bytes.observe(values[0])  # one per chunk: bounds the reorder buffer
         self.gate.observe(values)
         if result.failures:
             self.failures.route(result.failures, values, task.start, result.error)

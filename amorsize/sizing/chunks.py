@@ -76,6 +76,11 @@ class ChunkSizer:
         self._dispatched = 0
 
     @property
+    def adaptive(self) -> bool:
+        """False when the user fixed the chunksize."""
+        return self._adaptive
+
+    @property
     def per_item_seconds(self) -> float | None:
         """The current estimate of seconds per item, or None before any observation."""
         return self._per_item
