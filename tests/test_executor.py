@@ -369,7 +369,7 @@ def test_raise_mode_with_an_unrebuildable_exception_raises_task_failed(no_leaked
 
 def test_raise_mode_in_process() -> None:
     with pytest.raises(RuntimeError, match="always 0") as info:
-        execute(always_fails, range(3), n_jobs=1)
+        execute(always_fails, range(3), backend="in_process")
     assert type(info.value) is RuntimeError
     frames = [frame.name for frame in info.traceback]
     assert "always_fails" in frames  # the real traceback: the call happened here
