@@ -13,15 +13,15 @@ import base64
 import binascii
 import contextlib
 import gc
+import io
 import json
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Tuple
 
-from amorsize._fs import open_nofollow
+from amorsize._fs import read_nofollow
 from amorsize.dlq.entry import REASONS, DLQEntry
 from amorsize.errors import DLQCorruptError, DLQFileNotFoundError, DLQStorageError
 from amorsize.serialization import (
@@ -275,12 +275,13 @@ def read_records(path: str, *, strict: bool = True, parse: bool = True,
         DLQCorruptError: a record before the last line is unreadable and ``strict``.
     """
     try:
-        fd = open_nofollow(path, os.O_RDONLY, "DLQ file", DLQStorageError)
+        data = read_nofollow(path, "DLQ file", DLQStorageError)
     except FileNotFoundError:
         raise DLQFileNotFoundError(f"DLQ file not found: {path!r}") from None
-    # Line by line, not the whole file at once: a loader then never holds the file's
-    # bytes, its lines and their records together (a third less memory at 100k).
-    with os.fdopen(fd, "rb") as handle, gc_paused():
+    # One read, a snapshot: a writer that cuts a torn tail and appends while we read
+    # cannot splice its lines into ours. Then line by line (BytesIO shares the bytes),
+    # so a loader never holds the file's lines and their records all at once.
+    with io.BytesIO(data) as handle, gc_paused():
         return _read_lines(path, handle, strict=strict, parse=parse, convert=convert)
 
 
