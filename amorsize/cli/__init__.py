@@ -15,7 +15,8 @@ amorsize dlq migrate [DIR] [--dry-run] [--allow-pickle]
 
 Modules: :mod:`.common` (exit codes, opening a queue read-only, filters, the
 lock, the one-compaction commit), :mod:`.render` (tables, JSON records),
-:mod:`.filters` (the shared filters), :mod:`.listing` (summary, list),
+:mod:`.filters` (the shared filters), :mod:`.listing` (summary, list), :mod:`.newest`
+(``list --newest --limit N`` without a full load),
 :mod:`.commands` (show, export, purge), :mod:`.replay`, :mod:`.helptext`.
 """
 

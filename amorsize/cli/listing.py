@@ -15,6 +15,7 @@ import json
 import sys
 from typing import Any, Callable, Dict, List, Sequence
 
+from amorsize.cli import newest
 from amorsize.cli.common import EXIT_OK, open_queue
 from amorsize.cli.filters import select_from
 from amorsize.cli.migrate import warn_seed_files
@@ -123,26 +124,30 @@ def _table(entries: Sequence[DLQEntry], fields: Sequence[str], all_ids: Sequence
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    queue = open_queue(args)
-    everything = queue.get_entries()
-    limit, args.limit = args.limit, None  # paging applies after the filters
-    matching = select_from(everything, args)
-    args.limit = limit
-    entries = _page(args, matching)
+    if newest.applies(args):  # the common "what failed last": only those entries are decoded
+        entries, all_ids = newest.newest(args)
+        matching_count = len(all_ids)
+    else:
+        everything = open_queue(args).get_entries()
+        limit, args.limit = args.limit, None  # paging applies after the filters
+        matching = select_from(everything, args)
+        args.limit = limit
+        entries = _page(args, matching)
+        all_ids, matching_count = [e.entry_id for e in everything], len(matching)
     if args.json:
         write = sys.stdout.write
         for entry in entries:
             write(to_json_line(entry_record(entry)) + "\n")
         return EXIT_OK
-    total = len(everything)
+    total = len(all_ids)
     if not entries:
         print("the DLQ is empty" if not total else f"no entries match ({total} in the DLQ)")
         return EXIT_OK
     fields = args.fields or list(DEFAULT_FIELDS)
-    text, dropped = _table(entries, fields, [e.entry_id for e in everything], args.wide)
+    text, dropped = _table(entries, fields, all_ids, args.wide)
     print(text)
-    if len(entries) < len(matching):
-        print(f"{len(entries)} shown of {len(matching)} matching ({total} in the DLQ); "
+    if len(entries) < matching_count:
+        print(f"{len(entries)} shown of {matching_count} matching ({total} in the DLQ); "
               "--offset N or --page P shows more")
     else:
         print(f"{len(entries)} of {total} entries")

@@ -36,7 +36,7 @@ from amorsize.dlq.journal import Journal
 from amorsize.dlq.migrate import migrate_on_open
 from amorsize.dlq.policy import DLQFormat, DLQPolicy
 from amorsize.dlq.pruning import PRUNE_COMPACTION_MIN_BATCH, PruningMixin
-from amorsize.dlq.records import decode_record, encode_entry, read_records
+from amorsize.dlq.records import NotConverted, decode_record, encode_entry, read_records
 from amorsize.dlq.rescue import persist_error
 from amorsize.dlq.retention import RetentionLog
 from amorsize.dlq.summary import select_entries, summarize
@@ -259,21 +259,22 @@ class DeadLetterQueue(PruningMixin, DeadLetterQueueBase):
             return len(loaded)
 
     def _merge_from(self, path: str) -> List[str]:
-        result = read_records(path, strict=self.policy.strict)
-        allow_pickle = bool(self.policy.allow_pickle)
+        allow_pickle, lazy = bool(self.policy.allow_pickle), self._lazy_pickle
+        # Decoded as read, so the parsed dicts of the whole file are never held at once.
+        result = read_records(path, strict=self.policy.strict, convert=lambda record: decode_record(
+            record, allow_pickle=allow_pickle, lazy=lazy))
         decoded = []
         skipped = result.corrupt_skipped
-        for number, record in zip(result.numbers, result.records):
-            try:
-                decoded.append(
-                    decode_record(record, allow_pickle=allow_pickle, lazy=self._lazy_pickle)
-                )
-            except Exception as exc:  # a well-formed line that is not a readable entry
+        for number, entry in zip(result.numbers, result.records):
+            if isinstance(entry, NotConverted):  # a well-formed line that is not a readable entry
+                exc = entry.error
                 detail = f"the record cannot be decoded ({type(exc).__name__}: {exc})"
                 if self.policy.strict:
                     raise DLQCorruptError(path, number, detail) from exc
                 skipped += 1
                 logger.warning("DLQ file %r: skipped record at line %d: %s", path, number, detail)
+                continue
+            decoded.append(entry)
         # Nothing is merged before the whole file has been read and decoded.
         self._corrupt_skipped += skipped
         if self._deduper is not None:
