@@ -48,6 +48,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import cloudpickle
 
 from amorsize import AmorsizeError
+from amorsize._validate import check_seconds, check_type
 from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
 from amorsize.run.guard import watching_for_unguarded_main
 from amorsize_dask._cluster import close_quietly, describe_task_error, repair_cluster, start_local_cluster
@@ -76,6 +77,10 @@ class DaskBackendError(AmorsizeError, RuntimeError):
     """The Dask cluster itself failed: scheduler unreachable, or no worker left."""
 
 
+class DaskConnectError(DaskBackendError, ConnectionError):
+    """The Dask scheduler given by address could not be reached within the connect timeout."""
+
+
 class DaskBackend:
     """Run chunks on a Dask distributed cluster.
 
@@ -99,9 +104,10 @@ class DaskBackend:
     ) -> None:
         if address is not None and client is not None:
             raise ValueError("DaskBackend takes an address or a client, not both")
-        self.address = address
+        self.address = check_type("address", address, str, "a scheduler address such as "
+                                  "'tcp://host:8786'", optional=True)
         self.client = client
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = check_seconds("connect_timeout", connect_timeout, positive=True)
 
     def open(
         self,
@@ -126,7 +132,13 @@ class DaskBackend:
         if self.client is not None:
             return None, self.client, False
         if self.address is not None:
-            client = Client(self.address, timeout=self.connect_timeout, set_as_default=False)
+            try:
+                client = Client(self.address, timeout=self.connect_timeout, set_as_default=False)
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise DaskConnectError(
+                    f"cannot connect to the Dask scheduler at address={self.address!r} within "
+                    f"connect_timeout={self.connect_timeout:g}s ({type(exc).__name__}: {exc})"
+                ) from exc
             return None, client, True
         with watching_for_unguarded_main("spawn"):  # a nanny re-runs an unguarded main module
             cluster = start_local_cluster(n_jobs)
