@@ -14,7 +14,8 @@ Dask is imported only when a run starts, never by amorsize itself.
 from __future__ import annotations
 
 from amorsize_dask._cluster import start_local_cluster
-from amorsize_dask.backend import DaskBackend, DaskBackendError, DaskConnectError, DaskPool
+from amorsize_dask.backend import DaskBackend, DaskPool
+from amorsize_dask.errors import DaskBackendError, DaskConnectError
 
 __version__ = "0.1.0"
 

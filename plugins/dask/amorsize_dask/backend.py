@@ -43,16 +43,22 @@ import pickle
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import cloudpickle
 
-from amorsize import AmorsizeError
 from amorsize._validate import check_seconds, check_type
 from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
-from amorsize.run.guard import watching_for_unguarded_main
-from amorsize_dask._cluster import close_quietly, describe_task_error, repair_cluster, start_local_cluster
+from amorsize_dask._cluster import (
+    close_quietly,
+    connect,
+    crash_detail,
+    describe_task_error,
+    repair_cluster,
+)
+from amorsize_dask._logs import restore_distributed_logs
 from amorsize_dask._remote import TIMEOUT_EXIT_CODE, run_task
+from amorsize_dask.errors import DaskBackendError
 
 #: How long one wait on the futures lasts before the pool checks timeout reports
 #: and the cluster's health again.
@@ -71,14 +77,6 @@ NO_WORKERS_TIMEOUT_SECONDS = 60.0
 SINGLE_ITEM_CONFIRMATIONS = 1
 
 log = logging.getLogger(__name__)
-
-
-class DaskBackendError(AmorsizeError, RuntimeError):
-    """The Dask cluster itself failed: scheduler unreachable, or no worker left."""
-
-
-class DaskConnectError(DaskBackendError, ConnectionError):
-    """The Dask scheduler given by address could not be reached within the connect timeout."""
 
 
 class DaskBackend:
@@ -118,36 +116,17 @@ class DaskBackend:
         start_method: Optional[str],
     ) -> DaskPool:
         del start_method  # Dask workers are started by their nanny
-        cluster, client, owns_client = self._connect(n_jobs)
+        cluster, client, owns_client = connect(self.address, self.client, self.connect_timeout, n_jobs)
         try:
             return DaskPool(spec, client, timeout=timeout, cluster=cluster, owns_client=owns_client,
                             width=n_jobs)
         except BaseException:
-            close_quietly(client if owns_client else None, cluster)
-            raise
-
-    def _connect(self, n_jobs: Optional[int]) -> Tuple[Any, Any, bool]:
-        from distributed import Client
-
-        if self.client is not None:
-            return None, self.client, False
-        if self.address is not None:
             try:
-                client = Client(self.address, timeout=self.connect_timeout, set_as_default=False)
-            except (OSError, asyncio.TimeoutError) as exc:
-                raise DaskConnectError(
-                    f"cannot connect to the Dask scheduler at address={self.address!r} within "
-                    f"connect_timeout={self.connect_timeout:g}s ({type(exc).__name__}: {exc})"
-                ) from exc
-            return None, client, True
-        with watching_for_unguarded_main("spawn"):  # a nanny re-runs an unguarded main module
-            cluster = start_local_cluster(n_jobs)
-        try:
-            client = Client(cluster, timeout=self.connect_timeout, set_as_default=False)
-        except BaseException:
-            close_quietly(None, cluster)
+                close_quietly(client if owns_client else None, cluster)
+            finally:
+                if cluster is not None:
+                    restore_distributed_logs()
             raise
-        return cluster, client, True
 
 
 class _InFlight:
@@ -272,7 +251,11 @@ class DaskPool:
         except Exception as exc:  # the cluster may be gone already; closing goes on
             log.debug("amorsize-dask: cleanup before close failed: %r", exc)
         finally:
-            close_quietly(self._client if self._owns_client else None, self._cluster)
+            try:
+                close_quietly(self._client if self._owns_client else None, self._cluster)
+            finally:
+                if self._cluster is not None:  # routed by _cluster.connect
+                    restore_distributed_logs()
 
     # -- events ----------------------------------------------------------------
 
@@ -311,12 +294,7 @@ class DaskPool:
         if len(entry.task.items) == 1 and entry.runs <= SINGLE_ITEM_CONFIRMATIONS:
             self.submit(entry.task, runs=entry.runs + 1)
             return None
-        detail: Dict[str, Any] = {"cause": cause, "engine": "dask"}
-        if error is not None:
-            detail["error"] = repr(error)[:500]
-            worker = getattr(error, "last_worker", None)
-            if worker is not None:
-                detail["worker"] = str(getattr(worker, "address", worker))
+        detail = crash_detail(cause, error, own_cluster=self._cluster is not None)
         return ChunkLost(entry.task, None, "worker_crash", detail)
 
     def _timed_out(self, task: ChunkTask, report: Dict[str, Any]) -> ChunkLost:
