@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import pickle
 import threading
 import time
@@ -47,7 +48,7 @@ from typing import Any, Dict, List, Optional
 
 import cloudpickle
 
-from amorsize._validate import check_seconds, check_type
+from amorsize import InvalidArgumentError
 from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
 from amorsize_dask._cluster import (
     close_quietly,
@@ -102,10 +103,16 @@ class DaskBackend:
     ) -> None:
         if address is not None and client is not None:
             raise ValueError("DaskBackend takes an address or a client, not both")
-        self.address = check_type("address", address, str, "a scheduler address such as "
-                                  "'tcp://host:8786'", optional=True)
+        if address is not None and not isinstance(address, str):
+            raise InvalidArgumentError(f"address={address!r} is not valid; expected a scheduler "
+                                       "address such as 'tcp://host:8786'")
+        self.address = address
         self.client = client
-        self.connect_timeout = check_seconds("connect_timeout", connect_timeout, positive=True)
+        if (isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float))
+                or not 0 < connect_timeout < math.inf):
+            raise InvalidArgumentError(f"connect_timeout={connect_timeout!r} is not valid; "
+                                       "expected a finite number of seconds > 0")
+        self.connect_timeout = float(connect_timeout)
 
     def open(
         self,
