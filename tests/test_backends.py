@@ -107,6 +107,25 @@ def test_an_unknown_backend_name_suggests_the_nearest() -> None:
         resolve_backend("in_proces")
 
 
+def test_a_missing_dask_plugin_suggests_installing_it_from_pypi(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(amorsize.backends, "_entry_points", lambda: [])  # as if not installed
+    with pytest.raises(BackendNotFoundError) as caught:
+        execute(abs, [1, 2], backend="dask")
+    message = str(caught.value)
+    assert "pip install amorsize-dask" in message
+    assert "plugins/" not in message
+    assert "installed backends: " in message and "processes" in message
+
+
+def test_an_unknown_backend_name_lists_the_installed_backends_not_a_plugin_path() -> None:
+    with pytest.raises(BackendNotFoundError) as caught:
+        resolve_backend("ray")
+    message = str(caught.value)
+    assert "plugins/" not in message and "pip install" not in message
+    for name in available_backends():
+        assert name in message
+
+
 class CountingBackend:
     """Runs chunks in this process, counting the chunks it was given."""
 

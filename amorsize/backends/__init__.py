@@ -216,6 +216,27 @@ def _load(target: str) -> Any:
     return getattr(import_module(module), attr)
 
 
+#: Backends published as plugins on PyPI: name -> distribution to install.
+KNOWN_PLUGINS: Dict[str, str] = {"dask": "amorsize-dask"}
+
+
+def _not_found_message(backend: str) -> str:
+    """Why ``backend`` is unknown: the plugin to install, or the backends installed here."""
+    names = available_backends()
+    installed = f"installed backends: {', '.join(names)}"
+    if backend in KNOWN_PLUGINS:
+        return (
+            f"backend={backend!r} needs its plugin, which is not installed: "
+            f"pip install {KNOWN_PLUGINS[backend]} ({installed})"
+        )
+    near = difflib.get_close_matches(backend, names, n=1)
+    hint = f" Did you mean {near[0]!r}?" if near else ""
+    return (
+        f"backend={backend!r} is not registered; {installed}.{hint} A plugin adds a backend "
+        f"through the entry-point group {ENTRY_POINT_GROUP!r}"
+    )
+
+
 def resolve_backend(backend: Any) -> Any:
     """Turn ``backend`` (None, a registered name, or a backend object) into a backend object.
 
@@ -232,13 +253,7 @@ def resolve_backend(backend: Any) -> Any:
         for ep in _entry_points():
             if ep.name == backend:
                 return ep.load()()
-        names = available_backends()
-        near = difflib.get_close_matches(backend, names, n=1)
-        hint = f" Did you mean {near[0]!r}?" if near else ""
-        raise BackendNotFoundError(
-            f"backend={backend!r} is not registered; available: {', '.join(names)}.{hint} "
-            f"Install its plugin (for example: pip install -e plugins/{backend})"
-        )
+        raise BackendNotFoundError(_not_found_message(backend))
     if callable(getattr(backend, "open", None)):
         return backend
     raise BackendNotFoundError(

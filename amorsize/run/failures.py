@@ -122,17 +122,29 @@ def lost_entry(task: ChunkTask, position: int, event: ChunkLost, function_name: 
         item = pack_for_transport(item)
     elif event.reason == "timeout":
         fate = (f"its thread ({detail.get('thread')}) was abandoned" if detail.get("abandoned")
-                else f"its worker (pid {detail.get('pid')}) was terminated")
+                else f"its worker ({_known(detail, 'pid', 'pid')}) was terminated")
         error = ItemTimeoutError(
             f"the item ran longer than timeout={detail.get('timeout_seconds')}s; {fate}"
         )
     else:
         error = WorkerCrashedError(
-            f"{detail.get('cause', 'the worker died')} while running this item "
-            f"(pid {detail.get('pid')}, exit code {detail.get('exitcode')})"
+            f"{detail.get('cause', 'the worker died')} while running this item ({_where(detail)})"
         )
     metadata = detail
     metadata.update(index=task.start + position, function=function_name, host=hostname())
     return DLQEntry.from_exception(
         item, error, metadata=metadata, reason=event.reason, include_traceback=False,
     )
+
+
+def _known(detail: dict, key: str, label: str) -> str:
+    value = detail.get(key)
+    return f"{label} unknown" if value is None else f"{label} {value}"
+
+
+def _where(detail: dict) -> str:
+    """Which worker died: its address (remote backends), last known pid and exit code."""
+    where = [_known(detail, "pid", "pid"), _known(detail, "exitcode", "exit code")]
+    if detail.get("worker"):
+        where.insert(0, f"worker {detail['worker']}")
+    return ", ".join(where)

@@ -14,8 +14,11 @@ Dask is imported only when a run starts, never by amorsize itself.
 from __future__ import annotations
 
 from amorsize_dask._cluster import start_local_cluster
-from amorsize_dask.backend import DaskBackend, DaskBackendError, DaskPool
+from amorsize_dask.backend import DaskBackend, DaskPool
+from amorsize_dask.errors import DaskBackendError, DaskConnectError
 
 __version__ = "0.1.0"
 
-__all__ = ["DaskBackend", "DaskBackendError", "DaskPool", "__version__", "start_local_cluster"]
+__all__ = [
+    "DaskBackend", "DaskBackendError", "DaskConnectError", "DaskPool", "__version__", "start_local_cluster",
+]

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Dict, Optional
+import time
+from typing import Any, Dict, Optional, Tuple
+
+from amorsize_dask._logs import last_exit_code, restore_distributed_logs, route_distributed_logs
+from amorsize_dask.errors import DaskConnectError
 
 #: Seconds allowed for a worker of our cluster to start and reach the scheduler,
 #: and to close the client and the cluster.
@@ -16,7 +21,47 @@ OWN_CLUSTER_CONFIG = {
     "distributed.scheduler.worker-saturation": 1.0,
 }
 
+#: How long a crash report waits for the nanny of our cluster to log the exit code.
+EXIT_CODE_WAIT_SECONDS = 0.5
+
 log = logging.getLogger(__name__)
+
+
+def connect(
+    address: Optional[str], client: Any, timeout: float, n_jobs: Optional[int]
+) -> Tuple[Any, Any, bool]:
+    """``(cluster we started or None, client, whether we own the client)`` for a run.
+
+    Starting our own cluster routes distributed's logs (see ``_logs``); the pool
+    restores them when it closes, or this function does if starting fails.
+    """
+    from distributed import Client
+
+    from amorsize.run.guard import watching_for_unguarded_main
+
+    if client is not None:
+        return None, client, False
+    if address is not None:
+        try:
+            return None, Client(address, timeout=timeout, set_as_default=False), True
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise DaskConnectError(
+                f"cannot connect to the Dask scheduler at address={address!r} within "
+                f"connect_timeout={timeout:g}s ({type(exc).__name__}: {exc})"
+            ) from exc
+    route_distributed_logs()
+    try:
+        with watching_for_unguarded_main("spawn"):  # a nanny re-runs an unguarded main module
+            cluster = start_local_cluster(n_jobs)
+        try:
+            client = Client(cluster, timeout=timeout, set_as_default=False)
+        except BaseException:
+            close_quietly(None, cluster)
+            raise
+    except BaseException:
+        restore_distributed_logs()
+        raise
+    return cluster, client, True
 
 
 def start_local_cluster(n_workers: Optional[int] = None, **options: Any) -> Any:
@@ -102,3 +147,27 @@ def describe_task_error(error: Any) -> str:
     if name == "CommClosedError":
         return "the connection to the Dask worker closed (the worker died)"
     return f"the Dask task failed ({name}: {str(error)[:200]})"
+
+
+def crash_detail(cause: str, error: Any, *, own_cluster: bool) -> Dict[str, Any]:
+    """DLQ metadata of a worker death: the worker's address, last known pid and exit code.
+
+    The scheduler knows the address and pid of the worker that died; the exit code
+    is known only on a cluster of ours, whose nannies log it here (see ``_logs``).
+    Whatever is unknown stays None, and the entry's message says "unknown".
+    """
+    detail: Dict[str, Any] = {"cause": cause, "engine": "dask", "worker": None, "pid": None,
+                              "exitcode": None}
+    if error is not None:
+        detail["error"] = repr(error)[:500]
+    worker = getattr(error, "last_worker", None)
+    if worker is not None:
+        detail["worker"] = str(getattr(worker, "address", worker))
+        pid = getattr(worker, "pid", None)
+        detail["pid"] = pid if isinstance(pid, int) and pid > 0 else None
+    if own_cluster and detail["pid"] is not None:
+        deadline = time.monotonic() + EXIT_CODE_WAIT_SECONDS
+        while (code := last_exit_code(detail["pid"])) is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # the nanny notices the exit a moment after the scheduler
+        detail["exitcode"] = code
+    return detail

@@ -39,19 +39,27 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import pickle
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import cloudpickle
 
-from amorsize import AmorsizeError
+from amorsize import InvalidArgumentError
 from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
-from amorsize.run.guard import watching_for_unguarded_main
-from amorsize_dask._cluster import close_quietly, describe_task_error, repair_cluster, start_local_cluster
+from amorsize_dask._cluster import (
+    close_quietly,
+    connect,
+    crash_detail,
+    describe_task_error,
+    repair_cluster,
+)
+from amorsize_dask._logs import restore_distributed_logs
 from amorsize_dask._remote import TIMEOUT_EXIT_CODE, run_task
+from amorsize_dask.errors import DaskBackendError
 
 #: How long one wait on the futures lasts before the pool checks timeout reports
 #: and the cluster's health again.
@@ -70,10 +78,6 @@ NO_WORKERS_TIMEOUT_SECONDS = 60.0
 SINGLE_ITEM_CONFIRMATIONS = 1
 
 log = logging.getLogger(__name__)
-
-
-class DaskBackendError(AmorsizeError, RuntimeError):
-    """The Dask cluster itself failed: scheduler unreachable, or no worker left."""
 
 
 class DaskBackend:
@@ -99,9 +103,16 @@ class DaskBackend:
     ) -> None:
         if address is not None and client is not None:
             raise ValueError("DaskBackend takes an address or a client, not both")
+        if address is not None and not isinstance(address, str):
+            raise InvalidArgumentError(f"address={address!r} is not valid; expected a scheduler "
+                                       "address such as 'tcp://host:8786'")
         self.address = address
         self.client = client
-        self.connect_timeout = connect_timeout
+        if (isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float))
+                or not 0 < connect_timeout < math.inf):
+            raise InvalidArgumentError(f"connect_timeout={connect_timeout!r} is not valid; "
+                                       "expected a finite number of seconds > 0")
+        self.connect_timeout = float(connect_timeout)
 
     def open(
         self,
@@ -112,30 +123,17 @@ class DaskBackend:
         start_method: Optional[str],
     ) -> DaskPool:
         del start_method  # Dask workers are started by their nanny
-        cluster, client, owns_client = self._connect(n_jobs)
+        cluster, client, owns_client = connect(self.address, self.client, self.connect_timeout, n_jobs)
         try:
             return DaskPool(spec, client, timeout=timeout, cluster=cluster, owns_client=owns_client,
                             width=n_jobs)
         except BaseException:
-            close_quietly(client if owns_client else None, cluster)
+            try:
+                close_quietly(client if owns_client else None, cluster)
+            finally:
+                if cluster is not None:
+                    restore_distributed_logs()
             raise
-
-    def _connect(self, n_jobs: Optional[int]) -> Tuple[Any, Any, bool]:
-        from distributed import Client
-
-        if self.client is not None:
-            return None, self.client, False
-        if self.address is not None:
-            client = Client(self.address, timeout=self.connect_timeout, set_as_default=False)
-            return None, client, True
-        with watching_for_unguarded_main("spawn"):  # a nanny re-runs an unguarded main module
-            cluster = start_local_cluster(n_jobs)
-        try:
-            client = Client(cluster, timeout=self.connect_timeout, set_as_default=False)
-        except BaseException:
-            close_quietly(None, cluster)
-            raise
-        return cluster, client, True
 
 
 class _InFlight:
@@ -260,7 +258,11 @@ class DaskPool:
         except Exception as exc:  # the cluster may be gone already; closing goes on
             log.debug("amorsize-dask: cleanup before close failed: %r", exc)
         finally:
-            close_quietly(self._client if self._owns_client else None, self._cluster)
+            try:
+                close_quietly(self._client if self._owns_client else None, self._cluster)
+            finally:
+                if self._cluster is not None:  # routed by _cluster.connect
+                    restore_distributed_logs()
 
     # -- events ----------------------------------------------------------------
 
@@ -299,12 +301,7 @@ class DaskPool:
         if len(entry.task.items) == 1 and entry.runs <= SINGLE_ITEM_CONFIRMATIONS:
             self.submit(entry.task, runs=entry.runs + 1)
             return None
-        detail: Dict[str, Any] = {"cause": cause, "engine": "dask"}
-        if error is not None:
-            detail["error"] = repr(error)[:500]
-            worker = getattr(error, "last_worker", None)
-            if worker is not None:
-                detail["worker"] = str(getattr(worker, "address", worker))
+        detail = crash_detail(cause, error, own_cluster=self._cluster is not None)
         return ChunkLost(entry.task, None, "worker_crash", detail)
 
     def _timed_out(self, task: ChunkTask, report: Dict[str, Any]) -> ChunkLost:
