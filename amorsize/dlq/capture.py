@@ -152,13 +152,10 @@ class CapturedFunction:
         #: A :class:`~amorsize.RateLimit` every attempt waits for, across the pool's processes.
         self.rate_limit = rate_limit
 
-    def __reduce__(self) -> Any:
-        return (
-            _rebuild,
-            (self._func_bytes, self.function_name, self.address, self._authkey,
-             self.include_traceback, self.reraise, self.ingest_address, self.timeout,
-             self.rate_limit),
-        )
+    def __getstate__(self) -> Dict[str, Any]:
+        # Every field travels as it is, except the loaded function: a worker loads it from
+        # ``_func_bytes`` on first call (and keeps it in its per-process cache).
+        return dict(self.__dict__, _loaded=None)
 
     def __repr__(self) -> str:
         return f"<captured {self.function_name} → shared DLQ at {self.address!r}>"
@@ -244,22 +241,3 @@ class CapturedFunction:
             self.address,
             failure=entry,
         )
-
-
-def _rebuild(
-    func_bytes: bytes, name: str, address: Any, authkey: bytes,
-    include_traceback: bool, reraise: bool, ingest_address: Any = None,
-    timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS, rate_limit: Any = None,
-) -> CapturedFunction:
-    hook = CapturedFunction.__new__(CapturedFunction)
-    hook._func_bytes = func_bytes
-    hook._loaded = None
-    hook.function_name = name
-    hook.address = address
-    hook._authkey = authkey
-    hook.include_traceback = include_traceback
-    hook.reraise = reraise
-    hook.ingest_address = ingest_address
-    hook.timeout = timeout
-    hook.rate_limit = rate_limit
-    return hook
