@@ -105,13 +105,23 @@ def execute(
     ``items``, None where not started) and ``.not_started``.
     """
     check_func(func)
-    out: List[Any] = []
+    segments: List[List[Any]] = []
     try:
-        for _start, values in Dispatcher(func, items, RunOptions.of(locals())).chunks():
-            out.extend(values)
+        for _start, values in Dispatcher(func, items, RunOptions.of(locals()), gathered=True).chunks():
+            segments.append(values)
     except InputIteratorError as error:
-        error.results = out  # every item read before the input raised, aligned
+        error.results = _joined(segments)  # every item read before the input raised, aligned
         raise
+    return _joined(segments)
+
+
+def _joined(segments: List[List[Any]]) -> List[Any]:
+    """The segments as one list; a single one is returned as it is (no copy)."""
+    if len(segments) == 1:
+        return segments[0]
+    out: List[Any] = []
+    for values in segments:
+        out.extend(values)
     return out
 
 

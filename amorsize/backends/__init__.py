@@ -43,11 +43,19 @@ DEFAULT_BACKEND = "processes"
 
 @dataclass(frozen=True)
 class ChunkTask:
-    """A contiguous run of input items: positions ``start .. start+len(items)-1``."""
+    """A contiguous run of input items: positions ``start .. start+len(items)-1``.
+
+    ``report_every``: the worker writes its progress position once per this many
+    items (the first of each block), not per item: for tiny items the write costs
+    more than the item. A pool reports the position it read; the dispatcher knows
+    the crash lies in ``[position, position + report_every)`` and runs that block
+    again with ``report_every=1`` to find the item.
+    """
 
     chunk_id: int
     start: int
     items: List[Any]
+    report_every: int = 1
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ main thread): it marks the interrupt as real before raising it, and the run stop
 
 from __future__ import annotations
 
+import _signal
 import contextlib
 import signal
 import threading
@@ -23,21 +24,26 @@ from typing import Any, Iterator, List, Optional
 
 from amorsize._validate import invalid_value
 from amorsize.backends import ChunkDone, ChunkSpec, ChunkTask
-from amorsize.backends.worker import clear_real_interrupt, note_real_interrupt, run_chunk
+from amorsize.backends.loops import clear_real_interrupt, note_real_interrupt
+from amorsize.backends.worker import run_chunk
 from amorsize.failure import Failure
+
+SIGINT = int(signal.SIGINT)
 
 
 @contextlib.contextmanager
 def _marking_real_interrupts() -> Iterator[None]:
+    # _signal, not signal: signal.signal() converts to and from enums, which cost more
+    # per chunk than a chunk of tiny items runs in.
     if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            or _signal.getsignal(SIGINT) is not signal.default_int_handler):
         yield
         return
-    signal.signal(signal.SIGINT, note_real_interrupt)
+    _signal.signal(SIGINT, note_real_interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _signal.signal(SIGINT, signal.default_int_handler)
         clear_real_interrupt()
 
 

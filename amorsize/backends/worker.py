@@ -14,7 +14,6 @@ DLQ entry), and the parent raises a ``TaskFailedError`` carrying that text.
 
 from __future__ import annotations
 
-import itertools
 import pickle
 import time
 from dataclasses import replace
@@ -24,36 +23,13 @@ import cloudpickle
 
 from amorsize.backends import ChunkResult, ChunkSpec, ChunkTask
 from amorsize.backends.aio import run_async_chunk
-from amorsize.dlq.entry import DLQEntry
+from amorsize.backends.loops import Outcome, run_blocks, run_plain, run_tracked
 from amorsize.failure import failure_entry, failure_of
-from amorsize.retry import call_with_retry, pause_for_retry_after
-from amorsize.run.budget import STOP_BYTE
 from amorsize.serialization import PickledValue, short_repr, unpack_transported
 from amorsize.tracebacks import traceback_text
 
 #: True in a worker process of a run: an execute() called there runs serially in it.
 IN_WORKER = False
-#: Set by the in-process backend's SIGINT handler: a KeyboardInterrupt seen while it is
-#: set came from a real Ctrl-C (the run stops), not from ``func`` raising one itself.
-_real_interrupt = False
-
-
-def note_real_interrupt(signum: int, frame: Any) -> None:
-    """SIGINT handler while chunks run in the caller: mark the Ctrl-C as real, then raise."""
-    global _real_interrupt
-    _real_interrupt = True
-    raise KeyboardInterrupt
-
-
-def reraise_real_interrupt(error: BaseException) -> None:
-    """Re-raise ``error`` when it is a real Ctrl-C in the caller, not ``func``'s own exception."""
-    if _real_interrupt and isinstance(error, KeyboardInterrupt):
-        raise error
-
-
-def clear_real_interrupt() -> None:
-    global _real_interrupt
-    _real_interrupt = False
 
 
 def run_chunk(
@@ -78,121 +54,18 @@ def run_chunk(
     if spec.concurrency is not None:  # an async def function: see amorsize.backends.aio
         return run_async_chunk(spec, task, progress)
     values: List[Any] = []
-    failures: List[DLQEntry] = []
+    out = Outcome(spec, task)
     begin = time.perf_counter()
     slots = _fast_slots(progress)
-    if slots is None and spec.retry is None and spec.rate_limit is None and spec.budget is None:
-        error = _run_plain(spec, task, values, failures, stop_at_failure)
+    simple = spec.budget is None and spec.retry is None and spec.rate_limit is None
+    if simple and slots is None:
+        run_plain(out, values, stop_at_failure)
+    elif simple and clock is None and task.report_every > 1:
+        run_blocks(out, values, slots, stop_at_failure)
     else:
-        error = _run_tracked(spec, task, values, failures, slots, clock, stop_at_failure)
+        run_tracked(out, values, slots, clock, stop_at_failure)
     seconds = time.perf_counter() - begin
-    return ChunkResult(task.chunk_id, task.start, values, failures, seconds, error=error)
-
-
-def _run_tracked(
-    spec: ChunkSpec, task: ChunkTask, values: List[Any], failures: List[DLQEntry],
-    slots: Optional[Any], clock: Optional[Callable[[], float]], stop_at_failure: bool = False,
-) -> Optional[BaseException]:
-    """One item at a time: progress slots, retry, rate limit, failure budget; returns the kept error.
-
-    With a failure budget the chunk stops before an item once the run must stop:
-    ``values`` then holds fewer values than the task has items (the rest never started).
-    """
-    budget = spec.budget
-    stop = budget.flag() if budget is not None else None
-    kept: Optional[BaseException] = None
-    told = 0  # successes already reported to the budget
-    for position, item in enumerate(task.items):
-        if stop is not None and stop[STOP_BYTE]:
-            break
-        if slots is not None:
-            if clock is not None:
-                slots[1] = clock()
-            slots[0] = position
-        ok, value, attempts = _attempt(spec, item)
-        if ok:
-            values.append(value)
-            continue
-        _fail(spec, task, position, value, attempts, values, failures)
-        if budget is not None:  # as it happens: every worker sees the stop before its next item
-            succeeded = len(values) - len(failures)
-            budget.report(succeeded - told, 1)
-            told = succeeded
-        if kept is None and spec.keep_error:
-            kept = value
-        if stop_at_failure:
-            break
-    if budget is not None:
-        budget.report(len(values) - len(failures) - told, 0)
-    return kept
-
-
-def _attempt(spec: ChunkSpec, item: Any) -> Tuple[bool, Any, int]:
-    """Run one item: ``(True, value, attempts)`` or ``(False, error, attempts)``.
-
-    Without a retry policy the call is made here, not through ``call_with_retry``:
-    no RetryOutcome per item. A BaseException (SystemExit, GeneratorExit...) is the
-    item's failure too, except a real Ctrl-C in the caller.
-    """
-    func, retry, limit = spec.func, spec.retry, spec.rate_limit
-    try:
-        if retry is not None:
-            outcome = call_with_retry(func, item, retry, limit=limit, deadline=_deadline(spec))
-            return outcome.ok, outcome.value if outcome.ok else outcome.error, outcome.attempts
-        if limit is None:
-            return True, func(item), 1
-        with limit.acquire(_deadline(spec)):
-            return True, func(item), 1
-    except BaseException as exc:
-        reraise_real_interrupt(exc)
-        if limit is not None and retry is None:
-            pause_for_retry_after(limit, exc)
-        return False, exc, 1
-
-
-def _deadline(spec: ChunkSpec) -> Optional[float]:
-    """When a call waiting for the rate limit must give up: its item's timeout."""
-    return None if spec.timeout is None else time.monotonic() + spec.timeout
-
-
-def _run_plain(
-    spec: ChunkSpec, task: ChunkTask, values: List[Any], failures: List[DLQEntry],
-    stop_at_failure: bool = False,
-) -> Optional[BaseException]:
-    """Without retry or progress slots: as fast as a list comprehension; returns the kept error.
-
-    ``list.extend`` keeps the values appended before ``func`` raised, so ``len(values)``
-    is the position of the failing item; the map resumes after it.
-    """
-    items, func = task.items, spec.func
-    kept: Optional[BaseException] = None
-    position = 0
-    while position < len(items):
-        try:
-            values.extend(map(func, itertools.islice(items, position, None)))
-            break
-        except BaseException as exc:  # every BaseException from func is the item's failure
-            reraise_real_interrupt(exc)
-            position = len(values)
-            _fail(spec, task, position, exc, 1, values, failures)
-            if kept is None and spec.keep_error:
-                kept = exc
-            if stop_at_failure:
-                break
-            position += 1
-    return kept
-
-
-def _fail(
-    spec: ChunkSpec, task: ChunkTask, position: int, error: BaseException, attempts: int,
-    values: List[Any], failures: List[DLQEntry],
-) -> None:
-    entry = failure_entry(
-        task.items[position], error, attempts=attempts, function=spec.function_name,
-        include_traceback=spec.include_traceback, extra={"index": task.start + position},
-    )
-    failures.append(entry)
-    values.append(failure_of(entry))
+    return ChunkResult(task.chunk_id, task.start, values, out.failures, seconds, error=out.kept)
 
 
 def _fast_slots(progress: Optional[Any]) -> Optional[Any]:

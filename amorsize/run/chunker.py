@@ -23,7 +23,7 @@ import collections
 import itertools
 import pickle
 import sys
-from typing import Any, Deque, Iterator, List, Optional, Tuple
+from typing import Any, Deque, Iterator, List, Optional, Sequence, Tuple
 
 from amorsize.backends import ChunkTask
 from amorsize.run.feeder import Feeder
@@ -46,6 +46,13 @@ MAX_CHUNK_ITEMS = LOOKAHEAD_ITEMS_PER_WORKER // CHUNKS_PER_LOOKAHEAD
 #: and unpickled whole in the worker, so each copy of it is at most this; 4 MiB still
 #: amortises a chunk's round trip (it pickles in a few milliseconds).
 MAX_CHUNK_BYTES = LOOKAHEAD_BYTES_PER_WORKER // CHUNKS_PER_LOOKAHEAD
+#: A process worker reports its position once per block of items that take about
+#: this long (``ChunkTask.report_every``): a crash then re-runs at most this much work
+#: more than a per-item report would, while a tiny item stops paying ~40 ns per item
+#: for the report.
+REPORT_BLOCK_SECONDS = 50e-6
+#: The largest such block (the loop cuts blocks by slicing: 128 items amortise it).
+MAX_REPORT_EVERY = 128
 #: Weight of a new sample in the bytes-per-item estimate when it is smaller (a larger
 #: one is taken at once: over-estimating costs throughput, under-estimating memory).
 BYTES_EWMA_ALPHA = 0.2
@@ -84,9 +91,11 @@ class ByteEstimate:
 class Chunker:
     """Chunk tasks from ``source`` (``total`` items, or None when unknown)."""
 
-    def __init__(self, source: Iterator[Any], total: Optional[int]) -> None:
+    def __init__(self, source: Iterator[Any], total: Optional[int],
+                 sequence: Optional[Sequence[Any]] = None) -> None:
+        """``sequence``: the list or tuple ``source`` iterates, when it may be sliced instead."""
         #: Reads the input; in a thread when its length is unknown (it may block).
-        self.feeder = Feeder(source, threaded=total is None)
+        self.feeder = Feeder(source, threaded=total is None, sequence=sequence)
         self.total = total
         self.next_start = 0
         self.exhausted = False
@@ -98,6 +107,11 @@ class Chunker:
         self._ids = itertools.count()
         #: Encoded bytes per input item (sampled once per chunk read).
         self.item_bytes = ByteEstimate()
+        #: One chunk holds the whole input (run.plan.in_one_chunk): no caps apply.
+        self.whole = False
+        #: Workers may report progress per block of items (no timeout, retry, rate
+        #: limit or failure budget needs a report per item): see REPORT_BLOCK_SECONDS.
+        self.blocks = False
 
     def start_sizer(self, first: int, *, n_jobs: int, target: float, adaptive: bool) -> None:
         self.sizer = ChunkSizer(
@@ -110,12 +124,23 @@ class Chunker:
         if self.sizer is not None:
             self.sizer.observe(n_items, compute_seconds)
 
-    def task(self, start: int, items: List[Any]) -> ChunkTask:
-        return ChunkTask(next(self._ids), start, items)
+    def task(self, start: int, items: List[Any], report_every: int = 1) -> ChunkTask:
+        return ChunkTask(next(self._ids), start, items, report_every)
 
-    def subtask(self, task: ChunkTask, begin: int, end: Optional[int]) -> ChunkTask:
-        """Positions ``begin:end`` of ``task`` as a new task."""
-        return self.task(task.start + begin, task.items[begin:end])
+    def subtask(self, task: ChunkTask, begin: int, end: Optional[int],
+                report_every: Optional[int] = None) -> ChunkTask:
+        """Positions ``begin:end`` of ``task`` as a new task (reporting as ``task`` does)."""
+        every = task.report_every if report_every is None else report_every
+        return self.task(task.start + begin, task.items[begin:end], every)
+
+    def report_every(self) -> int:
+        """Items per progress report for a new chunk (``ChunkTask.report_every``)."""
+        per_item = self.sizer.per_item_seconds if self.sizer is not None else None
+        if not self.blocks or per_item is None:
+            return 1
+        if per_item <= REPORT_BLOCK_SECONDS / MAX_REPORT_EVERY:
+            return MAX_REPORT_EVERY
+        return max(1, int(REPORT_BLOCK_SECONDS / per_item))
 
     def again(self, *tasks: ChunkTask) -> None:
         """Run ``tasks`` next, in this order, before anything else."""
@@ -141,7 +166,7 @@ class Chunker:
             self.starved = not self.exhausted
             return None
         self.item_bytes.observe(chunk[0])
-        task = self.task(self.next_start, chunk)
+        task = self.task(self.next_start, chunk, self.report_every())
         self.next_start += len(chunk)
         cap = self.max_chunk_items()
         if len(chunk) > cap:  # sized before this item's bytes were known: the rest waits
@@ -152,6 +177,8 @@ class Chunker:
 
     def max_chunk_items(self) -> int:
         """The most items a chunk read now may hold (by the caps, not by time)."""
+        if self.whole:  # in the caller's process, on an input already in memory
+            return sys.maxsize
         cap = self.item_bytes.items_within(MAX_CHUNK_BYTES)
         if self.sizer is None or self.sizer.adaptive:
             cap = min(cap, MAX_CHUNK_ITEMS)

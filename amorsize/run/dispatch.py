@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tupl
 
 from amorsize.backends import ChunkDone, ChunkLost, ChunkResult, ChunkSpec, ChunkTask, Pool
 from amorsize.backends.worker import finish_in_parent
-from amorsize.errors import InputIteratorError
+from amorsize.errors import AmorsizeError, InputIteratorError
 from amorsize.failure import failure_of, function_name
 from amorsize.run.aio import async_fields, plan_async, widen_async
 from amorsize.run.budget import Budget
@@ -32,7 +32,7 @@ from amorsize.run.failures import FailureRouter, lost_entry
 from amorsize.run.gate import REJECT, Gate
 from amorsize.run.guard import leave_if_reimporting_main
 from amorsize.run.options import RunOptions
-from amorsize.run.plan import plan_run, widen
+from amorsize.run.plan import in_one_chunk, plan_run, widen
 from amorsize.run.progress import Progress
 from amorsize.run.resume import Resume
 from amorsize.tracebacks import source_file
@@ -50,7 +50,9 @@ Segment = Tuple[int, List[Any]]  # (start position, values)
 class Dispatcher:
     """One execute()/imap() call, from the plan to the last result."""
 
-    def __init__(self, func: Callable[[Any], Any], items: Iterable[Any], options: RunOptions) -> None:
+    def __init__(self, func: Callable[[Any], Any], items: Iterable[Any], options: RunOptions,
+                 gathered: bool = False) -> None:
+        """``gathered``: the caller keeps every result before using any (``execute()``)."""
         leave_if_reimporting_main()  # in a spawned worker re-running an unguarded script
         self.options = options
         try:
@@ -58,10 +60,16 @@ class Dispatcher:
         except TypeError:
             total = None
         self.resume = Resume(options.checkpoint, options.dlq)
-        self.chunker = Chunker(self.resume.bind(func, iter(items), total), total)
+        source = self.resume.bind(func, iter(items), total)
+        # A list or tuple is sliced into chunks, unless a checkpoint reads it first.
+        sliceable = type(items) in (list, tuple) and options.checkpoint is None
+        self.chunker = Chunker(source, total, items if sliceable else None)  # type: ignore[arg-type]
         self.chunker.skip.extend(self.resume.skip_ranges())
         fields = async_fields(func, options)
         self.plan = plan_async(self.chunker, options) if fields else plan_run(self.chunker, options)
+        if not fields:
+            self.plan = in_one_chunk(self.plan, options, total, gathered)
+        self.chunker.whole = self.plan.whole
         #: Segments finished before the pool opens, by a checkpointed run.
         self.finished: List[Segment] = list(self.resume.finished)
         include_traceback = getattr(getattr(options.dlq, "policy", None), "include_traceback", True)
@@ -70,6 +78,9 @@ class Dispatcher:
                               keep_error=options.on_failure == "raise", source_file=source_file(func),
                               rate_limit=options.rate_limit, budget=self.budget.shared,
                               timeout=options.timeout, **fields)
+        spec = self.spec
+        self.chunker.blocks = (spec.timeout is None and spec.budget is None and spec.retry is None
+                               and spec.rate_limit is None and spec.concurrency is None)
         self.failures = FailureRouter(options, self.resume)
         self.gate = Gate(options.circuit_breaker, options.on_open)
         self.progress = Progress(total, options.progress, options.on_progress)
@@ -180,7 +191,8 @@ class Dispatcher:
         self.width = max(1, getattr(pool, "size", plan.n_jobs or 1))
         self.chunker.start_sizer(plan.chunksize, n_jobs=self.width,
                                  target=options.target_chunk_duration,
-                                 adaptive=options.chunksize is None and not plan.probe and not is_async)
+                                 adaptive=options.chunksize is None and not (plan.probe or plan.whole
+                                                                             or is_async))
         self.pool = pool
         return pool
 
@@ -232,6 +244,7 @@ class Dispatcher:
         finish_in_parent(result, task.items)
         self.chunker.observe(len(task.items), result.compute_seconds)
         values = result.values
+        self._check_count(task, values)
         if values and not result.failures:
             self.result_bytes.observe(values[0])  # one per chunk: bounds the reorder buffer
         self.gate.observe(values)
@@ -239,6 +252,22 @@ class Dispatcher:
             self.failures.route(result.failures, values, task.start, result.error)
         self._record(task.start, values, len(result.failures))
         return task.start, values  # fewer values than items: the budget stopped the chunk
+
+    def _check_count(self, task: ChunkTask, values: List[Any]) -> None:
+        """One value per item, or fewer only when the failure budget stopped the chunk.
+
+        Anything else would shift every later result onto another input's position, or
+        lose items without a word: stop the run loudly instead.
+        """
+        n = len(task.items)
+        if len(values) == n or (len(values) < n and self.budget.stopped()):
+            return
+        name = getattr(self.plan.backend, "name", type(self.plan.backend).__name__)
+        raise AmorsizeError(
+            f"backend {name!r} returned {len(values)} values for a chunk of {n} items "
+            f"(positions {task.start}..{task.start + n - 1}); a chunk's result must hold one "
+            "value per item: this is a bug in the backend"
+        )
 
     def _lost(self, event: ChunkLost) -> Optional[Segment]:
         task, position, chunker = event.task, event.position, self.chunker
@@ -250,6 +279,13 @@ class Dispatcher:
                 # bisection has isolated the item, as with a backend that knows the position.
                 return None
             position = 0
+        elif event.reason == "worker_crash" and task.report_every > 1:
+            # The worker reported blocks: the crash lies in [position, position + every).
+            # Run that block again reporting every item, to find the item; count it then.
+            end = position + task.report_every
+            chunker.again(chunker.subtask(task, 0, position), chunker.subtask(task, position, end, 1),
+                          chunker.subtask(task, end, None))
+            return None
         entry = lost_entry(task, position, event, self.spec.function_name)
         chunker.again(chunker.subtask(task, 0, position), chunker.subtask(task, position + 1, None))
         self.gate.failed(entry.error_type)

@@ -5,8 +5,9 @@ thread, on demand: it reads only the items the chunker asked for (so the buffer
 is bounded by a chunk and the input stays lazy); the dispatcher takes what is
 there and goes back to its pool, so timeouts, crash detection, result delivery and Ctrl-C work while
 the input is slow. An input of known length (a list, a range) cannot block and
-is read directly. An exception from the input is kept and reported after every
-item read before it (:attr:`Feeder.error`).
+is read directly; a list or tuple is cut by slicing (a copy in C, not an item at
+a time). An exception from the input is kept and reported after every item read
+before it (:attr:`Feeder.error`).
 """
 
 from __future__ import annotations
@@ -14,17 +15,23 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-from typing import Any, Deque, Iterator, List, Optional
+from typing import Any, Deque, Iterator, List, Optional, Sequence
 
 
 class Feeder:
-    """Items from ``source``: read by a thread when ``threaded``, else directly."""
+    """Items from ``source``: read by a thread when ``threaded``, else directly.
 
-    def __init__(self, source: Iterator[Any], *, threaded: bool) -> None:
+    ``sequence``: the list or tuple ``source`` iterates, to be sliced instead.
+    """
+
+    def __init__(self, source: Iterator[Any], *, threaded: bool,
+                 sequence: Optional[Sequence[Any]] = None) -> None:
         self.source = source
         self.error: Optional[BaseException] = None
         self._ended = False  # the source is exhausted or raised
         self._threaded = threaded
+        self._sequence = None if threaded else sequence
+        self._position = 0  # of the next item to slice from ``sequence``
         if not threaded:
             return
         self._buffer: Deque[Any] = collections.deque()
@@ -76,6 +83,8 @@ class Feeder:
         if not self._threaded:
             if self._ended:
                 return []
+            if self._sequence is not None:
+                return self._slice(n)
             try:
                 items = list(itertools.islice(self.source, n))
             except Exception as exc:  # a sized input whose iterator raised: same rule
@@ -91,6 +100,15 @@ class Feeder:
                 self._demand = max(self._demand, n - len(out))
                 self._wanted.set()
         return out
+
+    def _slice(self, n: int) -> List[Any]:
+        sequence, begin = self._sequence, self._position
+        assert sequence is not None
+        items = sequence[begin:begin + n]
+        self._position = begin + len(items)
+        if self._position >= len(sequence):
+            self._ended = True
+        return items if type(items) is list else list(items)
 
     def take_exactly(self, n: int) -> List[Any]:
         """``n`` items (fewer only at the end of the input), waiting for them."""

@@ -49,6 +49,8 @@ class Plan:
     n_jobs: Optional[int]
     chunksize: int
     probe: bool = False
+    #: One chunk holds the whole input (see :func:`in_one_chunk`).
+    whole: bool = False
 
 
 def in_worker() -> bool:
@@ -72,6 +74,24 @@ def plan_run(chunker: Chunker, options: RunOptions) -> Plan:
         if chunker.total is not None:
             n_jobs = max(1, min(n_jobs, chunker.total))
     return Plan(backend, n_jobs, chunksize or 1)
+
+
+def in_one_chunk(plan: Plan, options: RunOptions, total: Optional[int], gathered: bool) -> Plan:
+    """``plan``, or one chunk for the whole input when nothing would see the chunks.
+
+    Chunks let a lazy caller (``imap``), a progress bar, a checkpoint or a circuit
+    breaker follow a run as it goes, and let a pool spread the work. ``execute()`` on
+    the in-process backend, over an input of known length, with none of those, only
+    pays for them: it runs the input as one chunk, as a list comprehension would. A
+    failure still reaches the DLQ before the next item starts (the pool splits the
+    chunk there), and a failure budget still stops before the next item.
+    """
+    if not (gathered and total and getattr(plan.backend, "name", None) == "in_process"):
+        return plan
+    if (options.chunksize is not None or options.progress or options.on_progress is not None
+            or options.checkpoint is not None or options.circuit_breaker is not None):
+        return plan
+    return Plan(plan.backend, plan.n_jobs, total, whole=True)
 
 
 def _pickled_size(obj: Any) -> Optional[int]:

@@ -135,3 +135,10 @@ def close_fds_at(x: int, at: int) -> int:
     if x == at:
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     return x * 2
+
+
+def exit_at(x: int, bad: FrozenSet[int]) -> int:
+    """Kill the worker (no exception, no traceback) at the items in ``bad``."""
+    if x in bad:
+        os._exit(3)
+    return x + 1

@@ -1,7 +1,7 @@
 """Conservation under issue 12's faults: BaseExceptions, unpicklable items, bad inputs, the default path.
 
 Hypothesis draws a plan per item (succeed, raise an Exception, raise one of the
-BaseExceptions the issue lists, be unpicklable), an input that is a list, a
+BaseExceptions the issue lists, raise StopIteration, be unpicklable), an input that is a list, a
 generator, a generator that raises after some items or one that stalls, and the
 backend choice: the default (``n_jobs=None``, where the optimizer may choose
 serial) or two workers, under fork or spawn. Every input read ends exactly once:
@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.timeout(170), pytest.mark.usefixtures("no_leaked_child
 #: A stalling input pauses this long before one item (short: examples stay bounded).
 STALL_SECONDS = 0.2
 BASE_KINDS = ("SystemExit", "GeneratorExit", "custom", "KeyboardInterrupt")
-KINDS = st.sampled_from(["ok"] * 8 + ["raise", "unpicklable", *BASE_KINDS])
+#: "stop": func raises StopIteration, which must not end its chunk early.
+KINDS = st.sampled_from(["ok"] * 8 + ["raise", "stop", "unpicklable", *BASE_KINDS])
 
 Item = Tuple[int, str, Any]  # (index, kind, payload); an unpicklable item's payload is a Lock
 
@@ -52,6 +53,8 @@ def planned(item: Item) -> int:
     index, kind, _payload = item
     if kind == "raise":
         raise ValueError(f"item {index} fails")
+    if kind == "stop":
+        raise StopIteration(f"item {index} has no value")
     if kind == "SystemExit":
         raise SystemExit(3)
     if kind == "GeneratorExit":
