@@ -52,7 +52,9 @@ def test_one_chunk_still_stops_at_each_failure_for_the_dlq(chunk_sizes: List[int
     results = execute(fail_on_sevens, list(range(N)), backend="in_process", dlq=dlq)
     bad = [x for x in range(N) if x % 1000 == 7]
     assert [i for i, r in enumerate(results) if is_failure(r)] == bad
+    assert [r for r in results if not is_failure(r)] == [x for x in range(N) if x not in bad]
     assert sorted(seen) == bad
+    assert sorted(r.item for r in dlq.get_entries()) == bad
     assert in_dlq_before_next == [True] * len(bad)
     # Split at each failure: the segment ending in a failure, then the rest.
     assert sum(chunk_sizes) == N and len(chunk_sizes) == len(bad) + 1

@@ -55,6 +55,7 @@ class InProcessPool:
     def __init__(self, spec: ChunkSpec) -> None:
         self._spec = spec
         self._task: Optional[ChunkTask] = None
+        self._begin = 0  # where the task resumes after a failure
 
     def idle_count(self) -> int:
         return 0 if self._task is not None else 1
@@ -63,21 +64,26 @@ class InProcessPool:
         return 1 if self._task is not None else 0
 
     def submit(self, task: ChunkTask) -> None:
-        self._task = task
+        self._task, self._begin = task, 0
 
     def wait(self, timeout: Optional[float]) -> List[Any]:
-        task, self._task = self._task, None
+        task, begin = self._task, self._begin
         if task is None:
             return []
         with _marking_real_interrupts():
-            result = run_chunk(self._spec, task, stop_at_failure=True)
-        done = len(result.values)
-        # Stopped at a failure: the rest runs at the next wait(). Stopped by the failure
-        # budget (no failure last): the rest never starts.
-        if done < len(task.items) and done and isinstance(result.values[-1], Failure):
-            self._task = ChunkTask(task.chunk_id, task.start + done, task.items[done:])
-            task = ChunkTask(task.chunk_id, task.start, task.items[:done])
-        return [ChunkDone(task, result)]
+            result = run_chunk(self._spec, task, stop_at_failure=True, begin=begin)
+        done = begin + len(result.values)
+        # Stopped at a failure: the rest runs at the next wait(), from where it stopped
+        # (not a copy of the rest: a chunk with many failures stays linear). Stopped by
+        # the failure budget (no failure last): the rest never starts.
+        end: Optional[int] = None  # the event's task: the rest of the chunk, or up to a failure
+        if done < len(task.items) and result.values and isinstance(result.values[-1], Failure):
+            self._begin = end = done
+        else:
+            self._task = None
+        if begin == 0 and end is None:
+            return [ChunkDone(task, result)]
+        return [ChunkDone(ChunkTask(task.chunk_id, task.start + begin, task.items[begin:end]), result)]
 
     def close(self, *, kill: bool = False) -> None:
         self._task = None

@@ -21,8 +21,9 @@ exception in these loops (a ``map`` would end quietly at it).
 
 from __future__ import annotations
 
+import itertools
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from amorsize.backends import ChunkSpec, ChunkTask
 from amorsize.dlq.entry import DLQEntry
@@ -54,19 +55,33 @@ def clear_real_interrupt() -> None:
 
 
 class Outcome:
-    """What a loop gathers besides the values: the failures and the exception to keep."""
+    """What a loop gathers besides the values: the failures and the exception to keep.
 
-    __slots__ = ("failures", "kept", "spec", "task")
+    The loop runs ``task.items`` from position ``begin`` (0 but for the in-process
+    pool, which resumes a chunk after a failure without copying its rest).
+    """
 
-    def __init__(self, spec: ChunkSpec, task: ChunkTask) -> None:
-        self.spec, self.task = spec, task
+    __slots__ = ("begin", "failures", "kept", "spec", "task")
+
+    def __init__(self, spec: ChunkSpec, task: ChunkTask, begin: int = 0) -> None:
+        self.spec, self.task, self.begin = spec, task, begin
         self.failures: List[DLQEntry] = []
         self.kept: Optional[BaseException] = None
 
+    def items(self) -> Iterator[Any]:
+        """``task.items`` from ``begin``, in O(1) for a list (its iterator can jump)."""
+        iterator = iter(self.task.items)
+        if self.begin:
+            setstate = getattr(iterator, "__setstate__", None)
+            if setstate is None:
+                return itertools.islice(iterator, self.begin, None)
+            setstate(self.begin)
+        return iterator
+
     def fail(self, values: List[Any], error: BaseException, attempts: int = 1) -> None:
-        """The item at position ``len(values)`` failed for good with ``error``."""
+        """The item at position ``begin + len(values)`` failed for good with ``error``."""
         reraise_real_interrupt(error)
-        spec, task, position = self.spec, self.task, len(values)
+        spec, task, position = self.spec, self.task, self.begin + len(values)
         entry = failure_entry(
             task.items[position], error, attempts=attempts, function=spec.function_name,
             include_traceback=spec.include_traceback, extra={"index": task.start + position},
@@ -80,7 +95,7 @@ class Outcome:
 def run_plain(out: Outcome, values: List[Any], stop_at_failure: bool) -> None:
     """Every item, reporting nothing (see the module doc)."""
     func = out.spec.func
-    for item in out.task.items:
+    for item in out.items():
         try:
             values.append(func(item))
         except BaseException as exc:  # every BaseException from func is the item's failure
@@ -92,7 +107,7 @@ def run_plain(out: Outcome, values: List[Any], stop_at_failure: bool) -> None:
 def run_blocks(out: Outcome, values: List[Any], slots: Any, stop_at_failure: bool) -> None:
     """Every item, writing the position of each block of ``task.report_every`` to ``slots[0]``."""
     func, items, every = out.spec.func, out.task.items, out.task.report_every
-    for begin in range(0, len(items), every):
+    for begin in range(out.begin, len(items), every):
         slots[0] = begin
         for item in items[begin:begin + every]:
             try:
@@ -116,7 +131,7 @@ def run_tracked(
     func, budget, plain = spec.func, spec.budget, spec.retry is None and spec.rate_limit is None
     stop = budget.flag() if budget is not None else None
     told = 0  # successes already reported to the budget
-    for position, item in enumerate(out.task.items):
+    for position, item in enumerate(out.items(), out.begin):
         if stop is not None and stop[STOP_BYTE]:
             break
         if slots is not None:

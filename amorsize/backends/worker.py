@@ -38,8 +38,9 @@ def run_chunk(
     progress: Optional[Any] = None,
     clock: Optional[Callable[[], float]] = time.monotonic,
     stop_at_failure: bool = False,
+    begin: int = 0,
 ) -> ChunkResult:
-    """Run every item of ``task``; never raises for an item's error.
+    """Run every item of ``task`` (from position ``begin``); never raises for an item's error.
 
     Args:
         progress: optional shared array; slot 0 gets the position of the item being
@@ -50,12 +51,14 @@ def run_chunk(
         stop_at_failure: return right after the first failed item (its values cover
             the items up to it): the in-process backend records each failure before the
             next item starts.
+        begin: resume the task at this position (the result starts there): the
+            in-process backend goes on after a failure without copying the rest.
     """
     if spec.concurrency is not None:  # an async def function: see amorsize.backends.aio
         return run_async_chunk(spec, task, progress)
     values: List[Any] = []
-    out = Outcome(spec, task)
-    begin = time.perf_counter()
+    out = Outcome(spec, task, begin)
+    started = time.perf_counter()
     slots = _fast_slots(progress)
     simple = spec.budget is None and spec.retry is None and spec.rate_limit is None
     if simple and slots is None:
@@ -64,8 +67,8 @@ def run_chunk(
         run_blocks(out, values, slots, stop_at_failure)
     else:
         run_tracked(out, values, slots, clock, stop_at_failure)
-    seconds = time.perf_counter() - begin
-    return ChunkResult(task.chunk_id, task.start, values, out.failures, seconds, error=out.kept)
+    seconds = time.perf_counter() - started
+    return ChunkResult(task.chunk_id, task.start + begin, values, out.failures, seconds, error=out.kept)
 
 
 def _fast_slots(progress: Optional[Any]) -> Optional[Any]:
