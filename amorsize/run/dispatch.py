@@ -69,7 +69,7 @@ class Dispatcher:
         self.plan = plan_async(self.chunker, options) if fields else plan_run(self.chunker, options)
         if not fields:
             self.plan = in_one_chunk(self.plan, options, total, gathered)
-        self.chunker.whole = self.plan.whole
+        self.chunker.whole = self.chunker.feeder.lend_whole = self.plan.whole
         #: Segments finished before the pool opens, by a checkpointed run.
         self.finished: List[Segment] = list(self.resume.finished)
         include_traceback = getattr(getattr(options.dlq, "policy", None), "include_traceback", True)

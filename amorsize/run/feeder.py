@@ -32,6 +32,10 @@ class Feeder:
         self._threaded = threaded
         self._sequence = None if threaded else sequence
         self._position = 0  # of the next item to slice from ``sequence``
+        #: A take of the whole list returns the list itself, not a copy: set for one
+        #: in-process chunk over the whole input (run.plan.in_one_chunk), which then
+        #: iterates the caller's list as a list comprehension would.
+        self.lend_whole = False
         if not threaded:
             return
         self._buffer: Deque[Any] = collections.deque()
@@ -104,6 +108,9 @@ class Feeder:
     def _slice(self, n: int) -> List[Any]:
         sequence, begin = self._sequence, self._position
         assert sequence is not None
+        if self.lend_whole and begin == 0 and n >= len(sequence) and type(sequence) is list:
+            self._position, self._ended = len(sequence), True
+            return sequence
         items = sequence[begin:begin + n]
         self._position = begin + len(items)
         if self._position >= len(sequence):
