@@ -18,8 +18,11 @@ more threads than cores pay off, and 32 caps the memory of many idle stacks on
 big machines. Pass ``n_jobs`` for more (64 for a slow API is common).
 
 **An abandoned thread.** A thread cannot be killed. One whose item overran its
-timeout keeps running the call to its end in the background; whatever it
-returns or raises is discarded, and it then exits. Threads are daemons, started
+timeout (or that was running when the run stopped) keeps running the call to its
+end in the background; whatever it returns or raises is discarded, and it then
+exits without starting another item of its chunk (the rest runs again elsewhere,
+so it would run twice). It learns that between items from its clock, which every
+thread reads before each item. Threads are daemons, started
 with :class:`threading.Thread` (not ``ThreadPoolExecutor``, whose exit hook joins
 every worker), so neither the run nor the interpreter's exit ever waits for an
 abandoned thread. A crash (a segfault in native code) takes the whole process
@@ -57,23 +60,35 @@ class _Thread:
         self.inbox: queue.SimpleQueue[Optional[ChunkTask]] = queue.SimpleQueue()
         self.task: Optional[ChunkTask] = None
         self.abandoned = False
-        # [position, start time] of the running item; only kept under a timeout.
-        self.slots: Optional[List[float]] = [-1.0, math.inf] if pool.timeout is not None else None
+        # [position, start time] of the running item, written by run_chunk before each
+        # item, when it reads the clock below.
+        self.slots: List[float] = [-1.0, math.inf]
         self.thread = threading.Thread(
             target=_thread_main, args=(self, pool.spec, pool.done), daemon=True,
             name=f"amorsize-thread-{number}",
         )
         self.thread.start()
 
+    def clock(self) -> float:
+        """The start time of the next item; raises :class:`_Abandoned` in a thread given up on."""
+        if self.abandoned:
+            raise _Abandoned
+        return time.monotonic()
+
+
+class _Abandoned(Exception):
+    """Raised between items in an abandoned thread: it must not start another one."""
+
 
 def _thread_main(worker: _Thread, spec: ChunkSpec, done: queue.SimpleQueue[Any]) -> None:
-    clock = time.monotonic if worker.slots is not None else None
     while True:
         task = worker.inbox.get()
         if task is None:
             return
         try:
-            outcome: Any = run_chunk(spec, task, worker.slots, clock)
+            outcome: Any = run_chunk(spec, task, worker.slots, worker.clock)
+        except _Abandoned:
+            return
         except BaseException as exc:  # SystemExit and the like from func: the item's, not the pool's
             outcome = exc
         done.put((worker, task, outcome))
@@ -125,8 +140,7 @@ class ThreadPool:
 
     def submit(self, task: ChunkTask) -> None:
         worker = next(t for t in self._threads if t.task is None)
-        if worker.slots is not None:
-            worker.slots[0], worker.slots[1] = -1.0, math.inf
+        worker.slots[0], worker.slots[1] = -1.0, math.inf
         worker.task = task
         worker.inbox.put(task)
 
@@ -158,7 +172,7 @@ class ThreadPool:
             return ChunkDone(task, outcome)
         # func raised SystemExit (or the like) past run_chunk: this thread's chunk is lost.
         self._abandon(worker)
-        position = None if worker.slots is None else max(0, int(worker.slots[0]))
+        position = max(0, int(worker.slots[0]))
         cause = f"{type(outcome).__name__} raised in the worker thread"
         return ChunkLost(task, position, "worker_crash",
                          {"pid": os.getpid(), "exitcode": None, "cause": cause, "thread": worker.thread.name})
@@ -169,7 +183,7 @@ class ThreadPool:
         lost: List[Any] = []
         for worker in list(self._threads):
             task, slots = worker.task, worker.slots
-            if task is None or slots is None or now - slots[1] <= self.timeout:
+            if task is None or now - slots[1] <= self.timeout:
                 continue
             position = max(0, min(int(slots[0]), len(task.items) - 1))
             self._abandon(worker)

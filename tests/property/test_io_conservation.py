@@ -28,11 +28,14 @@ Item = Tuple[int, str, int]
 
 def _outcome(item: Item) -> int:
     index, kind, fail_times = item
-    _attempts[index] += 1
     if kind == "raise":
         raise ValueError(f"item {index} always fails")
-    if kind == "transient" and _attempts[index] <= fail_times:
-        raise ConnectionError(f"item {index} attempt {_attempts[index]}")
+    if kind == "transient":
+        # Counted for transient items only: a "hang" call of an earlier example, given
+        # up on at its timeout, ends here seconds later and must not count for this one.
+        _attempts[index] += 1
+        if _attempts[index] <= fail_times:
+            raise ConnectionError(f"item {index} attempt {_attempts[index]}")
     return index * 10 + 1
 
 
@@ -90,6 +93,10 @@ def test_every_item_ends_exactly_once(
     by_index = {e.item[0]: e for e in entries}
     for item, value in zip(items, results):
         reason = expected_reason(item, retries)
+        if item[1] == "transient" and _attempts[item[0]] > retries + 1:
+            # Run again with the rest of a chunk whose later item timed out (at least
+            # once, as after a crash): its last run had more attempts to succeed.
+            reason = None if _attempts[item[0]] > item[2] else reason
         if reason is None:
             assert value == item[0] * 10 + 1, (item, value)
             continue
