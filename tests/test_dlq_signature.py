@@ -80,6 +80,11 @@ def test_digits_one_to_nine_are_interchangeable_so_the_cache_key_is_exact(messag
     assert signature_of("E", message) == (f"E: {normalized}" if normalized else "E")
 
 
+def test_a_lone_surrogate_in_a_message_keeps_its_signature():
+    # JSON can carry one ("\\ud800"); the cache key is the message's UTF-8 bytes.
+    assert signature_of("E", "bad \ud800 row 7") == "E: bad \ud800 row <num>"
+
+
 def test_entry_signature_uses_the_qualified_type():
     e = DLQEntry(0, "ParseError", "row 3", 1.0, error_qualname="mypkg.ParseError")
     assert e.signature == "mypkg.ParseError: row <num>"

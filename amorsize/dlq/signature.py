@@ -46,7 +46,9 @@ _RULES: Tuple[Tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\d+"), "<num>"),
 )
 # The cache key of a message: digits 1-9 are interchangeable in every rule (module doc).
-_SAME_DIGITS = str.maketrans("23456789", "11111111")
+# Bytes: bytes.translate is ~20x faster than str.translate, and in UTF-8 the bytes of
+# ASCII digits never occur inside another character's encoding.
+_SAME_DIGITS = bytes.maketrans(b"23456789", b"11111111")
 
 
 def normalize_message(message: str) -> str:
@@ -59,12 +61,12 @@ def normalize_message(message: str) -> str:
 
 def signature_of(error_type: str, message: str) -> str:
     """The signature ``"<error type>: <normalized message>"`` (just the type for no message)."""
-    return _signature(error_type, message.translate(_SAME_DIGITS))
+    return _signature(error_type, message.encode("utf-8", "surrogatepass").translate(_SAME_DIGITS))
 
 
 @functools.lru_cache(maxsize=SIGNATURE_CACHE_SIZE)
-def _signature(error_type: str, message: str) -> str:
-    normalized = normalize_message(message)
+def _signature(error_type: str, key: bytes) -> str:
+    normalized = normalize_message(key.decode("utf-8", "surrogatepass"))
     return f"{error_type}: {normalized}" if normalized else error_type
 
 
@@ -80,8 +82,8 @@ def top_signatures(entries: Iterable[Any], limit: int) -> List[Dict[str, Any]]:
     """
     counts: Dict[str, int] = {}
     examples: Dict[str, Any] = {}
-    for entry in entries:
-        sig = entry_signature(entry)
+    for entry in entries:  # entry_signature, inlined: this runs once per entry of a queue
+        sig = signature_of(entry.error_qualname or entry.error_type, entry.error_message)
         if sig in counts:
             counts[sig] += 1
         else:
