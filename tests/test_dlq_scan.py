@@ -9,11 +9,14 @@ full load).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
 import warnings
+from typing import Iterator, List
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -119,13 +122,34 @@ def _scanned(directory: str, strict: bool):
     return found.get_summary(), found.rows
 
 
+@contextlib.contextmanager
+def halves() -> Iterator[List[int]]:
+    """Every journal parsed in two halves, the second by a forked child; yields its pids."""
+    pids: List[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    with mock.patch.object(scan, "PARALLEL_MIN_CHARS", 0), \
+            mock.patch.object(scan, "_second_core", lambda: True), \
+            mock.patch.object(scan.os, "fork", fork):
+        yield pids
+    for pid in pids:  # every child was reaped: no zombie, nothing left running
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(operation, max_size=14), dedupe=st.booleans(),
        max_entries=st.sampled_from([0, 0, 4]), max_age=st.booleans(),
        odd=st.lists(st.tuples(st.integers(0, 40), st.sampled_from(sorted(ODD_LINES))), max_size=2),
-       torn=st.booleans(), strict=st.booleans())
+       torn=st.booleans(), strict=st.booleans(), in_halves=st.booleans())
 def test_scanned_summary_equals_the_loaded_queues(tmp_path_factory, ops, dedupe, max_entries,
-                                                  max_age, odd, torn, strict):
+                                                  max_age, odd, torn, strict, in_halves):
     directory = str(tmp_path_factory.mktemp("q"))
     _journal(directory, ops, dedupe, max_entries, max_age)
     _insert(directory, odd)
@@ -133,7 +157,8 @@ def test_scanned_summary_equals_the_loaded_queues(tmp_path_factory, ops, dedupe,
         with open(os.path.join(directory, "dlq.jsonl"), "ab") as handle:
             handle.write(b'{"entry_id":"torn","v":1,"err')
     expected, entries = _loaded(directory, strict)
-    got, rows = _scanned(directory, strict)
+    with halves() if in_halves else contextlib.nullcontext():
+        got, rows = _scanned(directory, strict)
     assert got == expected
     if entries is not None:
         assert [(r.entry_id, r.error_message, r.retry_count, r.function, r.signature, r.pickled)
@@ -142,20 +167,37 @@ def test_scanned_summary_equals_the_loaded_queues(tmp_path_factory, ops, dedupe,
              type(e.item).__name__ == "PickledPayload") for e in entries]
     if not odd and not torn and os.path.exists(os.path.join(directory, "dlq.jsonl")):
         with open(os.path.join(directory, "dlq.jsonl"), "rb") as handle:
-            assert scan._plain_rows(handle.read()) is not None  # the one-pass path was taken
+            assert scan._plain_rows(handle.name) is not None  # the one-pass path was taken
 
 
 @pytest.mark.parametrize("name", sorted(ODD_LINES))
 @pytest.mark.parametrize("strict", [True, False])
 def test_each_odd_line_is_counted_or_reported_as_the_load_does(tmp_path, name, strict):
-    ops = [("add", i, i % len(KINDS), i, False) for i in range(4)]
-    for position in (2, 99):  # in the middle, then also as the last line (a torn tail)
+    ops = [("add", i, i % len(KINDS), i, False) for i in range(6)]
+    # In the first half, in the second, and last (a torn tail); in one pass and in halves.
+    for position in (1, 5, 99):
         directory = str(tmp_path / f"{position}")
         _journal(directory, ops, False, 0, False)
         _insert(directory, [(position, name)])
-        expected, entries = _loaded(directory, strict)
+        expected, _ = _loaded(directory, strict)
         assert _scanned(directory, strict)[0] == expected
-        assert entries is None or isinstance(expected, dict)
+        with halves() as pids:
+            assert _scanned(directory, strict)[0] == expected
+        assert len(pids) == (0 if name == "not utf-8" else 1)  # no text to share: no child
+
+
+def test_halves_give_the_rows_of_one_pass_and_leave_no_process(tmp_path, no_leaked_children):
+    ops = [("add", i % 7, i % len(KINDS), i, False) for i in range(40)]
+    directory = str(tmp_path / "q")
+    _journal(directory, ops, True, 0, False)  # dedupe: ids repeat across the halves
+    journal = os.path.join(directory, "dlq.jsonl")
+    one_pass = scan._plain_rows(journal)
+    assert one_pass is not None
+    with halves() as pids:
+        assert scan._plain_rows(journal) == one_pass
+    assert len(pids) == 1
+    with halves() as pids, mock.patch.object(scan.marshal, "dumps", side_effect=ValueError):
+        assert scan._plain_rows(journal) == one_pass  # the child sent nothing: parsed here
 
 
 def _odd_queue(tmp_path, *odd: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import operator
 import sys
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
@@ -210,7 +211,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         else:
             print(_groups_text(grouped, args.by))
         return EXIT_OK
-    summary = summary_record(whole, args.dir, sum(_pickled(e) for e in entries))
+    summary = summary_record(whole, args.dir, _pickled(entries))
     if len(entries) != len(everything):
         health = {k: summary[k] for k in ("pruned", "persist_errors", "corrupt_skipped")}
         summary.update(summarize(entries, **health))
@@ -223,6 +224,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pickled(entry: Any) -> bool:
-    """A pickled item not loaded: a row says so, an entry holds a placeholder."""
-    return entry.pickled if isinstance(entry, Row) else isinstance(entry.item, PickledPayload)
+def _pickled(entries: Sequence[Any]) -> int:
+    """How many items are stored pickled and not loaded: rows say so, entries hold a placeholder."""
+    if entries and isinstance(entries[0], Row):
+        return sum(map(operator.attrgetter("pickled"), entries))
+    return sum(isinstance(e.item, PickledPayload) for e in entries)
