@@ -74,17 +74,13 @@ class Row(NamedTuple):
     error_qualname: str | None
     #: The item is stored pickled and was not loaded (a ``PickledPayload`` in the entry).
     pickled: bool
+    #: As :attr:`DLQEntry.function <amorsize.DLQEntry.function>` (a field: counted per row).
+    function: str | None
 
     @property
     def signature(self) -> str:
         """As :attr:`DLQEntry.signature <amorsize.DLQEntry.signature>`."""
         return entry_signature(self)
-
-    @property
-    def function(self) -> str | None:
-        """As :attr:`DLQEntry.function <amorsize.DLQEntry.function>`."""
-        name = self.metadata.get("function") if isinstance(self.metadata, dict) else None
-        return name if isinstance(name, str) else None
 
 
 def row_of(record: Dict[str, Any]) -> Row:
@@ -98,10 +94,12 @@ def row_of(record: Dict[str, Any]) -> Row:
     else:  # pickled or repr payloads: decoded as a load decodes them (without pickle)
         entry = decode_record(record, allow_pickle=False)
         metadata, pickled = entry.metadata, isinstance(entry.item, PickledPayload)
+    function = metadata.get("function") if isinstance(metadata, dict) else None
     return _new_row(Row, (
         record["entry_id"], record["error_type"], record["error_message"],
         float(record["timestamp"]), record.get("retry_count", 0), metadata,
-        record.get("reason", "exception"), record.get("error_qualname"), pickled))
+        record.get("reason", "exception"), record.get("error_qualname"), pickled,
+        function if isinstance(function, str) else None))
 
 
 # NamedTuple's own __new__ is Python code: building the tuple directly halves the cost.
