@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from amorsize import DeadLetterQueue, DLQCorruptError, DLQEntry, DLQPolicy
 from amorsize.cli import listing
+from amorsize.cli.filters import host_of
 from amorsize.dlq import scan
 from amorsize.dlq.records import encode_entry
 from tests.test_cli import run_main
@@ -161,10 +162,10 @@ def test_scanned_summary_equals_the_loaded_queues(tmp_path_factory, ops, dedupe,
         got, rows = _scanned(directory, strict)
     assert got == expected
     if entries is not None:
-        assert [(r.entry_id, r.error_message, r.retry_count, r.function, r.signature, r.pickled)
-                for r in rows] == [
+        assert [(r.entry_id, r.error_message, r.retry_count, r.function, r.signature, r.pickled,
+                 host_of(r)) for r in rows] == [
             (e.entry_id, e.error_message, e.retry_count, e.function, e.signature,
-             type(e.item).__name__ == "PickledPayload") for e in entries]
+             type(e.item).__name__ == "PickledPayload", host_of(e)) for e in entries]
     if not odd and not torn and os.path.exists(os.path.join(directory, "dlq.jsonl")):
         with open(os.path.join(directory, "dlq.jsonl"), "rb") as handle:
             assert scan._plain_rows(handle.name) is not None  # the one-pass path was taken

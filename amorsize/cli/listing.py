@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from amorsize.cli import newest
 from amorsize.cli.common import EXIT_OK, open_queue, scan_rows
-from amorsize.cli.filters import select_from
+from amorsize.cli.filters import host_of, select_from
 from amorsize.cli.migrate import warn_seed_files
 from amorsize.cli.render import (
     clean,
@@ -45,8 +45,7 @@ BY_ROWS = 20
 
 
 def _host(entry: DLQEntry) -> str:
-    host = entry.metadata.get("host") if isinstance(entry.metadata, dict) else None
-    return host if isinstance(host, str) else "<unknown>"
+    return host_of(entry) or "<unknown>"
 
 
 #: ``summary --by`` keys and how each reads an entry.

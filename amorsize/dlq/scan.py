@@ -34,6 +34,7 @@ import logging
 import marshal
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, NamedTuple, Tuple
@@ -62,20 +63,22 @@ _scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 class Row(NamedTuple):
-    """One entry as a summary sees it: no item, no traceback."""
+    """One entry as a summary sees it: its error fields, of its item and metadata only
+    what the summary and the CLI's filters read."""
 
     entry_id: str
     error_type: str
     error_message: str
     timestamp: float
     retry_count: int
-    metadata: Dict[str, Any]
     reason: str
     error_qualname: str | None
     #: The item is stored pickled and was not loaded (a ``PickledPayload`` in the entry).
     pickled: bool
-    #: As :attr:`DLQEntry.function <amorsize.DLQEntry.function>` (a field: counted per row).
+    #: As :attr:`DLQEntry.function <amorsize.DLQEntry.function>`.
     function: str | None
+    #: ``metadata["host"]`` if it is a string (the worker's host), else None.
+    host: str | None
 
     @property
     def signature(self) -> str:
@@ -94,16 +97,22 @@ def row_of(record: Dict[str, Any]) -> Row:
     else:  # pickled or repr payloads: decoded as a load decodes them (without pickle)
         entry = decode_record(record, allow_pickle=False)
         metadata, pickled = entry.metadata, isinstance(entry.item, PickledPayload)
-    function = metadata.get("function") if isinstance(metadata, dict) else None
+    function, host = (metadata.get("function"), metadata.get("host")) if isinstance(
+        metadata, dict) else (None, None)
+    qualname = record.get("error_qualname")
+    # The few distinct types, reasons, functions and hosts shared by all rows: less
+    # memory, hashed once when counted, and marshalled once by the forked half.
     return _new_row(Row, (
-        record["entry_id"], record["error_type"], record["error_message"],
-        float(record["timestamp"]), record.get("retry_count", 0), metadata,
-        record.get("reason", "exception"), record.get("error_qualname"), pickled,
-        function if isinstance(function, str) else None))
+        record["entry_id"], _intern(record["error_type"]), record["error_message"],
+        float(record["timestamp"]), record.get("retry_count", 0),
+        _intern(record.get("reason", "exception")), qualname and _intern(qualname), pickled,
+        _intern(function) if isinstance(function, str) else None,
+        _intern(host) if isinstance(host, str) else None))
 
 
 # NamedTuple's own __new__ is Python code: building the tuple directly halves the cost.
 _new_row = tuple.__new__
+_intern = sys.intern
 
 
 def read_rows(path: str, *, strict: bool) -> Tuple[List[Row], int]:
@@ -174,9 +183,8 @@ def _in_halves(text: str) -> Dict[str, Row] | None:
     """:func:`rows_between` of the whole text, the second half parsed by a forked child.
 
     The child inherits the text (no copy) and sends its rows back marshalled
-    through a pipe. If it sends nothing (a row marshal cannot take, such as a
-    pickled metadata placeholder, or it died), this process parses that half
-    itself. The child is always reaped; on an error here it is killed first.
+    through a pipe. If it sends nothing (it died, or could not marshal), this
+    process parses that half itself. The child is always reaped; on an error here it is killed first.
     """
     cut = text.find("\n", len(text) // 2) + 1
     if not 0 < cut < len(text):
@@ -220,7 +228,6 @@ def _child(text: str, cut: int, read_end: int, write_end: int) -> None:  # pragm
     try:
         os.close(read_end)
         rows = rows_between(text, cut, len(text))
-        # Tuples of text, numbers and JSON values: marshal takes them (not a placeholder).
         payload = marshal.dumps([tuple(row) for row in rows.values()]) if rows else b""
         with os.fdopen(write_end, "wb") as pipe:
             pipe.write(payload)
