@@ -199,6 +199,10 @@ def test_halves_give_the_rows_of_one_pass_and_leave_no_process(tmp_path, no_leak
     assert len(pids) == 1
     with halves() as pids, mock.patch.object(scan.marshal, "dumps", side_effect=ValueError):
         assert scan._plain_rows(journal) == one_pass  # the child sent nothing: parsed here
+    fds = len(os.listdir("/proc/self/fd"))
+    with halves() as pids, mock.patch.object(scan.os, "fork", side_effect=BlockingIOError(11, "no")):
+        assert scan._plain_rows(journal) == one_pass  # no child to be had: all parsed here
+    assert pids == [] and len(os.listdir("/proc/self/fd")) == fds  # the pipe was closed
 
 
 def _odd_queue(tmp_path, *odd: str) -> str:

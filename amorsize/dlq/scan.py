@@ -157,7 +157,8 @@ def _plain_rows(path: str) -> Dict[str, Row] | None:
 def _second_core() -> bool:
     """Whether a forked child can parse alongside this process: two usable CPUs, and
     no other thread (a fork copies only the calling one; the CLI has none)."""
-    return len(os.sched_getaffinity(0)) >= 2 and threading.active_count() == 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (cpus or 1) >= 2 and threading.active_count() == 1
 
 
 def rows_between(text: str, start: int, stop: int) -> Dict[str, Row] | None:
@@ -183,17 +184,15 @@ def _in_halves(text: str) -> Dict[str, Row] | None:
     """:func:`rows_between` of the whole text, the second half parsed by a forked child.
 
     The child inherits the text (no copy) and sends its rows back marshalled
-    through a pipe. If it sends nothing (it died, or could not marshal), this
-    process parses that half itself. The child is always reaped; on an error here it is killed first.
+    through a pipe, or None for an unusual line. If it sends nothing (it died, or
+    could not marshal), or cannot be started, this process parses that half itself.
+    The child is always reaped; on an error here it is killed first.
     """
     cut = text.find("\n", len(text) // 2) + 1
-    if not 0 < cut < len(text):
+    started = _start_child(text, cut) if 0 < cut < len(text) else None
+    if started is None:
         return rows_between(text, 0, len(text))
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child (its work is checked through the parent)
-        _child(text, cut, read_end, write_end)
-    os.close(write_end)
+    pid, read_end = started
     done = False
     try:
         rows = rows_between(text, 0, cut)
@@ -210,17 +209,40 @@ def _in_halves(text: str) -> Dict[str, Row] | None:
     if rows is None:
         return None
     try:
-        second = [_new_row(Row, values) for values in marshal.loads(payload)] if payload else None
+        sent = marshal.loads(payload) if payload else False
     except (EOFError, ValueError, TypeError):  # cut short: the child died while writing
-        second = None
-    if second is None:
+        sent = False
+    if sent is None:  # the child met an unusual line: the whole file goes the checked way
+        return None
+    if sent is False:  # nothing usable came back: parse that half here
         rest = rows_between(text, cut, len(text))
         if rest is None:
             return None
         second = list(rest.values())
+    else:
+        second = [_new_row(Row, values) for values in sent]
     for row in second:  # the second half's records come later: a repeated id's wins, in place
         rows[row.entry_id] = row
     return rows
+
+
+def _start_child(text: str, cut: int) -> Tuple[int, int] | None:
+    """``(pid, read end of its pipe)`` of a child parsing ``text[cut:]``; None if the
+    system refuses a pipe or a process (too many open files or processes)."""
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        return None
+    if pid == 0:  # pragma: no cover - the child (its work is checked through the parent)
+        _child(text, cut, read_end, write_end)
+    os.close(write_end)
+    return pid, read_end
 
 
 def _child(text: str, cut: int, read_end: int, write_end: int) -> None:  # pragma: no cover
@@ -228,7 +250,8 @@ def _child(text: str, cut: int, read_end: int, write_end: int) -> None:  # pragm
     try:
         os.close(read_end)
         rows = rows_between(text, cut, len(text))
-        payload = marshal.dumps([tuple(row) for row in rows.values()]) if rows else b""
+        # None says "an unusual line" (so the parent does not parse this half again).
+        payload = marshal.dumps(None if rows is None else [tuple(row) for row in rows.values()])
         with os.fdopen(write_end, "wb") as pipe:
             pipe.write(payload)
     finally:
