@@ -208,6 +208,7 @@ def _in_halves(text: str) -> Dict[str, Row] | None:
         os.waitpid(pid, 0)
     if rows is None:
         return None
+    sent: Any  # rows as tuples, None (an unusual line) or False (nothing came back)
     try:
         sent = marshal.loads(payload) if payload else False
     except (EOFError, ValueError, TypeError):  # cut short: the child died while writing
