@@ -264,3 +264,16 @@ def test_a_torn_tail_warns_once_in_the_scan(tmp_path, capsys):
     code, out, err = run_main(capsys, "dlq", "summary", directory)
     assert code == 0 and "entries:        7" in out
     assert err.count("amorsize: warning:") == 1 and "torn last record" in err
+
+
+def test_a_row_crosses_processes_as_marshalled_values_and_pickles():
+    # The forked half sends tuple(row) through marshal; rows also pickle like any record.
+    import marshal
+    import pickle
+
+    row = scan.row_of(json.loads(encode_entry(mk(3, "record 3 bad", host="h9"),
+                                              pickle_everything=False)))
+    assert scan._new_row(scan.Row, marshal.loads(marshal.dumps(tuple(row)))) == row
+    assert pickle.loads(pickle.dumps(row)) == row
+    assert (row.function, row.host, row.pickled) == ("job.parse", "h9", False)
+    assert row.signature == "ValueError: record <num> bad"
