@@ -66,6 +66,25 @@ def test_signature_is_bounded_and_stable(message):
     assert len(first) <= len("E: ") + 200 and "\n" not in first
 
 
+#: Text rich in what the rules look at: digits (0 apart), hex letters, x, quotes, paths, dashes.
+_RULE_TEXT = st.text(alphabet="0123456789abcdefxX.-+eE/\\:~'\" \n_Cq٣", max_size=60)
+
+
+@given(_RULE_TEXT)
+def test_digits_one_to_nine_are_interchangeable_so_the_cache_key_is_exact(message):
+    # signature_of caches by the message with 2-9 written as 1: only sound if the
+    # normalization (uncached) cannot tell them apart.
+    same = message.translate(str.maketrans("23456789", "11111111"))
+    assert normalize_message(same) == normalize_message(message)
+    normalized = normalize_message(message)
+    assert signature_of("E", message) == (f"E: {normalized}" if normalized else "E")
+
+
+def test_a_lone_surrogate_in_a_message_keeps_its_signature():
+    # JSON can carry one ("\\ud800"); the cache key is the message's UTF-8 bytes.
+    assert signature_of("E", "bad \ud800 row 7") == "E: bad \ud800 row <num>"
+
+
 def test_entry_signature_uses_the_qualified_type():
     e = DLQEntry(0, "ParseError", "row 3", 1.0, error_qualname="mypkg.ParseError")
     assert e.signature == "mypkg.ParseError: row <num>"

@@ -39,13 +39,12 @@ from amorsize.cli.common import (
     parse_rate,
     parse_time,
     positive_int,
+    positive_seconds,
 )
 from amorsize.cli.filters import add_filter_options
 from amorsize.cli.helptext import epilog
 from amorsize.cli.listing import GROUP_KEYS, add_list_options, cmd_list, cmd_summary
 from amorsize.cli.migrate import add_migrate_parser
-from amorsize.cli.replay import cmd_replay
-from amorsize.cli.replay_scope import positive_seconds
 from amorsize.cli.tail import add_tail_parser
 
 __all__ = ["build_parser", "main"]
@@ -70,6 +69,14 @@ def _subcommand(sub: argparse._SubParsersAction, name: str, summary: str, *,
                             epilog=epilog(name, times=times), formatter_class=_RAW)
     add_common_options(parser)
     return parser
+
+
+def _replay(args: argparse.Namespace) -> int:
+    # Imported when used: replay brings the whole engine, which the read commands
+    # (summary on a 100k-entry queue has a 1.5 s budget) do not need.
+    from amorsize.cli.replay import cmd_replay
+
+    return cmd_replay(args)
 
 
 def _add_replay(sub: argparse._SubParsersAction) -> None:
@@ -97,7 +104,7 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="show what would be replayed; call and change nothing (the module "
                    "of --func is still imported, to check it)")
-    p.set_defaults(handler=cmd_replay)
+    p.set_defaults(handler=_replay)
     p.epilog = REPLAY_HELP + (p.epilog or "")
 
 

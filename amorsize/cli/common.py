@@ -27,6 +27,7 @@ from amorsize.dlq.entry import REASONS, DLQEntry
 from amorsize.dlq.journal import ARCHIVE_FILE_NAME, JOURNAL_FILE_NAME
 from amorsize.dlq.policy import DLQPolicy
 from amorsize.dlq.queue import DeadLetterQueue
+from amorsize.dlq.scan import QueueScan, scan_queue
 from amorsize.errors import DLQCorruptError
 
 # --- exit codes (documented in the --help epilog) -----------------------------
@@ -111,6 +112,17 @@ def non_negative_int(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """``--timeout``: seconds > 0, like ``30`` or ``2.5``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
     return value
 
 
@@ -208,12 +220,33 @@ def open_queue(args: argparse.Namespace) -> DeadLetterQueue:
         max_entries=0,
         strict=args.strict,
     )
+    with reading(journal, args.allow_pickle):
+        queue = DeadLetterQueue(policy, _migrate=False)  # read-only: `dlq migrate` migrates
+        if archived and os.path.lexists(journal):
+            queue.load(journal)  # the archive of pruned entries, read like a journal
+    return queue
+
+
+def scan_rows(args: argparse.Namespace) -> QueueScan:
+    """The queue at ``args.dir`` read as rows (no items; see :mod:`amorsize.dlq.scan`).
+
+    Raises:
+        CLIError: as :func:`open_queue`.
+    """
+    require_directory(args.dir)
+    with reading(os.path.join(args.dir, JOURNAL_FILE_NAME), False):
+        found = scan_queue(args.dir, strict=args.strict)
+    return found
+
+
+@contextlib.contextmanager
+def reading(journal: str, allow_pickle: bool) -> Iterator[None]:
+    """Read ``journal`` in the block: its errors become exit 3 with file and line, its
+    warnings (a torn last record) stderr lines."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            queue = DeadLetterQueue(policy, _migrate=False)  # read-only: `dlq migrate` migrates
-            if archived and os.path.lexists(journal):
-                queue.load(journal)  # the archive of pruned entries, read like a journal
+            yield
         except DLQCorruptError as exc:
             raise CLIError(
                 f"corrupt DLQ: {exc.path}, line {exc.line}: {exc.detail}",
@@ -230,11 +263,10 @@ def open_queue(args: argparse.Namespace) -> DeadLetterQueue:
                 f"cannot read the DLQ file {journal}: {type(exc).__name__}: {exc}",
                 EXIT_DLQ_UNREADABLE,
                 hint="--allow-pickle needs the item classes importable: run from the "
-                "project directory or set PYTHONPATH" if args.allow_pickle else None,
+                "project directory or set PYTHONPATH" if allow_pickle else None,
             ) from None
     for warning in caught:
         print(f"amorsize: warning: {warning.message}", file=sys.stderr)
-    return queue
 
 
 def _grep(text: str, ignore_case: bool) -> Callable[[DLQEntry], bool]:

@@ -17,6 +17,7 @@ from typing import Callable, List, Sequence
 from amorsize.cli.common import _grep, parse_time, positive_int
 from amorsize.dlq.entry import REASONS, DLQEntry
 from amorsize.dlq.retention import first_failure
+from amorsize.dlq.scan import Row
 
 Test = Callable[[DLQEntry], bool]
 
@@ -73,7 +74,10 @@ def _function_matches(value: str, entry: DLQEntry) -> bool:
     return recorded is not None and (recorded == value or recorded.endswith("." + value))
 
 
-def _host_of(entry: DLQEntry) -> str | None:
+def host_of(entry: DLQEntry | Row) -> str | None:
+    """The host an entry (``metadata["host"]``) or a summary's row failed on."""
+    if isinstance(entry, Row):
+        return entry.host
     host = entry.metadata.get("host") if isinstance(entry.metadata, dict) else None
     return host if isinstance(host, str) else None
 
@@ -96,7 +100,7 @@ def entry_tests(args: argparse.Namespace, entries: Sequence[DLQEntry]) -> List[T
         tests.append(lambda e: any(_function_matches(f, e) for f in functions))
     hosts = set(getattr(args, "host", None) or ())
     if hosts:
-        tests.append(lambda e: _host_of(e) in hosts)
+        tests.append(lambda e: host_of(e) in hosts)
     since, until = getattr(args, "since", None), getattr(args, "until", None)
     if since is not None:
         tests.append(lambda e: e.timestamp >= since)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import operator
 import sys
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from amorsize.cli import newest
-from amorsize.cli.common import EXIT_OK, open_queue
-from amorsize.cli.filters import select_from
+from amorsize.cli.common import EXIT_OK, open_queue, scan_rows
+from amorsize.cli.filters import host_of, select_from
 from amorsize.cli.migrate import warn_seed_files
 from amorsize.cli.render import (
     clean,
@@ -33,7 +34,9 @@ from amorsize.cli.render import (
     truncate,
 )
 from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.scan import Row
 from amorsize.dlq.summary import summarize
+from amorsize.serialization import PickledPayload
 
 #: Rows per page of ``list --page`` when ``--limit`` is not given.
 DEFAULT_PAGE_SIZE = 50
@@ -42,8 +45,7 @@ BY_ROWS = 20
 
 
 def _host(entry: DLQEntry) -> str:
-    host = entry.metadata.get("host") if isinstance(entry.metadata, dict) else None
-    return host if isinstance(host, str) else "<unknown>"
+    return host_of(entry) or "<unknown>"
 
 
 #: ``summary --by`` keys and how each reads an entry.
@@ -184,10 +186,22 @@ def _groups_text(grouped: List[Dict[str, Any]], by: str) -> str:
     return "\n".join(lines)
 
 
+def _read_for_summary(args: argparse.Namespace) -> Tuple[Dict[str, Any], Sequence[Any]]:
+    """``(get_summary() of the whole queue, its entries or rows)``.
+
+    Rows (:mod:`amorsize.dlq.scan`) unless an item is needed: ``--grep`` reads items,
+    ``--allow-pickle`` loads them (and reports one that does not load).
+    """
+    if args.allow_pickle or getattr(args, "grep", None) is not None:
+        queue = open_queue(args)
+        return queue.get_summary(), queue.get_entries()
+    found = scan_rows(args)
+    return found.get_summary(), found.rows
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
-    queue = open_queue(args)
+    whole, everything = _read_for_summary(args)
     warn_seed_files(args.dir)
-    everything = queue.get_entries()
     entries = select_from(everything, args)
     if args.by:
         grouped = groups(entries, args.by)
@@ -196,7 +210,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         else:
             print(_groups_text(grouped, args.by))
         return EXIT_OK
-    summary = summary_record(queue, entries)
+    summary = summary_record(whole, args.dir, _pickled(entries))
     if len(entries) != len(everything):
         health = {k: summary[k] for k in ("pruned", "persist_errors", "corrupt_skipped")}
         summary.update(summarize(entries, **health))
@@ -207,3 +221,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
             summary[f"{key}_time"] = iso_utc(stamp) if stamp is not None else None
     print(json.dumps(summary, sort_keys=True) if args.json else summary_text(summary))
     return EXIT_OK
+
+
+def _pickled(entries: Sequence[Any]) -> int:
+    """How many items are stored pickled and not loaded: rows say so, entries hold a placeholder."""
+    if entries and isinstance(entries[0], Row):
+        return sum(map(operator.attrgetter("pickled"), entries))
+    return sum(isinstance(e.item, PickledPayload) for e in entries)

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import shutil
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 from amorsize.dlq.entry import DLQEntry
 from amorsize.serialization import (
@@ -270,14 +270,15 @@ def entry_details(entry: DLQEntry) -> str:
     return "\n".join(lines)
 
 
-def summary_record(queue: Any, entries: List[DLQEntry]) -> Dict[str, Any]:
-    """``get_summary()`` plus where the queue is, ISO times and the pickled-item count."""
-    summary = dict(queue.get_summary())
-    summary["directory"] = os.path.abspath(queue.policy.path)
+def summary_record(summary: Dict[str, Any], directory: str, pickled: int) -> Dict[str, Any]:
+    """A ``get_summary()`` plus where the queue is, ISO times and the count of ``pickled``
+    items not loaded."""
+    summary = dict(summary)
+    summary["directory"] = os.path.abspath(directory)
     for key in ("oldest", "newest"):
         stamp = summary.get(f"{key}_timestamp")
         summary[f"{key}_time"] = iso_utc(stamp) if stamp is not None else None
-    summary["pickled_not_loaded"] = sum(isinstance(e.item, PickledPayload) for e in entries)
+    summary["pickled_not_loaded"] = pickled
     summary["top_messages"] = [list(pair) for pair in summary.get("top_messages", [])]
     return summary
 

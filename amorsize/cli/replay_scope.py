@@ -9,7 +9,6 @@ progress when stderr is a terminal (and tqdm is installed); piped, it stays off.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from typing import Any, Callable, Iterable, Iterator, List, TypeVar
 
@@ -18,17 +17,6 @@ from amorsize.failure import function_name
 from amorsize.replay import describe_skipped, split_by_function
 
 T = TypeVar("T")
-
-
-def positive_seconds(text: str) -> float:
-    """``--timeout``: seconds > 0, like ``30`` or ``2.5``."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
-    return value
 
 
 def for_function(args: argparse.Namespace, func: Callable[[Any], Any],

@@ -14,6 +14,13 @@ numbers    ``7``, ``-3.5``, ``1e9``                            ``<num>``
 
 Only the message's first line counts (a second line is usually a dump of the
 input), cut at :data:`SIGNATURE_MESSAGE_CHARS` characters.
+
+Every ASCII digit leaves the signature (the last rule takes any digit that is
+left), and no rule tells the digits 1-9 apart (only ``0`` is a literal, in
+``0x``). So messages that differ only in digits 1-9 have the same signature, and
+the cache is keyed by the message with those digits written as ``1``: "record 7
+is malformed" and "record 9 is malformed" are one cache entry, and a 100k-entry
+queue normalizes a few hundred messages, not 100k.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ from typing import Any, Dict, Iterable, List, Tuple
 
 #: Message characters (after normalizing) kept in a signature.
 SIGNATURE_MESSAGE_CHARS = 200
-#: Distinct (type, message) pairs whose signature is remembered; a 100k-entry queue
-#: usually holds far fewer distinct messages than entries.
+#: Distinct (type, message) pairs whose signature is remembered (digits 1-9 count as
+#: one, see the module doc); a 100k-entry queue usually holds far fewer than entries.
 SIGNATURE_CACHE_SIZE = 8192
 
 _RULES: Tuple[Tuple[re.Pattern[str], str], ...] = (
@@ -38,6 +45,10 @@ _RULES: Tuple[Tuple[re.Pattern[str], str], ...] = (
      "<hex>"),
     (re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\d+"), "<num>"),
 )
+# The cache key of a message: digits 1-9 are interchangeable in every rule (module doc).
+# Bytes: bytes.translate is ~20x faster than str.translate, and in UTF-8 the bytes of
+# ASCII digits never occur inside another character's encoding.
+_SAME_DIGITS = bytes.maketrans(b"23456789", b"11111111")
 
 
 def normalize_message(message: str) -> str:
@@ -48,10 +59,14 @@ def normalize_message(message: str) -> str:
     return text[:SIGNATURE_MESSAGE_CHARS]
 
 
-@functools.lru_cache(maxsize=SIGNATURE_CACHE_SIZE)
 def signature_of(error_type: str, message: str) -> str:
     """The signature ``"<error type>: <normalized message>"`` (just the type for no message)."""
-    normalized = normalize_message(message)
+    return _signature(error_type, message.encode("utf-8", "surrogatepass").translate(_SAME_DIGITS))
+
+
+@functools.lru_cache(maxsize=SIGNATURE_CACHE_SIZE)
+def _signature(error_type: str, key: bytes) -> str:
+    normalized = normalize_message(key.decode("utf-8", "surrogatepass"))
     return f"{error_type}: {normalized}" if normalized else error_type
 
 
@@ -67,8 +82,8 @@ def top_signatures(entries: Iterable[Any], limit: int) -> List[Dict[str, Any]]:
     """
     counts: Dict[str, int] = {}
     examples: Dict[str, Any] = {}
-    for entry in entries:
-        sig = entry_signature(entry)
+    for entry in entries:  # entry_signature, inlined: this runs once per entry of a queue
+        sig = signature_of(entry.error_qualname or entry.error_type, entry.error_message)
         if sig in counts:
             counts[sig] += 1
         else:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import datetime
-from typing import Any, Dict, Iterable, List, Union
+from typing import Any, Dict, Iterable, List, Sequence, Union
 
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.signature import top_signatures
@@ -49,10 +49,14 @@ def select_entries(
 
 
 def summarize(
-    entries: List[DLQEntry], *, pruned: int, persist_errors: int, corrupt_skipped: int
+    entries: Sequence[Any], *, pruned: int, persist_errors: int, corrupt_skipped: int
 ) -> Dict[str, Any]:
     """Counts by error type, reason and function, retry average, time span, top messages,
-    top signatures (each with one example) and health."""
+    top signatures (each with one example) and health.
+
+    ``entries``: :class:`DLQEntry` objects, or anything with their error fields,
+    ``function`` and ``signature`` (the rows of :mod:`amorsize.dlq.scan`).
+    """
     error_types = collections.Counter(e.error_type for e in entries)
     reasons = collections.Counter(e.reason for e in entries)
     messages = collections.Counter(e.error_message for e in entries)
