@@ -83,13 +83,22 @@ class _ServerQueue(DeadLetterQueue):
     """The queue the manager serves: a DeadLetterQueue plus what only a server knows.
 
     Entries from the workers' lane are held as the :class:`JournalLine` a worker
-    encoded: appended to the journal byte for byte, decoded on the first read.
+    encoded: appended to the journal byte for byte (or already appended by the
+    worker), decoded on the first read. Every call that reads the queue first
+    drains the lane, so it sees each entry whose hook has returned.
     """
 
     def __init__(self, policy: DLQPolicy) -> None:
         super().__init__(policy, _lazy_pickle=True)
-        self.lane_address: Address | None = None
+        self.lane: IngestServer | None = None
         self._new_entries: NewEntryBuffer | None = None
+        # Lines workers appended since the last fsync of ours (the journal syncs only its own).
+        self._unsynced_foreign = False
+
+    def drain_lane(self) -> None:
+        """Take in the frames workers have sent (never called with the queue's lock held)."""
+        if self.lane is not None:
+            self.lane.drain()
 
     def watch_new(self) -> None:
         """Keep the entries added from now on for :meth:`take_new` (the parent's alerts)."""
@@ -99,18 +108,38 @@ class _ServerQueue(DeadLetterQueue):
 
     def take_new(self) -> Tuple[List[DLQEntry], int]:
         """The entries added since the last call (the newest, bounded) and their count."""
+        self.drain_lane()
         if self._new_entries is None:
             return [], 0
         entries, count = self._new_entries.take()
         # Lane entries are kept as their journal lines: decode the few the parent is sent.
         return [e.entry() if type(e) is JournalLine else e for e in entries], count
 
+    def _needs_fields(self) -> bool:
+        # Deduplication and retention read an entry's fields: decode those lines at once.
+        return self._deduper is not None or self.policy.max_age_seconds is not None
+
     def store_lines(self, lines: List[JournalLine]) -> None:
         """The lane's store: lines go to the journal as they came (JSON format)."""
-        if self._pickle_everything:  # the workers wrote JSON; this journal wants pickle
-            self._store([line.entry() for line in lines])
+        if self._pickle_everything or self._needs_fields():
+            self._store([line.entry() for line in lines])  # re-encoded for a pickle journal
         else:
             self._store(cast(Sequence[DLQEntry], lines))
+
+    def note_lines(self, lines: List[JournalLine]) -> None:
+        """Lines workers appended to the journal themselves: memory, pruning, alerts; no write.
+
+        Workers only do so for a JSON journal without deduplication (see ``capture()``).
+        """
+        batch: Sequence[Any] = [line.entry() for line in lines] if self._needs_fields() else lines
+        with self._lock:
+            for entry in batch:
+                self._entries[entry.entry_id] = entry
+            self._unsynced_foreign = True
+            if self.policy.max_entries or self.policy.max_age_seconds is not None:
+                self._prune()
+        if self._alerter is not None:
+            self._alerter.notify(batch)
 
     def _encode(self, entry: DLQEntry) -> bytes:
         if type(entry) is JournalLine:
@@ -118,6 +147,7 @@ class _ServerQueue(DeadLetterQueue):
         return super()._encode(entry)
 
     def get_entries(self) -> List[DLQEntry]:
+        self.drain_lane()
         with self._lock:
             entries = self._entries
             for entry_id, entry in list(entries.items()):
@@ -125,11 +155,51 @@ class _ServerQueue(DeadLetterQueue):
                     entries[entry_id] = entry.entry()  # decoded once; the order is kept
             return list(entries.values())
 
+    def flush(self) -> None:
+        self.drain_lane()
+        with self._lock:
+            super().flush()
+            self._sync_foreign()
+
+    def close(self) -> None:
+        self.drain_lane()
+        try:
+            super().close()
+        finally:
+            with self._lock:
+                self._sync_foreign()
+
+    def _sync_foreign(self) -> None:
+        """fsync the journal if workers appended to it since (flush/close make every add durable)."""
+        if self._unsynced_foreign and self._journal is not None:
+            fd = os.open(self._journal.path, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            self._unsynced_foreign = False
+
     def get_policy(self) -> DLQPolicy:
         return self.policy
 
     def ingest_address(self) -> Address | None:
-        return self.lane_address
+        return None if self.lane is None else cast(Address, self.lane.address)
+
+
+def _drained(name: str) -> Any:
+    method = getattr(DeadLetterQueue, name)
+
+    @functools.wraps(method)
+    def drained(self: _ServerQueue, *args: Any, **kwargs: Any) -> Any:
+        self.drain_lane()
+        return method(self, *args, **kwargs)
+
+    return drained
+
+
+# Every other call that reads or rewrites the queue sees the entries of returned hooks.
+for _name in ("_update", "size", "clear", "save", "load"):
+    setattr(_ServerQueue, _name, _drained(_name))
 
 
 class QueueProxy(BaseProxy):
@@ -207,12 +277,14 @@ def init_server(
     served = _server_queue = _ServerQueue(policy)
     if address is not None and authkey is not None:
         try:
-            lane = IngestServer(ingest_address_for(address), authkey, served.store_lines)
+            lane = IngestServer(
+                ingest_address_for(address), authkey, served.store_lines, served.note_lines
+            )
         except OSError as exc:  # hooks fall back to proxy calls
             logger.warning("DLQ manager: no fast lane for workers (%s: %s)", type(exc).__name__, exc)
         else:
             lane.start()
-            served.lane_address = lane.address
+            served.lane = lane
     threading.Thread(
         target=_watch_parent, args=(owner_pid or os.getppid(), served, socket_dir),
         name="amorsize-parent-watch", daemon=True,

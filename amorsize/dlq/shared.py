@@ -26,7 +26,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, List, Sequence, cast
+from typing import Any, Callable, Dict, List, Sequence, Tuple, cast
 
 from amorsize._validate import check_seconds, check_type
 from amorsize.dlq._manager import (
@@ -48,7 +48,7 @@ from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
 from amorsize.dlq.capture import CapturedFunction, forget_connections
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.journal import Journal
-from amorsize.dlq.policy import DLQPolicy
+from amorsize.dlq.policy import DLQFormat, DLQPolicy
 from amorsize.errors import SharedDLQUnavailableError
 
 #: Random bytes of the authkey a queue makes when none is given.
@@ -207,7 +207,23 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
             ingest_address=self._ingest_address,
             timeout=self._timeout,
             rate_limit=rate_limit,
+            journal=self._worker_journal(),
         )
+
+    def _worker_journal(self) -> Tuple[str, str] | None:
+        """(directory, fsync) when workers append failures to the journal themselves.
+
+        Only for a JSON journal without deduplication (a line a worker writes is then
+        exactly what the manager would write) reached over a unix socket, whose sent
+        bytes are in the manager's hands once ``send()`` returns (its reads drain them).
+        """
+        policy = self.policy
+        if (
+            policy.auto_persist and policy.format is DLQFormat.JSON and not policy.dedupe
+            and isinstance(self._ingest_address, str)
+        ):
+            return (policy.path, policy.fsync)
+        return None
 
     def close(self) -> None:
         """Flush the journal and stop the manager process (a connected handle just detaches)."""

@@ -1,0 +1,138 @@
+"""The worker's side of the fast lane: its connection to the manager, its own journal appends.
+
+A failure's journal line is written in the kernel before the hook returns, by one
+of two writers (see :mod:`amorsize.dlq.ingest` for the picture):
+
+* **the worker itself** (:class:`JournalAppender`), when the queue lets it: a JSON
+  journal without deduplication, on a unix-socket lane. The line is appended as
+  any writer of a shared journal appends (:class:`~amorsize.dlq.journal.Journal`:
+  the exclusive ``flock``, a check that the file ends with a whole line, one
+  ``O_APPEND`` write, a reopen if a compaction replaced the file), then sent to the
+  manager as a journaled frame, without waiting for an answer. The lock has a
+  deadline, so a stopped manager holding it blocks no worker for longer than the
+  queue's ``timeout``.
+* **the manager** (:meth:`IngestClient.send`), otherwise: the hook waits for its ack.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import socket
+import threading
+import time
+from multiprocessing.connection import Client
+from typing import Any, List
+
+from amorsize.dlq._deadline import timed_client
+from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.ingest import ACK, HEADER, READY, IngestError, encode_entries
+from amorsize.dlq.journal import Journal
+
+#: First and longest sleep (seconds) between tries of a journal lock another writer holds.
+LOCK_POLL_FIRST_SECONDS = 0.0002
+LOCK_POLL_MAX_SECONDS = 0.02
+
+
+class IngestClient:
+    """One authenticated connection to a manager's lane; thread-safe (a lock per message)."""
+
+    def __init__(self, address: Any, authkey: bytes, timeout: float | None = None) -> None:
+        conn = Client(address, authkey=authkey) if timeout is None else timed_client(
+            address, authkey=authkey, timeout=timeout
+        )
+        try:
+            self._sock = socket.socket(fileno=os.dup(conn.fileno()))
+        finally:
+            conn.close()
+        # A manager that stopped (SIGSTOP) answers nobody: every round trip has a deadline.
+        self._sock.settimeout(timeout)
+        self._lock = threading.Lock()
+        self._poll = select.poll()
+        self._poll.register(self._sock, select.POLLIN | select.POLLRDHUP)
+        try:
+            if self._recv_exactly(1) != READY:
+                raise IngestError("the DLQ manager's lane did not say it was ready")
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def send(self, entries: List[DLQEntry]) -> None:
+        """Store ``entries`` in the manager's queue; returns once they are stored.
+
+        Raises:
+            EOFError, OSError: the manager is gone.
+            IngestError: the manager could not decode or store them.
+        """
+        frame = encode_entries(entries)
+        with self._lock:
+            self._sock.sendall(frame)
+            status = self._recv_exactly(1)
+            if status == ACK:
+                return
+            (size,) = HEADER.unpack(self._recv_exactly(HEADER.size))
+            raise IngestError(self._recv_exactly(size).decode("utf-8", "replace"))
+
+    def gone(self) -> bool:
+        """True when the manager closed this connection (checked without waiting).
+
+        The manager sends nothing unasked after READY (acks are read by :meth:`send`),
+        so anything to read means it hung up.
+        """
+        return bool(self._poll.poll(0))
+
+    def notify(self, frame: bytes) -> None:
+        """Send a journaled ``frame`` (lines already in the journal); no answer comes back.
+
+        Raises:
+            OSError: the manager is gone, or did not take the bytes within the timeout.
+        """
+        with self._lock:
+            self._sock.sendall(frame)
+
+    def _recv_exactly(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = self._sock.recv(size)
+            if not chunk:
+                raise EOFError("the DLQ manager closed the connection")
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class JournalAppender(Journal):
+    """A worker's handle on the shared queue's journal: appends only, its lock has a deadline."""
+
+    def __init__(self, directory: str, *, fsync: str, timeout: float) -> None:
+        super().__init__(directory, fsync=fsync)
+        self.timeout = timeout
+        self.lock = threading.Lock()  # one append at a time per process (the hook is thread-safe)
+
+    def _lock(self, mode: int) -> int:
+        fd = self._lock_fd
+        if fd is None or self._pid != os.getpid():
+            fd = super()._lock(fcntl.LOCK_UN)  # opens the lock file (and forgets a parent's)
+        deadline = time.monotonic() + self.timeout
+        pause = LOCK_POLL_FIRST_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"the DLQ journal lock {self.lock_path} was held for more than "
+                        f"{self.timeout} s (is the manager stopped?)"
+                    ) from None
+                time.sleep(pause)
+                pause = min(2 * pause, LOCK_POLL_MAX_SECONDS)
+
+    def append_line(self, line: bytes) -> None:
+        """Append one record (in the kernel on return). Raises OSError (TimeoutError included)."""
+        with self.lock:
+            self.append([line])
