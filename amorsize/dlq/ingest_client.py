@@ -80,7 +80,8 @@ class IngestClient:
         The manager sends nothing unasked after READY (acks are read by :meth:`send`),
         so anything to read means it hung up.
         """
-        return bool(self._poll.poll(0))
+        with self._lock:  # a poll object takes one caller at a time
+            return bool(self._poll.poll(0))
 
     def notify(self, frame: bytes) -> None:
         """Send a journaled ``frame`` (lines already in the journal); no answer comes back.
