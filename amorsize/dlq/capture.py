@@ -88,6 +88,9 @@ def _client(address: Any, authkey: bytes, timeout: float) -> Any:
 
 def _kept(table: Dict[Any, Any], address: Any, connect: Callable[[], Any]) -> Any:
     """This process's kept connection to ``address`` in ``table``, made on first use."""
+    connection = table.get(address)  # the usual case, without the lock (a dict read is atomic)
+    if connection is not None:
+        return connection
     with _clients_lock:
         connection = table.get(address)
         if connection is None:
