@@ -16,6 +16,7 @@ of two writers (see :mod:`amorsize.dlq.ingest` for the picture):
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import select
@@ -23,7 +24,7 @@ import socket
 import threading
 import time
 from multiprocessing.connection import Client
-from typing import Any, List
+from typing import Any, Iterator, List
 
 from amorsize.dlq._deadline import timed_client
 from amorsize.dlq.entry import DLQEntry
@@ -43,16 +44,20 @@ class IngestClient:
             address, authkey=authkey, timeout=timeout
         )
         try:
+            # A manager that stopped (SIGSTOP) answers nobody: every send and recv has a
+            # deadline, the kernel's (SO_SNDTIMEO/SO_RCVTIMEO, set by timed_client): a
+            # Python-level timeout would cost a poll() before each of them.
             self._sock = socket.socket(fileno=os.dup(conn.fileno()))
         finally:
             conn.close()
-        # A manager that stopped (SIGSTOP) answers nobody: every round trip has a deadline.
-        self._sock.settimeout(timeout)
+        self.timeout = timeout
         self._lock = threading.Lock()
         self._poll = select.poll()
         self._poll.register(self._sock, select.POLLIN | select.POLLRDHUP)
         try:
-            if self._recv_exactly(1) != READY:
+            with self._deadline():
+                ready = self._recv_exactly(1)
+            if ready != READY:
                 raise IngestError("the DLQ manager's lane did not say it was ready")
         except BaseException:
             self._sock.close()
@@ -66,7 +71,7 @@ class IngestClient:
             IngestError: the manager could not decode or store them.
         """
         frame = encode_entries(entries)
-        with self._lock:
+        with self._lock, self._deadline():
             self._sock.sendall(frame)
             status = self._recv_exactly(1)
             if status == ACK:
@@ -89,8 +94,15 @@ class IngestClient:
         Raises:
             OSError: the manager is gone, or did not take the bytes within the timeout.
         """
-        with self._lock:
+        with self._lock, self._deadline():
             self._sock.sendall(frame)
+
+    @contextlib.contextmanager
+    def _deadline(self) -> Iterator[None]:
+        try:
+            yield
+        except BlockingIOError:  # SO_SNDTIMEO/SO_RCVTIMEO expired
+            raise TimeoutError(f"the DLQ manager did not answer within {self.timeout} s") from None
 
     def _recv_exactly(self, size: int) -> bytes:
         chunks = []
@@ -112,12 +124,13 @@ class JournalAppender(Journal):
     def __init__(self, directory: str, *, fsync: str, timeout: float) -> None:
         super().__init__(directory, fsync=fsync)
         self.timeout = timeout
+        self._size = 0
         self.lock = threading.Lock()  # one append at a time per process (the hook is thread-safe)
 
     def _lock(self, mode: int) -> int:
         fd = self._lock_fd
-        if fd is None or self._pid != os.getpid():
-            fd = super()._lock(fcntl.LOCK_UN)  # opens the lock file (and forgets a parent's)
+        if fd is None:  # (no getpid() check per append: capture forgets appenders at fork)
+            fd = super()._lock(fcntl.LOCK_UN)  # opens the lock file
         deadline = time.monotonic() + self.timeout
         pause = LOCK_POLL_FIRST_SECONDS
         while True:
@@ -132,6 +145,25 @@ class JournalAppender(Journal):
                     ) from None
                 time.sleep(pause)
                 pause = min(2 * pause, LOCK_POLL_MAX_SECONDS)
+
+    def _open_for_append(self) -> int:
+        # One fstat instead of a stat of the path: a compaction's os.replace leaves our
+        # inode without links. Its size spares _clean_end an lseek.
+        fd = self._fd
+        if fd is not None:
+            info = os.fstat(fd)
+            if info.st_nlink:
+                self._size = info.st_size
+                return fd
+        fd = super()._open_for_append()
+        self._size = os.fstat(fd).st_size
+        return fd
+
+    def _clean_end(self, fd: int) -> int:
+        size = self._size  # read under the lock, just now
+        if size == 0 or size == self._end or os.pread(fd, 1, size - 1) == b"\n":
+            return size
+        return super()._clean_end(fd)  # a torn tail: cut (or finished) as any writer does
 
     def append_line(self, line: bytes) -> None:
         """Append one record (in the kernel on return). Raises OSError (TimeoutError included)."""
