@@ -201,10 +201,14 @@ class CapturedFunction:
             item, error, attempts=outcome.attempts, function=self.function_name,
             include_traceback=self.include_traceback,
         )
+        if not self.reraise:
+            # Its text is written: let the failed call's frames (and all they hold) go
+            # now, not after the journal write, so the collector never walks them.
+            del outcome, error
+            self.record(entry)
+            return failure_of(entry)
         self.record(entry)
-        if self.reraise:
-            raise picklable_error(error, entry) from None
-        return failure_of(entry)
+        raise picklable_error(error, entry) from None
 
     def record(self, entry: DLQEntry) -> None:
         """Send ``entry`` to the shared queue now: it is in the journal when this returns."""
