@@ -1,9 +1,9 @@
 """Workers that append their failures to the shared queue's journal themselves (issue 18).
 
 The hook writes its failure's line into the journal before it returns (as the
-manager did), then tells the manager without waiting. The manager's view, its
-policy (max_entries, retention, dedupe) and its readers must not notice the
-difference: each reader drains the lane first.
+manager did) and sends nothing; the manager reads the journal before every call
+that reads the queue. Its view, its policy (max_entries, retention, dedupe) and
+its readers must not notice the difference.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import errno
 import json
 import multiprocessing
 import os
-import socket
-import time
 from typing import Any, List
 
 import pytest
@@ -125,34 +123,21 @@ def test_a_worker_that_cannot_append_lets_the_manager_write(tmp_path, monkeypatc
         assert [e.item for e in queue.get_entries()] == [0, 1]
 
 
-def test_the_lane_keeps_journaled_frames_in_memory_without_answering(tmp_path):
-    from amorsize.dlq.ingest import IngestServer, encode_entries, frame
-    from amorsize.dlq.ingest_client import IngestClient
-
-    stored: List[Any] = []
-    noted: List[Any] = []
-    server = IngestServer(str(tmp_path / "lane.sock"), b"k" * 32, stored.extend, noted.extend)
-    server.start()
-    try:
-        client = IngestClient(server.address, b"k" * 32, timeout=5)
-        lines = encode_entries([_entry(i) for i in range(3)])[8:]
-        client.notify(frame(lines, journaled=True))
-        client.notify(frame(b"not a record\n", journaled=True))  # logged, no answer, no harm
-        client.send([_entry(9)])  # an acked frame behind them: answered alone
-        server.drain()
-        assert len(noted) == 3 and len(stored) == 1
-        client._sock.settimeout(0.2)
-        with pytest.raises(socket.timeout):
-            client._sock.recv(1)  # nothing more was sent back
-        assert not client.gone()
-        server.close()
-        deadline = time.monotonic() + 5
-        while not client.gone() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert client.gone()
-        client.close()
-    finally:
-        server.close()
+def test_lines_appended_after_another_process_rewrote_the_journal_are_taken_once(tmp_path):
+    with SharedDeadLetterQueue(DLQPolicy(directory=tmp_path)) as queue:
+        hook = queue.capture(fail)
+        first = hook(1).entry_id
+        assert not hook(2) and queue.size() == 2
+        with DeadLetterQueue(DLQPolicy(directory=tmp_path)) as other:  # compacts: a new file
+            assert other.remove([first]) == 1
+        assert not hook(3)
+        # The manager reads the new file whole and takes only what it never had (its
+        # own view keeps entry 1, as any queue's memory keeps what it loaded).
+        assert [e.item for e in queue.get_entries()] == [1, 2, 3]
+        assert not hook(4)
+        assert [e.item for e in queue.get_entries()] == [1, 2, 3, 4]
+    # On disk: what the other process left, and what the workers appended after it.
+    assert [e.item for e in DeadLetterQueue(DLQPolicy(directory=tmp_path)).get_entries()] == [2, 3, 4]
 
 
 def _entry(i: int) -> Any:
@@ -173,7 +158,7 @@ def test_flush_and_close_fsync_what_the_workers_appended(tmp_path, monkeypatch):
     line = encode_entry(_entry(1), pickle_everything=False)
     with open(tmp_path / "dlq.jsonl", "ab") as handle:  # what a worker does
         handle.write(line)
-    queue.note_lines(decode_entries(line))
+    queue._take_lines(decode_entries(line), False)  # what the manager does when it reads it
     queue.flush()
     assert len(synced) == 1  # the queue itself appended nothing: it would not have synced
     queue.flush()

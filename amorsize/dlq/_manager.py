@@ -41,6 +41,7 @@ from amorsize.dlq.ingest import IngestServer, JournalLine, ingest_address_for
 from amorsize.dlq.policy import DLQPolicy
 from amorsize.dlq.queue import DeadLetterQueue
 from amorsize.dlq.records import STORED_METADATA_KEY
+from amorsize.dlq.tail import TAIL_INTERVAL_SECONDS, TailedJournal
 from amorsize.errors import SharedDLQUnavailableError
 from amorsize.serialization import PickledValue, pack_for_transport, unpack_transported
 
@@ -82,23 +83,53 @@ def unpack_entry(entry: DLQEntry) -> DLQEntry:
 class _ServerQueue(DeadLetterQueue):
     """The queue the manager serves: a DeadLetterQueue plus what only a server knows.
 
-    Entries from the workers' lane are held as the :class:`JournalLine` a worker
-    encoded: appended to the journal byte for byte (or already appended by the
-    worker), decoded on the first read. Every call that reads the queue first
-    drains the lane, so it sees each entry whose hook has returned.
+    Workers' failures reach it as :class:`JournalLine` (the line a worker encoded,
+    decoded on the first read): lines workers appended to the journal themselves,
+    read from there (:mod:`amorsize.dlq.tail`) before every call that reads the
+    queue, and lines sent through the lane, appended byte for byte.
     """
 
     def __init__(self, policy: DLQPolicy) -> None:
         super().__init__(policy, _lazy_pickle=True)
-        self.lane: IngestServer | None = None
+        self.lane_address: Address | None = None
         self._new_entries: NewEntryBuffer | None = None
-        # Lines workers appended since the last fsync of ours (the journal syncs only its own).
-        self._unsynced_foreign = False
+        self._unsynced_foreign = False  # workers appended since our last fsync
+        self._prune_due = False
+        if self._journal is not None:
+            loaded, self._journal = self._journal, TailedJournal(
+                policy.path, fsync=policy.fsync, strict=policy.strict, take=self._take_lines)
+            loaded.close()
+            self._journal.start_at_end()  # the queue holds all of it now
 
-    def drain_lane(self) -> None:
-        """Take in the frames workers have sent (never called with the queue's lock held)."""
-        if self.lane is not None:
-            self.lane.drain()
+    def catch_up(self) -> None:
+        """Take in the lines workers appended (never called under a journal operation)."""
+        journal = self._journal
+        if not isinstance(journal, TailedJournal):
+            return
+        with self._lock:
+            journal.tail()
+            if self._prune_due:
+                self._prune_due = False
+                if self.policy.max_entries or self.policy.max_age_seconds is not None:
+                    self._prune()
+
+    def _take_lines(self, lines: List[JournalLine], replaced: bool) -> None:
+        # Called by the journal under its lock: memory and alerts only; pruning (which
+        # may compact, a journal operation of its own) waits for catch_up() or _store().
+        dropped = self._dropped_on_disk
+        if replaced:  # another process rewrote the file: only what we never had
+            lines = [x for x in lines if x.entry_id not in self._entries and x.entry_id not in dropped]
+        elif dropped:
+            lines = [x for x in lines if x.entry_id not in dropped]
+        if not lines:
+            return
+        batch: Sequence[Any] = [x.entry() for x in lines] if self._needs_fields() else lines
+        with self._lock:
+            for entry in batch:
+                self._entries[entry.entry_id] = entry
+            self._unsynced_foreign = self._prune_due = True
+        if self._alerter is not None:
+            self._alerter.notify(batch)
 
     def watch_new(self) -> None:
         """Keep the entries added from now on for :meth:`take_new` (the parent's alerts)."""
@@ -108,7 +139,7 @@ class _ServerQueue(DeadLetterQueue):
 
     def take_new(self) -> Tuple[List[DLQEntry], int]:
         """The entries added since the last call (the newest, bounded) and their count."""
-        self.drain_lane()
+        self.catch_up()
         if self._new_entries is None:
             return [], 0
         entries, count = self._new_entries.take()
@@ -126,28 +157,13 @@ class _ServerQueue(DeadLetterQueue):
         else:
             self._store(cast(Sequence[DLQEntry], lines))
 
-    def note_lines(self, lines: List[JournalLine]) -> None:
-        """Lines workers appended to the journal themselves: memory, pruning, alerts; no write.
-
-        Workers only do so for a JSON journal without deduplication (see ``capture()``).
-        """
-        batch: Sequence[Any] = [line.entry() for line in lines] if self._needs_fields() else lines
-        with self._lock:
-            for entry in batch:
-                self._entries[entry.entry_id] = entry
-            self._unsynced_foreign = True
-            if self.policy.max_entries or self.policy.max_age_seconds is not None:
-                self._prune()
-        if self._alerter is not None:
-            self._alerter.notify(batch)
-
     def _encode(self, entry: DLQEntry) -> bytes:
         if type(entry) is JournalLine:
             return entry.line
         return super()._encode(entry)
 
     def get_entries(self) -> List[DLQEntry]:
-        self.drain_lane()
+        self.catch_up()
         with self._lock:
             entries = self._entries
             for entry_id, entry in list(entries.items()):
@@ -156,13 +172,13 @@ class _ServerQueue(DeadLetterQueue):
             return list(entries.values())
 
     def flush(self) -> None:
-        self.drain_lane()
+        self.catch_up()
         with self._lock:
             super().flush()
             self._sync_foreign()
 
     def close(self) -> None:
-        self.drain_lane()
+        self.catch_up()
         try:
             super().close()
         finally:
@@ -183,23 +199,24 @@ class _ServerQueue(DeadLetterQueue):
         return self.policy
 
     def ingest_address(self) -> Address | None:
-        return None if self.lane is None else cast(Address, self.lane.address)
+        return self.lane_address
 
 
-def _drained(name: str) -> Any:
+def _caught_up(name: str) -> Any:
     method = getattr(DeadLetterQueue, name)
 
     @functools.wraps(method)
-    def drained(self: _ServerQueue, *args: Any, **kwargs: Any) -> Any:
-        self.drain_lane()
+    def caught_up(self: _ServerQueue, *args: Any, **kwargs: Any) -> Any:
+        self.catch_up()
         return method(self, *args, **kwargs)
 
-    return drained
+    return caught_up
 
 
-# Every other call that reads or rewrites the queue sees the entries of returned hooks.
-for _name in ("_update", "size", "clear", "save", "load"):
-    setattr(_ServerQueue, _name, _drained(_name))
+# Every other call that reads or changes the queue first takes what workers appended
+# (so it sees every entry whose hook returned, and entries keep the journal's order).
+for _name in ("_store", "_update", "size", "clear", "save", "load"):
+    setattr(_ServerQueue, _name, _caught_up(_name))
 
 
 class QueueProxy(BaseProxy):
@@ -277,18 +294,28 @@ def init_server(
     served = _server_queue = _ServerQueue(policy)
     if address is not None and authkey is not None:
         try:
-            lane = IngestServer(
-                ingest_address_for(address), authkey, served.store_lines, served.note_lines
-            )
+            lane = IngestServer(ingest_address_for(address), authkey, served.store_lines)
         except OSError as exc:  # hooks fall back to proxy calls
             logger.warning("DLQ manager: no fast lane for workers (%s: %s)", type(exc).__name__, exc)
         else:
             lane.start()
-            served.lane = lane
+            served.lane_address = lane.address
     threading.Thread(
         target=_watch_parent, args=(owner_pid or os.getppid(), served, socket_dir),
         name="amorsize-parent-watch", daemon=True,
     ).start()
+    threading.Thread(target=_follow_journal, args=(served,), name="amorsize-journal-tail",
+                     daemon=True).start()
+
+
+def _follow_journal(served: _ServerQueue) -> None:
+    # With no reader for a while, memory, pruning and alerts still follow the workers.
+    while True:
+        time.sleep(TAIL_INTERVAL_SECONDS)
+        try:
+            served.catch_up()
+        except Exception:  # a bad moment (a disk error): the next round tries again
+            logger.exception("DLQ manager: could not read the workers' journal appends")
 
 
 def _watch_parent(parent_pid: int, served: _ServerQueue, socket_dir: str | None) -> None:

@@ -30,7 +30,7 @@ import cloudpickle
 from amorsize._validate import check_callable
 from amorsize.dlq._manager import DEFAULT_CALL_TIMEOUT_SECONDS, connect_proxy
 from amorsize.dlq.entry import DLQEntry
-from amorsize.dlq.ingest import IngestError, frame
+from amorsize.dlq.ingest import IngestError
 from amorsize.dlq.ingest_client import IngestClient, JournalAppender
 from amorsize.dlq.records import encode_entry
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
@@ -167,8 +167,8 @@ class CapturedFunction:
         self.timeout = timeout
         #: A :class:`~amorsize.RateLimit` every attempt waits for, across the pool's processes.
         self.rate_limit = rate_limit
-        #: (directory, fsync) of the journal the hook appends a failure to itself, then
-        #: tells the manager without waiting (None: the manager writes, the hook waits).
+        #: (directory, fsync) of the journal the hook appends a failure to itself, for
+        #: the manager to read there (None: the manager writes it, the hook waits).
         self.journal = journal
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -225,11 +225,8 @@ class CapturedFunction:
             raise self._unavailable(
                 entry, f"no shared DLQ is reachable ({type(exc).__name__}: {exc}); the manager is gone"
             ) from None
-        journaled = ""
         try:
-            if self.journal is not None:
-                journaled = self._append(entry, lane)
-            if not journaled:
+            if self.journal is None or not self._append(entry, lane):
                 lane.send([entry])
         except (EOFError, OSError) as exc:
             # The connection this worker kept broke (the manager died or was closed), or
@@ -240,16 +237,16 @@ class CapturedFunction:
                     del _lanes[self.ingest_address]
             lane.close()
             raise self._unavailable(
-                entry, f"{type(exc).__name__}: {exc}; the manager is gone{journaled}"
+                entry, f"{type(exc).__name__}: {exc}; the manager is gone"
             ) from None
         except IngestError as exc:
             raise self._unavailable(entry, str(exc)) from None
 
-    def _append(self, entry: DLQEntry, lane: IngestClient) -> str:
-        """Append ``entry`` to the journal here, then tell the manager without waiting.
+    def _append(self, entry: DLQEntry, lane: IngestClient) -> bool:
+        """Append ``entry`` to the journal here; the manager reads it from there.
 
-        Returns a note for an error message ("" when this process could not append it,
-        for instance on a full disk: the manager writes it then, and says so).
+        Returns False when this process could not append it (a full disk, say): the
+        manager writes it then, and keeps it in memory until it can, as for any add.
         """
         assert self.journal is not None
         if lane.gone():  # a closed queue's journal takes no more appends
@@ -261,9 +258,8 @@ class CapturedFunction:
         except TimeoutError as exc:  # a stopped manager holds the lock: give up, as on a stopped lane
             raise self._unavailable(entry, str(exc)) from None
         except OSError:
-            return ""
-        lane.notify(frame(line, journaled=True))
-        return f" (the failure was written to the journal {appender.path} before)"
+            return False
+        return True
 
     def _record_by_proxy(self, entry: DLQEntry) -> None:
         try:

@@ -1,31 +1,33 @@
-"""The fast lane for failures: workers hand DLQ entries to the manager over a framed socket.
+"""The manager's lane for failures it writes itself: workers send journal lines, it acks.
 
 ```
- worker (capture() hook)                 manager process of a SharedDeadLetterQueue
- entry ─► its journal line (JSON,        accept thread: authenticate (HMAC challenge,
-          records.encode_entry)            as multiprocessing.connection), hand over
- journaled: appends the line itself,     loop thread (one selector for all workers):
-   [8-byte length|J][lines] ─────────►     read every ready connection, check each
-   and returns: nothing to wait for        frame's framing (whole lines, each with an
- acked: [8-byte length][lines] ──────►     id); journaled lines: memory only; acked
-        ◄───────────── [status byte] ◄──   ones: ONE journal write() for all, then
-   and returns after the ack               one send of the acks per connection
+ worker (capture() hook)                  manager process of a SharedDeadLetterQueue
+ ───────────────────────                  ──────────────────────────────────────────
+ entry ─► its journal line (JSON,          accept thread: authenticate (HMAC challenge,
+          records.encode_entry)              as multiprocessing.connection), hand over
+        [8-byte length][lines] ─────────►  loop thread (one selector for all workers):
+                                             read every ready connection, check the
+                                             framing of every complete frame (whole
+                                             lines, each with an id), ONE store for all
+                                             of them (ONE journal write() of the bytes
+                                             as they came), then
+        ◄─────────────── [status byte] ◄──   one send of the acks per connection
+ the hook returns only after the ack,
+ so the entry is in the kernel first
 ```
 
-Either way an entry is in the journal (its ``write()`` done) before its hook
-returns. **Journaled** frames are the fast path (:mod:`amorsize.dlq.ingest_client`):
-the worker appends its line to the journal as any writer of a shared journal does,
-then tells the manager, which keeps the line in memory and answers nothing, so a
-failure costs no round trip. No reader misses an entry whose hook returned: each
-call that reads the queue first drains the lane (:meth:`~IngestServer.drain`; a
-unix socket ``send()`` that returned has put its bytes in the receive queue).
-**Acked** frames are the manager-writes path (pickle-format or deduplicating
-queues, TCP lanes, a worker whose own append failed): one write for every frame
-that arrived together (group commit), one ack per frame. Lines are kept as
-:class:`JournalLine` (id and bytes), decoded on first read.
+Most failures never come here: a hook appends its line to the journal itself and
+the manager reads it from there (:mod:`amorsize.dlq.tail`). This lane takes the
+rest (pickle-format or deduplicating queues, TCP lanes, a worker whose own append
+failed), and its open connection tells a worker that the queue is still open
+(:meth:`~amorsize.dlq.ingest_client.IngestClient.gone`). The manager appends the
+bytes it gets without decoding them and keeps each entry as a :class:`JournalLine`
+(the id, read from the line's fixed prefix, and the bytes), decoded on first read.
+When several workers send at once their frames are stored with one append and
+acknowledged with one send per worker: a group commit, one wake-up per batch.
 
-Status bytes: ``ACK`` (stored); ``NACK``, an 8-byte length and a UTF-8 reason (the
-hook raises); ``READY``, once, when a new connection is in the loop's hands.
+Status bytes: ``ACK`` for a stored frame; ``NACK`` then an 8-byte length and a UTF-8
+message when the manager could not decode or store it (the hook raises then).
 """
 
 from __future__ import annotations
@@ -37,9 +39,8 @@ import selectors
 import socket
 import struct
 import threading
-import time
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
-from typing import Any, Callable, Dict, Iterable, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from amorsize.dlq._sockets import listen, unlink_quietly
 from amorsize.dlq.entry import DLQEntry
@@ -48,21 +49,11 @@ from amorsize.dlq.records import decode_record, encode_entry, parse_line, record
 logger = logging.getLogger("amorsize.dlq")
 
 HEADER = struct.Struct("!Q")
-#: Set in a frame's length field: its lines are in the journal already (the worker
-#: appended them), so the manager only keeps them in memory and does not answer.
-JOURNALED = 1 << 63
 ACK = b"\x01"
 NACK = b"\x00"
-READY = b"\x02"
 #: Bytes read from a ready connection at a time. Kept under glibc's mmap threshold
 #: (128 KiB): a 1 MiB recv buffer cost an mmap+munmap, ~40 us, per message.
 RECV_BYTES = 1 << 16
-#: Seconds the loop rests after a round that only took in journaled frames, so the
-#: frames of that time arrive together and are taken in by one wake-up: nobody waits
-#: for them (readers drain the lane first), and a worker sending to a loop that is
-#: not asleep in select() does not pay for waking it (~20-40 us of CPU in a VM).
-#: Well under what a connection's socket buffer holds (~100 frames) at 20k/s.
-JOURNALED_BATCH_SECONDS = 0.002
 #: Seconds a new connection has to complete the authentication handshake.
 HANDSHAKE_TIMEOUT_SECONDS = 10
 #: Seconds the manager waits to hand an acknowledgement to a worker that does not read.
@@ -88,14 +79,10 @@ class JournalLine:
         return decode_record(record, allow_pickle=True, lazy=True)
 
 
-def frame(payload: bytes, *, journaled: bool = False) -> bytes:
-    """``payload`` (whole journal lines) with its header."""
-    return HEADER.pack(len(payload) | JOURNALED if journaled else len(payload)) + payload
-
-
 def encode_entries(entries: List[DLQEntry]) -> bytes:
-    """One acked frame (header included) carrying the journal lines of ``entries`` (items packed)."""
-    return frame(b"".join([encode_entry(e, pickle_everything=False) for e in entries]))
+    """One frame (header included) carrying the journal lines of ``entries`` (items packed)."""
+    payload = b"".join([encode_entry(e, pickle_everything=False) for e in entries])
+    return HEADER.pack(len(payload)) + payload
 
 
 def decode_entries(payload: bytes) -> List[JournalLine]:
@@ -136,41 +123,20 @@ class _Peer:
     buffer: bytearray = dataclasses.field(default_factory=bytearray)
 
 
-@dataclasses.dataclass
-class _Round:
-    """What one pass over the ready connections collected."""
-
-    acks: Dict[socket.socket, List[str | None]] = dataclasses.field(default_factory=dict)
-    batch: List[JournalLine] = dataclasses.field(default_factory=list)
-    owners: List[Tuple[socket.socket, int]] = dataclasses.field(default_factory=list)
-    noted: List[JournalLine] = dataclasses.field(default_factory=list)
-
-
 class IngestServer:
-    """Accepts authenticated connections; ``store``s acked frames, ``note``s journaled ones.
+    """Accepts authenticated connections and stores every frame they send with ``store``."""
 
-    ``note`` (default: ``store``) receives lines a worker already appended to the
-    journal: they must be kept in memory, never written again.
-    """
-
-    def __init__(
-        self, address: Any, authkey: bytes, store: Callable[[List[JournalLine]], Any],
-        note: Callable[[List[JournalLine]], Any] | None = None,
-    ) -> None:
+    def __init__(self, address: Any, authkey: bytes, store: Callable[[List[JournalLine]], Any]) -> None:
         self._sock = listen(address)
         self.address = self._sock.getsockname()
         self._authkey = authkey
         self._store = store
-        self._note = note or store
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._arrivals: List[socket.socket] = []
         self._arrivals_lock = threading.Lock()
-        # Held while frames are read and stored: by the loop, and by drain() in the
-        # thread of a reader, so each frame is taken in once and in order.
-        self._lock = threading.Lock()
         self._closed = False
 
     def start(self) -> None:
@@ -224,12 +190,7 @@ class IngestServer:
         sock.setblocking(False)
         with self._arrivals_lock:
             self._arrivals.append(sock)
-        try:
-            # Only now may the worker send: a drain() from here on sees its frames.
-            sock.send(READY)
-            self._wake_w.send(b"w")
-        except OSError:
-            pass  # the peer left, or the server closed: the loop drops it
+        self._wake_w.send(b"w")
 
     # serving ----------------------------------------------------------------------
 
@@ -243,64 +204,34 @@ class IngestServer:
 
     def _serve(self) -> None:
         while True:
-            ready = self._selector.select()
-            with self._lock:
-                if self._closed:
-                    return
-                peers = []
-                for key, _ in ready:
-                    if key.data is None:
-                        self._admit_arrivals()
-                    else:
-                        peers.append(key.data)
-                rest = self._take_in(peers, drain=False)
-            if rest:
-                time.sleep(JOURNALED_BATCH_SECONDS)
-
-    def drain(self) -> None:
-        """Take in every frame already sent: a reader must see each entry whose hook returned."""
-        with self._lock:
-            if self._closed:
-                return
-            self._admit_arrivals()
-            peers = [k.data for k in list(self._selector.get_map().values()) if k.data is not None]
-            self._take_in(peers, drain=True)
-
-    def _take_in(self, peers: Iterable[_Peer], *, drain: bool) -> bool:
-        """Read ``peers``, note journaled lines, store the rest (one write), answer.
-
-        Returns True when only journaled lines came (the loop may rest: nobody waits).
-        """
-        taken = _Round()
-        for peer in peers:
-            while self._read(peer, taken) and drain:
-                pass  # a drain reads each connection dry; the loop comes back when ready
-        if taken.noted:
-            try:
-                self._note(taken.noted)
-            except Exception:  # they are on disk; only this manager's view lacks them
-                logger.exception("DLQ ingest: could not keep %d journaled entries in memory",
-                                 len(taken.noted))
-        if taken.batch:
-            try:
-                self._store(taken.batch)
-            except Exception as exc:
-                reason = f"the manager could not store the entries ({type(exc).__name__}: {exc})"
-                for sock, index in taken.owners:
-                    taken.acks[sock][index] = reason
-        for sock, results in taken.acks.items():
-            self._reply(sock, results)
-        return bool(taken.noted) and not taken.acks
+            acks: Dict[socket.socket, List[str | None]] = {}
+            batch: List[JournalLine] = []
+            owners: List[Tuple[socket.socket, int]] = []
+            for key, _ in self._selector.select():
+                if key.data is None:
+                    if self._closed:
+                        return
+                    self._admit_arrivals()
+                else:
+                    self._read(key.data, acks, batch, owners)
+            if batch:
+                try:
+                    self._store(batch)
+                except Exception as exc:
+                    reason = f"the manager could not store the entries ({type(exc).__name__}: {exc})"
+                    for sock, index in owners:
+                        acks[sock][index] = reason
+            for sock, results in acks.items():
+                self._reply(sock, results)
 
     def _shut_down(self) -> None:
         """Close the listening socket and every connection: waiting workers see EOF."""
-        with self._lock:
-            self._closed = True
-            self._stop_listening()
-            for key in list(self._selector.get_map().values()):
-                key.fileobj.close()  # type: ignore[union-attr]
-            self._selector.close()
-            self._wake_w.close()
+        self._closed = True
+        self._stop_listening()
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._selector.close()
+        self._wake_w.close()
 
     def _admit_arrivals(self) -> None:
         try:
@@ -313,50 +244,43 @@ class IngestServer:
         for sock in arrivals:
             self._selector.register(sock, selectors.EVENT_READ, _Peer(sock))
 
-    def _read(self, peer: _Peer, taken: _Round) -> bool:
-        """Read what ``peer`` sent and split it into frames; False when nothing was there."""
+    def _read(
+        self,
+        peer: _Peer,
+        acks: Dict[socket.socket, List[str | None]],
+        batch: List[JournalLine],
+        owners: List[Tuple[socket.socket, int]],
+    ) -> None:
         try:
             data = peer.sock.recv(RECV_BYTES)
         except BlockingIOError:
-            return False
+            return
         except OSError:
             data = b""
         if not data:
             self._drop(peer.sock)
-            return False
+            return
         buffer = peer.buffer
         buffer += data
         start = 0
+        results = acks.setdefault(peer.sock, [])
         while len(buffer) - start >= HEADER.size:
             (size,) = HEADER.unpack_from(buffer, start)
-            journaled = size & JOURNALED
-            end = start + HEADER.size + (size ^ journaled)
+            end = start + HEADER.size + size
             if len(buffer) < end:
                 break
             with memoryview(buffer) as view:  # one copy of the payload, not two
                 payload = bytes(view[start + HEADER.size:end])
-            start = end
-            self._frame(peer.sock, payload, bool(journaled), taken)
-        del buffer[:start]
-        return True
-
-    def _frame(self, sock: socket.socket, payload: bytes, journaled: bool, taken: _Round) -> None:
-        try:
-            lines = decode_entries(payload)
-        except Exception as exc:
-            reason = f"the manager could not decode a frame ({type(exc).__name__}: {exc})"
-            if journaled:  # nobody waits for an answer; the lines are in the journal
-                logger.error("DLQ ingest: %s; its lines stay in the journal only", reason)
+            try:
+                entries = decode_entries(payload)
+            except Exception as exc:
+                results.append(f"the manager could not decode a frame ({type(exc).__name__}: {exc})")
             else:
-                taken.acks.setdefault(sock, []).append(reason)
-            return
-        if journaled:
-            taken.noted.extend(lines)
-            return
-        results = taken.acks.setdefault(sock, [])
-        taken.owners.append((sock, len(results)))
-        taken.batch.extend(lines)
-        results.append(None)
+                owners.append((peer.sock, len(results)))
+                batch.extend(entries)
+                results.append(None)
+            start = end
+        del buffer[:start]
 
     def _reply(self, sock: socket.socket, results: List[str | None]) -> None:
         if not results:

@@ -1,17 +1,19 @@
-"""The worker's side of the fast lane: its connection to the manager, its own journal appends.
+"""A worker's side of the shared queue: its connection to the manager, its own journal appends.
 
-A failure's journal line is written in the kernel before the hook returns, by one
-of two writers (see :mod:`amorsize.dlq.ingest` for the picture):
+A failure's journal line is in the kernel before the hook returns, written by one
+of two writers:
 
-* **the worker itself** (:class:`JournalAppender`), when the queue lets it: a JSON
-  journal without deduplication, on a unix-socket lane. The line is appended as
+* **the worker itself** (:class:`JournalAppender`), when the queue lets it (a JSON
+  journal without deduplication, on a unix-socket lane): the line is appended as
   any writer of a shared journal appends (:class:`~amorsize.dlq.journal.Journal`:
   the exclusive ``flock``, a check that the file ends with a whole line, one
-  ``O_APPEND`` write, a reopen if a compaction replaced the file), then sent to the
-  manager as a journaled frame, without waiting for an answer. The lock has a
-  deadline, so a stopped manager holding it blocks no worker for longer than the
-  queue's ``timeout``.
-* **the manager** (:meth:`IngestClient.send`), otherwise: the hook waits for its ack.
+  ``O_APPEND`` write, a reopen if a compaction replaced the file) and the hook
+  returns; the manager reads it from the journal (:mod:`amorsize.dlq.tail`). The
+  lock has a deadline, so a stopped manager holding it blocks no worker for longer
+  than the queue's ``timeout``; the open lane connection tells that the queue is
+  still open (:meth:`IngestClient.gone`), so a closed queue takes no appends.
+* **the manager** (:meth:`IngestClient.send`, :mod:`amorsize.dlq.ingest`) otherwise:
+  the hook waits for its ack.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, Iterator, List
 
 from amorsize.dlq._deadline import timed_client
 from amorsize.dlq.entry import DLQEntry
-from amorsize.dlq.ingest import ACK, HEADER, READY, IngestError, encode_entries
+from amorsize.dlq.ingest import ACK, HEADER, IngestError, encode_entries
 from amorsize.dlq.journal import Journal
 
 #: Tries of a journal lock another writer holds, each after a sched_yield(), before sleeping.
@@ -56,14 +58,6 @@ class IngestClient:
         self._lock = threading.Lock()
         self._poll = select.poll()
         self._poll.register(self._sock, select.POLLIN | select.POLLRDHUP)
-        try:
-            with self._deadline():
-                ready = self._recv_exactly(1)
-            if ready != READY:
-                raise IngestError("the DLQ manager's lane did not say it was ready")
-        except BaseException:
-            self._sock.close()
-            raise
 
     def send(self, entries: List[DLQEntry]) -> None:
         """Store ``entries`` in the manager's queue; returns once they are stored.
@@ -84,20 +78,11 @@ class IngestClient:
     def gone(self) -> bool:
         """True when the manager closed this connection (checked without waiting).
 
-        The manager sends nothing unasked after READY (acks are read by :meth:`send`),
-        so anything to read means it hung up.
+        The manager sends nothing unasked (acks are read by :meth:`send`), so
+        anything to read means it hung up.
         """
         with self._lock:  # a poll object takes one caller at a time
             return bool(self._poll.poll(0))
-
-    def notify(self, frame: bytes) -> None:
-        """Send a journaled ``frame`` (lines already in the journal); no answer comes back.
-
-        Raises:
-            OSError: the manager is gone, or did not take the bytes within the timeout.
-        """
-        with self._lock, self._deadline():
-            self._sock.sendall(frame)
 
     @contextlib.contextmanager
     def _deadline(self) -> Iterator[None]:
