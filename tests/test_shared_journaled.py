@@ -165,3 +165,22 @@ def test_flush_and_close_fsync_what_the_workers_appended(tmp_path, monkeypatch):
     assert len(synced) == 1  # nothing new since
     assert [e.item for e in queue.get_entries()] == [1]
     queue.close()
+
+
+def test_a_relative_directory_is_the_managers_wherever_the_hook_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with SharedDeadLetterQueue(DLQPolicy(directory="rel")) as queue:
+        hook = queue.capture(fail)
+        assert hook.journal == (str(tmp_path / "rel"), "batch")
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)  # a worker (or a connected process) may run anywhere
+        result = hook(1)
+        assert journal_ids(tmp_path / "rel") == [result.entry_id]
+        assert not (elsewhere / "rel").exists()
+        connected = SharedDeadLetterQueue.connect(queue.address, queue.authkey)
+        try:
+            assert connected.capture(fail).journal == hook.journal
+        finally:
+            connected.close()
+        assert [e.item for e in queue.get_entries()] == [1]

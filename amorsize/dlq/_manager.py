@@ -201,6 +201,20 @@ class _ServerQueue(DeadLetterQueue):
     def ingest_address(self) -> Address | None:
         return self.lane_address
 
+    def worker_journal(self) -> Tuple[str, str] | None:
+        """(absolute directory, fsync) when hooks append failures to the journal themselves.
+
+        Only for a JSON journal without deduplication (a line a worker writes is then
+        exactly what this queue would write) reached over a unix-socket lane (its open
+        connection tells a worker the queue is open). The directory is resolved here,
+        where the journal is, whatever the working directory of the hook's process.
+        """
+        policy = self.policy
+        if (isinstance(self._journal, TailedJournal) and not self._pickle_everything
+                and self._deduper is None and isinstance(self.lane_address, str)):
+            return (os.path.abspath(self._journal.directory), policy.fsync)
+        return None
+
 
 def _caught_up(name: str) -> Any:
     method = getattr(DeadLetterQueue, name)
@@ -224,6 +238,7 @@ class QueueProxy(BaseProxy):
     _exposed_ = (
         "_store", "_update", "_select", "get_entries", "size", "clear", "save", "load",
         "get_summary", "flush", "close", "get_policy", "ingest_address", "watch_new", "take_new",
+        "worker_journal",
     )
 
     def call(self, name: str, *args: Any) -> Any:

@@ -48,7 +48,7 @@ from amorsize.dlq.base import DeadLetterQueueBase, PathArg, checked_policy
 from amorsize.dlq.capture import CapturedFunction, forget_connections
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.journal import Journal
-from amorsize.dlq.policy import DLQFormat, DLQPolicy
+from amorsize.dlq.policy import DLQPolicy
 from amorsize.errors import SharedDLQUnavailableError
 
 #: Random bytes of the authkey a queue makes when none is given.
@@ -122,6 +122,7 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         )
         self._closed = False
         self._ingest_address: Address | None = self._call("ingest_address")
+        self._journal_spec: Tuple[str, str] | None = self._call("worker_journal")
         self._alerts = self._watch_alerts(alerter)
 
     def _watch_alerts(self, alerter: Alerter | None) -> AlertWatch | None:
@@ -156,6 +157,7 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         handle._closed = False
         handle.policy = handle._call("get_policy")
         handle._ingest_address = handle._call("ingest_address")
+        handle._journal_spec = handle._call("worker_journal")
         handle._alerts = None
         return handle
 
@@ -207,23 +209,8 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
             ingest_address=self._ingest_address,
             timeout=self._timeout,
             rate_limit=rate_limit,
-            journal=self._worker_journal(),
+            journal=self._journal_spec,
         )
-
-    def _worker_journal(self) -> Tuple[str, str] | None:
-        """(directory, fsync) when workers append failures to the journal themselves.
-
-        Only for a JSON journal without deduplication (a line a worker writes is then
-        exactly what the manager would write) reached over a unix socket, whose sent
-        bytes are in the manager's hands once ``send()`` returns (its reads drain them).
-        """
-        policy = self.policy
-        if (
-            policy.auto_persist and policy.format is DLQFormat.JSON and not policy.dedupe
-            and isinstance(self._ingest_address, str)
-        ):
-            return (policy.path, policy.fsync)
-        return None
 
     def close(self) -> None:
         """Flush the journal and stop the manager process (a connected handle just detaches)."""
