@@ -148,23 +148,32 @@ def _entry(i: int) -> Any:
 
 def test_flush_and_close_fsync_what_the_workers_appended(tmp_path, monkeypatch):
     from amorsize.dlq._manager import _ServerQueue
-    from amorsize.dlq.ingest import decode_entries
     from amorsize.dlq.records import encode_entry
 
     queue = _ServerQueue(DLQPolicy(directory=tmp_path))
     synced: List[int] = []
     real = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
-    line = encode_entry(_entry(1), pickle_everything=False)
     with open(tmp_path / "dlq.jsonl", "ab") as handle:  # what a worker does
-        handle.write(line)
-    queue._take_lines(decode_entries(line), False)  # what the manager does when it reads it
+        handle.write(encode_entry(_entry(1), pickle_everything=False))
     queue.flush()
     assert len(synced) == 1  # the queue itself appended nothing: it would not have synced
     queue.flush()
     assert len(synced) == 1  # nothing new since
     assert [e.item for e in queue.get_entries()] == [1]
     queue.close()
+
+
+def test_an_unreadable_line_from_elsewhere_is_skipped_and_the_journal_stays_usable(tmp_path, caplog):
+    with SharedDeadLetterQueue(DLQPolicy(directory=tmp_path)) as queue:
+        hook = queue.capture(fail)
+        assert not hook(1)
+        with open(tmp_path / "dlq.jsonl", "ab") as handle:  # an id, but not a record
+            handle.write(b'{"entry_id":"0123456789abcdef0123456789abcdef","v":1}\n')
+        assert not hook(2)  # the lock was not left held
+        assert [e.item for e in queue.get_entries()] == [1, 2]
+        assert queue.get_summary()["corrupt_skipped"] == 1
+        assert not hook(3) and len(queue) == 3
 
 
 def test_a_relative_directory_is_the_managers_wherever_the_hook_runs(tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ from amorsize.dlq.ingest import IngestServer, JournalLine, ingest_address_for
 from amorsize.dlq.policy import DLQPolicy
 from amorsize.dlq.queue import DeadLetterQueue
 from amorsize.dlq.records import STORED_METADATA_KEY
-from amorsize.dlq.tail import TAIL_INTERVAL_SECONDS, TailedJournal
+from amorsize.dlq.tail import TAIL_INTERVAL_SECONDS, TailedJournal, decoded
 from amorsize.errors import SharedDLQUnavailableError
 from amorsize.serialization import PickledValue, pack_for_transport, unpack_transported
 
@@ -93,7 +93,6 @@ class _ServerQueue(DeadLetterQueue):
         super().__init__(policy, _lazy_pickle=True)
         self.lane_address: Address | None = None
         self._new_entries: NewEntryBuffer | None = None
-        self._unsynced_foreign = False  # workers appended since our last fsync
         self._prune_due = False
         if self._journal is not None:
             loaded, self._journal = self._journal, TailedJournal(
@@ -123,11 +122,11 @@ class _ServerQueue(DeadLetterQueue):
             lines = [x for x in lines if x.entry_id not in dropped]
         if not lines:
             return
-        batch: Sequence[Any] = [x.entry() for x in lines] if self._needs_fields() else lines
+        batch: Sequence[Any] = decoded(lines) if self._needs_fields() else lines
         with self._lock:
             for entry in batch:
                 self._entries[entry.entry_id] = entry
-            self._unsynced_foreign = self._prune_due = True
+            self._prune_due = True
         if self._alerter is not None:
             self._alerter.notify(batch)
 
@@ -168,14 +167,19 @@ class _ServerQueue(DeadLetterQueue):
             entries = self._entries
             for entry_id, entry in list(entries.items()):
                 if type(entry) is JournalLine:
-                    entries[entry_id] = entry.entry()  # decoded once; the order is kept
+                    readable = decoded([entry])  # decoded once; the order is kept
+                    if readable:
+                        entries[entry_id] = readable[0]
+                    else:  # (a WARNING said so) it stays in the journal, for whoever repairs it
+                        del entries[entry_id]
+                        self._corrupt_skipped += 1
             return list(entries.values())
 
     def flush(self) -> None:
         self.catch_up()
         with self._lock:
             super().flush()
-            self._sync_foreign()
+            self._sync_others()
 
     def close(self) -> None:
         self.catch_up()
@@ -183,17 +187,12 @@ class _ServerQueue(DeadLetterQueue):
             super().close()
         finally:
             with self._lock:
-                self._sync_foreign()
+                self._sync_others()
 
-    def _sync_foreign(self) -> None:
-        """fsync the journal if workers appended to it since (flush/close make every add durable)."""
-        if self._unsynced_foreign and self._journal is not None:
-            fd = os.open(self._journal.path, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            self._unsynced_foreign = False
+    def _sync_others(self) -> None:
+        # Our journal syncs only its own appends; flush and close make every add durable.
+        if isinstance(self._journal, TailedJournal):
+            self._journal.sync_others()
 
     def get_policy(self) -> DLQPolicy:
         return self.policy

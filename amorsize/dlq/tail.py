@@ -24,6 +24,7 @@ import logging
 import os
 from typing import Callable, List, Tuple
 
+from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.ingest import JournalLine
 from amorsize.dlq.journal import Journal
 from amorsize.dlq.records import record_id
@@ -52,6 +53,8 @@ class TailedJournal(Journal):
         self._take = take
         self._tail_inode: int | None = None
         self._tail_offset = 0
+        #: Lines of other writers were taken since the last :meth:`sync_others`.
+        self.others_unsynced = False
 
     def start_at_end(self) -> None:
         """Everything in the file now is known (the queue just loaded it)."""
@@ -66,21 +69,41 @@ class TailedJournal(Journal):
         """Take the lines appended since the last read (writers wait meanwhile)."""
         try:
             info = os.stat(self.path)
-        except FileNotFoundError:
+        except OSError:  # no journal (yet, or any more): nothing to read
             return
         if (info.st_ino, info.st_size) == (self._tail_inode, self._tail_offset):
             return  # nothing new: no lock taken
-        self._lock(fcntl.LOCK_SH)
+        try:
+            self._lock(fcntl.LOCK_SH)
+        except OSError as exc:  # the readers' call goes on with what memory holds
+            logger.warning("DLQ journal %r: could not lock it to read the workers' appends "
+                           "(%s: %s)", self.path, type(exc).__name__, exc)
+            return
         self._unlock()
 
     def _lock(self, mode: int) -> int:
         fd = super()._lock(mode)
         try:
             self._read_new()
-        except OSError as exc:  # read again next time; never fail the queue's own write
+        except Exception as exc:  # never fail (nor keep the lock) over others' lines: they
+            # stay in the journal, for the next queue that opens it
             logger.warning("DLQ journal %r: could not read the workers' appends (%s: %s)",
                            self.path, type(exc).__name__, exc)
         return fd
+
+    def sync_others(self) -> None:
+        """fsync the lines other processes appended since the last call (flush, close)."""
+        if not self.others_unsynced:
+            return
+        self.others_unsynced = False
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # removed under us: nothing left to make durable
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _unlock(self) -> None:
         # What the manager wrote under this lock is its own: start after it next time.
@@ -108,6 +131,7 @@ class TailedJournal(Journal):
             os.close(fd)
         self._tail_inode, self._tail_offset = inode, offset
         if lines:
+            self.others_unsynced = True
             self._take(lines, replaced)
 
 
@@ -128,6 +152,18 @@ def _whole_lines(fd: int, offset: int) -> Tuple[List[JournalLine], int]:
         offset += cut
         rest = data[cut:]
     return out, offset
+
+
+def decoded(lines: List[JournalLine]) -> List[DLQEntry]:
+    """The entries of ``lines``; an unreadable one is skipped with a WARNING (it stays on disk)."""
+    out = []
+    for line in lines:
+        try:
+            out.append(line.entry())
+        except Exception as exc:
+            logger.warning("DLQ journal: skipped the unreadable record of entry %s (%s: %s)",
+                           line.entry_id, type(exc).__name__, exc)
+    return out
 
 
 def _parsed_id(line: bytes) -> str | None:
