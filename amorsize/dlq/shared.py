@@ -1,9 +1,11 @@
 """SharedDeadLetterQueue: one dead letter queue for many processes.
 
 A ``multiprocessing`` manager server process owns a single
-:class:`DeadLetterQueue`, so the journal has one writer. Pool workers reach it
-through the executor hook (:meth:`SharedDeadLetterQueue.capture`); any other
-process on the machine reaches it with :meth:`SharedDeadLetterQueue.connect`.
+:class:`DeadLetterQueue`: its memory, its policy, every removal. Pool workers add
+to it through the executor hook (:meth:`SharedDeadLetterQueue.capture`), by
+appending their failures to its journal themselves (the manager reads them from
+there, :mod:`amorsize.dlq.tail`) or through its lane; any other process on the
+machine reaches it with :meth:`SharedDeadLetterQueue.connect`.
 
 Items travel pre-pickled with cloudpickle (:class:`~amorsize.serialization.PickledValue`):
 the server stores and journals the bytes without unpickling them, so it never
