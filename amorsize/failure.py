@@ -11,6 +11,16 @@ from amorsize.dlq.entry import DLQEntry
 from amorsize.serialization import UnserializableItem, pack_for_transport
 
 _hostname: str | None = None
+_pid: int = os.getpid()
+
+
+def _new_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+# getpid() is a system call (glibc keeps no copy): a failure record reads ours from here.
+os.register_at_fork(after_in_child=_new_pid)
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ def failure_entry(
     packed = pack_for_transport(item)
     metadata: dict[str, Any] = {
         "attempts": attempts,
-        "pid": os.getpid(),
+        "pid": _pid,
         "host": hostname(),
         "function": function,
     }

@@ -16,7 +16,7 @@ import functools
 import linecache
 import traceback
 import types
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 _RECURSIVE_CUTOFF = 3
 _CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
@@ -71,12 +71,30 @@ def _format_frames(tb: Any, out: List[str]) -> None:
             last, count = key, 0
         count += 1
         if count <= _RECURSIVE_CUTOFF:
-            out.append(f'  File "{key[0]}", line {key[1]}, in {key[2]}\n')
-            line = linecache.getline(key[0], key[1] or 0, tb.tb_frame.f_globals).strip()
-            if line:
-                out.append(f"    {line}\n")
+            text = _frame_texts.get(key)
+            if text is None:
+                text = _frame_text(key, tb.tb_frame.f_globals)
+            out.append(text)
         tb = tb.tb_next
     _note_repeats(count, out)
+
+
+#: Formatted frames (location and source line) by (file, line, function): a worker
+#: failing over and over at the same places formats each once. Bounded (a process that
+#: runs generated code must not grow it forever): cleared when full.
+_FRAME_CACHE_SIZE = 4096
+_frame_texts: Dict[Tuple[str, int, str], str] = {}
+
+
+def _frame_text(key: Tuple[str, int, str], module_globals: Any) -> str:
+    text = f'  File "{key[0]}", line {key[1]}, in {key[2]}\n'
+    line = linecache.getline(key[0], key[1] or 0, module_globals).strip()
+    if line:
+        text += f"    {line}\n"
+    if len(_frame_texts) >= _FRAME_CACHE_SIZE:
+        _frame_texts.clear()
+    _frame_texts[key] = text
+    return text
 
 
 def _note_repeats(count: int, out: List[str]) -> None:

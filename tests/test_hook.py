@@ -513,7 +513,7 @@ def _entries(n: int, size: int = 10) -> List[Any]:
 
 
 def test_lane_stores_entries_exactly(make_lane: Any, tmp_path: Any) -> None:
-    from amorsize.dlq.ingest import IngestClient
+    from amorsize.dlq.ingest_client import IngestClient
 
     lane = make_lane()
     client = IngestClient(lane.address, b"k" * 32)
@@ -528,7 +528,8 @@ def test_lane_stores_entries_exactly(make_lane: Any, tmp_path: Any) -> None:
 
 
 def test_lane_handles_split_and_pipelined_frames(make_lane: Any, tmp_path: Any) -> None:
-    from amorsize.dlq.ingest import ACK, IngestClient, encode_entries
+    from amorsize.dlq.ingest import ACK, encode_entries
+    from amorsize.dlq.ingest_client import IngestClient
 
     lane = make_lane()
     client = IngestClient(lane.address, b"k" * 32)
@@ -543,7 +544,8 @@ def test_lane_handles_split_and_pipelined_frames(make_lane: Any, tmp_path: Any) 
 
 
 def test_lane_refuses_garbage_and_storage_errors_but_keeps_serving(make_lane: Any, tmp_path: Any) -> None:
-    from amorsize.dlq.ingest import HEADER, NACK, IngestClient, IngestError
+    from amorsize.dlq.ingest import HEADER, NACK, IngestError
+    from amorsize.dlq.ingest_client import IngestClient
 
     lane = make_lane()
     client = IngestClient(lane.address, b"k" * 32)
@@ -563,7 +565,7 @@ def test_lane_refuses_garbage_and_storage_errors_but_keeps_serving(make_lane: An
 def test_lane_refuses_a_wrong_authkey(make_lane: Any, tmp_path: Any) -> None:
     import multiprocessing
 
-    from amorsize.dlq.ingest import IngestClient
+    from amorsize.dlq.ingest_client import IngestClient
 
     lane = make_lane()
     with pytest.raises(multiprocessing.AuthenticationError):
@@ -580,7 +582,7 @@ def test_lane_replaces_a_stale_socket_file(make_lane: Any, tmp_path: Any) -> Non
     stale.bind(str(path))
     stale.close()  # the file stays, nobody listens: what a SIGKILLed manager leaves
     lane = make_lane()
-    from amorsize.dlq.ingest import IngestClient
+    from amorsize.dlq.ingest_client import IngestClient
 
     client = IngestClient(lane.address, b"k" * 32)
     client.send(_entries(1))
@@ -620,7 +622,7 @@ def test_hook_is_thread_safe(dlq: SharedDeadLetterQueue) -> None:
 
 
 def test_lane_close_stops_its_threads(tmp_path: Any) -> None:
-    from amorsize.dlq.ingest import IngestClient
+    from amorsize.dlq.ingest_client import IngestClient
 
     lane = _Lane(tmp_path)
     client = IngestClient(lane.address, b"k" * 32)
@@ -664,7 +666,8 @@ def test_hook_carries_a_policy_std_pickle_could_not() -> None:
 def test_lane_failing_loop_closes_connections_instead_of_hanging(
     make_lane: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from amorsize.dlq.ingest import IngestClient, IngestServer
+    from amorsize.dlq.ingest import IngestServer
+    from amorsize.dlq.ingest_client import IngestClient
 
     lane = make_lane()
     client = IngestClient(lane.address, b"k" * 32)
@@ -682,7 +685,8 @@ def test_lane_failing_loop_closes_connections_instead_of_hanging(
 
 
 def test_lane_frames_must_be_whole_journal_records(make_lane: Any) -> None:
-    from amorsize.dlq.ingest import HEADER, NACK, IngestClient, encode_entries
+    from amorsize.dlq.ingest import HEADER, NACK, encode_entries
+    from amorsize.dlq.ingest_client import IngestClient
 
     lane = make_lane()
     client = IngestClient(lane.address, b"k" * 32)

@@ -41,6 +41,7 @@ from amorsize.dlq.ingest import IngestServer, JournalLine, ingest_address_for
 from amorsize.dlq.policy import DLQPolicy
 from amorsize.dlq.queue import DeadLetterQueue
 from amorsize.dlq.records import STORED_METADATA_KEY
+from amorsize.dlq.tail import TAIL_INTERVAL_SECONDS, TailedJournal, decoded
 from amorsize.errors import SharedDLQUnavailableError
 from amorsize.serialization import PickledValue, pack_for_transport, unpack_transported
 
@@ -82,14 +83,52 @@ def unpack_entry(entry: DLQEntry) -> DLQEntry:
 class _ServerQueue(DeadLetterQueue):
     """The queue the manager serves: a DeadLetterQueue plus what only a server knows.
 
-    Entries from the workers' lane are held as the :class:`JournalLine` a worker
-    encoded: appended to the journal byte for byte, decoded on the first read.
+    Workers' failures reach it as :class:`JournalLine` (the line a worker encoded,
+    decoded on the first read): lines workers appended to the journal themselves,
+    read from there (:mod:`amorsize.dlq.tail`) before every call that reads the
+    queue, and lines sent through the lane, appended byte for byte.
     """
 
     def __init__(self, policy: DLQPolicy) -> None:
         super().__init__(policy, _lazy_pickle=True)
         self.lane_address: Address | None = None
         self._new_entries: NewEntryBuffer | None = None
+        self._prune_due = False
+        if self._journal is not None:
+            loaded, self._journal = self._journal, TailedJournal(
+                policy.path, fsync=policy.fsync, strict=policy.strict, take=self._take_lines)
+            loaded.close()
+            self._journal.start_at_end()  # the queue holds all of it now
+
+    def catch_up(self) -> None:
+        """Take in the lines workers appended (never called under a journal operation)."""
+        journal = self._journal
+        if not isinstance(journal, TailedJournal):
+            return
+        with self._lock:
+            journal.tail()
+            if self._prune_due:
+                self._prune_due = False
+                if self.policy.max_entries or self.policy.max_age_seconds is not None:
+                    self._prune()
+
+    def _take_lines(self, lines: List[JournalLine], replaced: bool) -> None:
+        # Called by the journal under its lock: memory and alerts only; pruning (which
+        # may compact, a journal operation of its own) waits for catch_up() or _store().
+        dropped = self._dropped_on_disk
+        if replaced:  # another process rewrote the file: only what we never had
+            lines = [x for x in lines if x.entry_id not in self._entries and x.entry_id not in dropped]
+        elif dropped:
+            lines = [x for x in lines if x.entry_id not in dropped]
+        if not lines:
+            return
+        batch: Sequence[Any] = decoded(lines) if self._needs_fields() else lines
+        with self._lock:
+            for entry in batch:
+                self._entries[entry.entry_id] = entry
+            self._prune_due = True
+        if self._alerter is not None:
+            self._alerter.notify(batch)
 
     def watch_new(self) -> None:
         """Keep the entries added from now on for :meth:`take_new` (the parent's alerts)."""
@@ -99,16 +138,21 @@ class _ServerQueue(DeadLetterQueue):
 
     def take_new(self) -> Tuple[List[DLQEntry], int]:
         """The entries added since the last call (the newest, bounded) and their count."""
+        self.catch_up()
         if self._new_entries is None:
             return [], 0
         entries, count = self._new_entries.take()
         # Lane entries are kept as their journal lines: decode the few the parent is sent.
         return [e.entry() if type(e) is JournalLine else e for e in entries], count
 
+    def _needs_fields(self) -> bool:
+        # Deduplication and retention read an entry's fields: decode those lines at once.
+        return self._deduper is not None or self.policy.max_age_seconds is not None
+
     def store_lines(self, lines: List[JournalLine]) -> None:
         """The lane's store: lines go to the journal as they came (JSON format)."""
-        if self._pickle_everything:  # the workers wrote JSON; this journal wants pickle
-            self._store([line.entry() for line in lines])
+        if self._pickle_everything or self._needs_fields():
+            self._store([line.entry() for line in lines])  # re-encoded for a pickle journal
         else:
             self._store(cast(Sequence[DLQEntry], lines))
 
@@ -118,12 +162,37 @@ class _ServerQueue(DeadLetterQueue):
         return super()._encode(entry)
 
     def get_entries(self) -> List[DLQEntry]:
+        self.catch_up()
         with self._lock:
             entries = self._entries
             for entry_id, entry in list(entries.items()):
                 if type(entry) is JournalLine:
-                    entries[entry_id] = entry.entry()  # decoded once; the order is kept
+                    readable = decoded([entry])  # decoded once; the order is kept
+                    if readable:
+                        entries[entry_id] = readable[0]
+                    else:  # (a WARNING said so) it stays in the journal, for whoever repairs it
+                        del entries[entry_id]
+                        self._corrupt_skipped += 1
             return list(entries.values())
+
+    def flush(self) -> None:
+        self.catch_up()
+        with self._lock:
+            super().flush()
+            self._sync_others()
+
+    def close(self) -> None:
+        self.catch_up()
+        try:
+            super().close()
+        finally:
+            with self._lock:
+                self._sync_others()
+
+    def _sync_others(self) -> None:
+        # Our journal syncs only its own appends; flush and close make every add durable.
+        if isinstance(self._journal, TailedJournal):
+            self._journal.sync_others()
 
     def get_policy(self) -> DLQPolicy:
         return self.policy
@@ -131,12 +200,44 @@ class _ServerQueue(DeadLetterQueue):
     def ingest_address(self) -> Address | None:
         return self.lane_address
 
+    def worker_journal(self) -> Tuple[str, str] | None:
+        """(absolute directory, fsync) when hooks append failures to the journal themselves.
+
+        Only for a JSON journal without deduplication (a line a worker writes is then
+        exactly what this queue would write) reached over a unix-socket lane (its open
+        connection tells a worker the queue is open). The directory is resolved here,
+        where the journal is, whatever the working directory of the hook's process.
+        """
+        policy = self.policy
+        if (isinstance(self._journal, TailedJournal) and not self._pickle_everything
+                and self._deduper is None and isinstance(self.lane_address, str)):
+            return (os.path.abspath(self._journal.directory), policy.fsync)
+        return None
+
+
+def _caught_up(name: str) -> Any:
+    method = getattr(DeadLetterQueue, name)
+
+    @functools.wraps(method)
+    def caught_up(self: _ServerQueue, *args: Any, **kwargs: Any) -> Any:
+        self.catch_up()
+        return method(self, *args, **kwargs)
+
+    return caught_up
+
+
+# Every other call that reads or changes the queue first takes what workers appended
+# (so it sees every entry whose hook returned, and entries keep the journal's order).
+for _name in ("_store", "_update", "size", "clear", "save", "load"):
+    setattr(_ServerQueue, _name, _caught_up(_name))
+
 
 class QueueProxy(BaseProxy):
     # The DeadLetterQueueBase primitives, plus what the proxy-backed queue reads directly.
     _exposed_ = (
         "_store", "_update", "_select", "get_entries", "size", "clear", "save", "load",
         "get_summary", "flush", "close", "get_policy", "ingest_address", "watch_new", "take_new",
+        "worker_journal",
     )
 
     def call(self, name: str, *args: Any) -> Any:
@@ -217,6 +318,18 @@ def init_server(
         target=_watch_parent, args=(owner_pid or os.getppid(), served, socket_dir),
         name="amorsize-parent-watch", daemon=True,
     ).start()
+    threading.Thread(target=_follow_journal, args=(served,), name="amorsize-journal-tail",
+                     daemon=True).start()
+
+
+def _follow_journal(served: _ServerQueue) -> None:
+    # With no reader for a while, memory, pruning and alerts still follow the workers.
+    while True:
+        time.sleep(TAIL_INTERVAL_SECONDS)
+        try:
+            served.catch_up()
+        except Exception:  # a bad moment (a disk error): the next round tries again
+            logger.exception("DLQ manager: could not read the workers' journal appends")
 
 
 def _watch_parent(parent_pid: int, served: _ServerQueue, socket_dir: str | None) -> None:

@@ -30,7 +30,9 @@ import cloudpickle
 from amorsize._validate import check_callable
 from amorsize.dlq._manager import DEFAULT_CALL_TIMEOUT_SECONDS, connect_proxy
 from amorsize.dlq.entry import DLQEntry
-from amorsize.dlq.ingest import IngestClient, IngestError
+from amorsize.dlq.ingest import IngestError
+from amorsize.dlq.ingest_client import IngestClient, JournalAppender
+from amorsize.dlq.records import encode_entry
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
 from amorsize.failure import failure_entry, failure_of, function_name
 from amorsize.retry import call_with_retry
@@ -43,6 +45,7 @@ _FUNCTION_CACHE_SIZE = 64
 _functions: Dict[bytes, Tuple[Callable[[Any], Any], Any]] = {}
 _clients: Dict[Any, Any] = {}
 _lanes: Dict[Any, IngestClient] = {}
+_appenders: Dict[Any, JournalAppender] = {}
 _clients_lock = threading.Lock()
 
 
@@ -51,6 +54,7 @@ def _forget_parent_state() -> None:
     # would interleave their messages.
     _clients.clear()
     _lanes.clear()
+    _appenders.clear()
 
 
 os.register_at_fork(after_in_child=_forget_parent_state)
@@ -84,6 +88,9 @@ def _client(address: Any, authkey: bytes, timeout: float) -> Any:
 
 def _kept(table: Dict[Any, Any], address: Any, connect: Callable[[], Any]) -> Any:
     """This process's kept connection to ``address`` in ``table``, made on first use."""
+    connection = table.get(address)  # the usual case, without the lock (a dict read is atomic)
+    if connection is not None:
+        return connection
     with _clients_lock:
         connection = table.get(address)
         if connection is None:
@@ -95,14 +102,22 @@ def forget_connections(*addresses: Any) -> None:
     """Close this process's kept connections to these addresses (a queue was closed)."""
     with _clients_lock:
         lanes = [_lanes.pop(a) for a in addresses if a in _lanes]
+        appenders = [_appenders.pop(a) for a in addresses if a in _appenders]
         for address in addresses:
             _clients.pop(address, None)
     for lane in lanes:
         lane.close()
+    for appender in appenders:
+        appender.close()
 
 
 def _lane(address: Any, authkey: bytes, timeout: float) -> IngestClient:
     return _kept(_lanes, address, lambda: IngestClient(address, authkey, timeout))
+
+
+def _appender(address: Any, journal: Tuple[str, str], timeout: float) -> JournalAppender:
+    directory, fsync = journal
+    return _kept(_appenders, address, lambda: JournalAppender(directory, fsync=fsync, timeout=timeout))
 
 
 class CapturedFunction:
@@ -129,6 +144,7 @@ class CapturedFunction:
         ingest_address: Any = None,
         timeout: float = DEFAULT_CALL_TIMEOUT_SECONDS,
         rate_limit: Any = None,
+        journal: Tuple[str, str] | None = None,
     ) -> None:
         check_callable("func", func)
         if rate_limit is not None and not callable(getattr(rate_limit, "acquire", None)):
@@ -151,6 +167,9 @@ class CapturedFunction:
         self.timeout = timeout
         #: A :class:`~amorsize.RateLimit` every attempt waits for, across the pool's processes.
         self.rate_limit = rate_limit
+        #: (directory, fsync) of the journal the hook appends a failure to itself, for
+        #: the manager to read there (None: the manager writes it, the hook waits).
+        self.journal = journal
 
     def __getstate__(self) -> Dict[str, Any]:
         # Every field travels as it is, except the loaded function: a worker loads it from
@@ -182,13 +201,17 @@ class CapturedFunction:
             item, error, attempts=outcome.attempts, function=self.function_name,
             include_traceback=self.include_traceback,
         )
+        if not self.reraise:
+            # Its text is written: let the failed call's frames (and all they hold) go
+            # now, not after the journal write, so the collector never walks them.
+            del outcome, error
+            self.record(entry)
+            return failure_of(entry)
         self.record(entry)
-        if self.reraise:
-            raise picklable_error(error, entry) from None
-        return failure_of(entry)
+        raise picklable_error(error, entry) from None
 
     def record(self, entry: DLQEntry) -> None:
-        """Send ``entry`` to the shared queue now (before the caller returns)."""
+        """Send ``entry`` to the shared queue now: it is in the journal when this returns."""
         if self.ingest_address is None:
             self._record_by_proxy(entry)
             return
@@ -198,12 +221,13 @@ class CapturedFunction:
             raise self._unavailable(
                 entry, f"the manager refused the connection: wrong authkey ({exc})"
             ) from None
-        except OSError as exc:
+        except (OSError, EOFError, IngestError) as exc:
             raise self._unavailable(
                 entry, f"no shared DLQ is reachable ({type(exc).__name__}: {exc}); the manager is gone"
             ) from None
         try:
-            lane.send([entry])
+            if self.journal is None or not self._append(entry, lane):
+                lane.send([entry])
         except (EOFError, OSError) as exc:
             # The connection this worker kept broke (the manager died or was closed), or
             # the manager did not answer in time (stopped): drop it, a late ack must
@@ -217,6 +241,25 @@ class CapturedFunction:
             ) from None
         except IngestError as exc:
             raise self._unavailable(entry, str(exc)) from None
+
+    def _append(self, entry: DLQEntry, lane: IngestClient) -> bool:
+        """Append ``entry`` to the journal here; the manager reads it from there.
+
+        Returns False when this process could not append it (a full disk, say): the
+        manager writes it then, and keeps it in memory until it can, as for any add.
+        """
+        assert self.journal is not None
+        if lane.gone():  # a closed queue's journal takes no more appends
+            raise EOFError("the DLQ manager closed the connection")
+        line = encode_entry(entry, pickle_everything=False)
+        appender = _appender(self.ingest_address, self.journal, self.timeout)
+        try:
+            appender.append_line(line)
+        except TimeoutError as exc:  # a stopped manager holds the lock: give up, as on a stopped lane
+            raise self._unavailable(entry, str(exc)) from None
+        except OSError:
+            return False
+        return True
 
     def _record_by_proxy(self, entry: DLQEntry) -> None:
         try:

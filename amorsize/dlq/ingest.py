@@ -1,4 +1,4 @@
-"""The fast lane for failures: workers hand DLQ entries to the manager over a framed socket.
+"""The manager's lane for failures it writes itself: workers send journal lines, it acks.
 
 ```
  worker (capture() hook)                  manager process of a SharedDeadLetterQueue
@@ -16,14 +16,15 @@
  so the entry is in the kernel first
 ```
 
-Every failure still makes one round trip, so an entry is in the journal (its
-``write()`` done) before its hook returns. The cost of that promise sits in the
-workers, which run in parallel: a worker encodes the journal record itself, and
-the manager appends those bytes without decoding them. Its in-memory view holds
-each entry as a :class:`JournalLine` (the id, read from the line's fixed prefix,
-and the bytes), decoded on first read. When several workers fail at once, their
-frames are stored with one append and acknowledged with one send per worker: a
-group commit, one wake-up per batch.
+Most failures never come here: a hook appends its line to the journal itself and
+the manager reads it from there (:mod:`amorsize.dlq.tail`). This lane takes the
+rest (pickle-format or deduplicating queues, TCP lanes, a worker whose own append
+failed), and its open connection tells a worker that the queue is still open
+(:meth:`~amorsize.dlq.ingest_client.IngestClient.gone`). The manager appends the
+bytes it gets without decoding them and keeps each entry as a :class:`JournalLine`
+(the id, read from the line's fixed prefix, and the bytes), decoded on first read.
+When several workers send at once their frames are stored with one append and
+acknowledged with one send per worker: a group commit, one wake-up per batch.
 
 Status bytes: ``ACK`` for a stored frame; ``NACK`` then an 8-byte length and a UTF-8
 message when the manager could not decode or store it (the hook raises then).
@@ -36,14 +37,12 @@ import logging
 import os
 import selectors
 import socket
-import stat
 import struct
 import threading
-from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
-from multiprocessing.util import Finalize
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any, Callable, Dict, List, Tuple
 
-from amorsize.dlq._deadline import timed_client
+from amorsize.dlq._sockets import listen, unlink_quietly
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.records import decode_record, encode_entry, parse_line, record_id
 
@@ -59,7 +58,6 @@ RECV_BYTES = 1 << 16
 HANDSHAKE_TIMEOUT_SECONDS = 10
 #: Seconds the manager waits to hand an acknowledgement to a worker that does not read.
 REPLY_TIMEOUT_SECONDS = 10.0
-BACKLOG = 128
 
 _NEWLINE = b"\n"
 
@@ -129,7 +127,7 @@ class IngestServer:
     """Accepts authenticated connections and stores every frame they send with ``store``."""
 
     def __init__(self, address: Any, authkey: bytes, store: Callable[[List[JournalLine]], Any]) -> None:
-        self._sock = _listen(address)
+        self._sock = listen(address)
         self.address = self._sock.getsockname()
         self._authkey = authkey
         self._store = store
@@ -161,7 +159,7 @@ class IngestServer:
             pass
         self._sock.close()
         if isinstance(self.address, str):
-            _unlink_quietly(self.address)
+            unlink_quietly(self.address)
 
     # accepting --------------------------------------------------------------------
 
@@ -312,88 +310,3 @@ class IngestServer:
         except (KeyError, ValueError):
             pass
         sock.close()
-
-
-def _listen(address: Any) -> socket.socket:
-    if isinstance(address, tuple):
-        sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    else:
-        _remove_stale_socket(address)
-        sock = socket.socket(socket.AF_UNIX)
-        sock.bind(address)
-        Finalize(sock, _unlink_quietly, args=(address,), exitpriority=0)
-    sock.listen(BACKLOG)
-    return sock
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _remove_stale_socket(path: str) -> None:
-    """Unlink a socket file nobody listens on (left by a manager that was killed)."""
-    try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            return
-    except FileNotFoundError:
-        return
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-# --- client (in a worker) ----------------------------------------------------------
-
-
-class IngestClient:
-    """One authenticated connection to a manager's lane; thread-safe (a lock per round trip)."""
-
-    def __init__(self, address: Any, authkey: bytes, timeout: float | None = None) -> None:
-        conn = Client(address, authkey=authkey) if timeout is None else timed_client(
-            address, authkey=authkey, timeout=timeout
-        )
-        try:
-            self._sock = socket.socket(fileno=os.dup(conn.fileno()))
-        finally:
-            conn.close()
-        # A manager that stopped (SIGSTOP) answers nobody: every round trip has a deadline.
-        self._sock.settimeout(timeout)
-        self._lock = threading.Lock()
-
-    def send(self, entries: List[DLQEntry]) -> None:
-        """Store ``entries`` in the manager's queue; returns once they are stored.
-
-        Raises:
-            EOFError, OSError: the manager is gone.
-            IngestError: the manager could not decode or store them.
-        """
-        frame = encode_entries(entries)
-        with self._lock:
-            self._sock.sendall(frame)
-            status = self._recv_exactly(1)
-            if status == ACK:
-                return
-            (size,) = HEADER.unpack(self._recv_exactly(HEADER.size))
-            raise IngestError(self._recv_exactly(size).decode("utf-8", "replace"))
-
-    def _recv_exactly(self, size: int) -> bytes:
-        chunks = []
-        while size:
-            chunk = self._sock.recv(size)
-            if not chunk:
-                raise EOFError("the DLQ manager closed the connection")
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
-
-    def close(self) -> None:
-        self._sock.close()

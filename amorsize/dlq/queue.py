@@ -88,6 +88,7 @@ class DeadLetterQueue(PruningMixin, DeadLetterQueueBase):
         self._failing = False  # in a streak of persistence failures (one WARNING per streak)
         # Pruned entries waiting to be archived (with the next compaction), and the archive's size.
         self._to_archive: Dict[str, bytes] = {}
+        self._to_archive_bytes = 0
         self._archive_bytes = 0
         self._prune_warned = self._archive_full_warned = False
         self._journal: Journal | None = None
@@ -215,6 +216,7 @@ class DeadLetterQueue(PruningMixin, DeadLetterQueueBase):
             self._unpersisted.clear()
             self._archive_bytes += sum(len(line) for line in archive)
             self._to_archive.clear()
+            self._to_archive_bytes = 0
             self._recovered()
             self._compaction_pending = False
             self._prune_compaction_at = max(self.policy.max_entries, PRUNE_COMPACTION_MIN_BATCH)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Tuple
 
 from amorsize._fs import read_nofollow
+from amorsize.dlq._plainline import plain_line
 from amorsize.dlq.entry import REASONS, DLQEntry
 from amorsize.errors import DLQCorruptError, DLQFileNotFoundError, DLQStorageError
 from amorsize.serialization import (
@@ -61,6 +62,10 @@ STORED_METADATA_KEY = "_stored"
 
 def encode_entry(entry: DLQEntry, *, pickle_everything: bool) -> bytes:
     """One journal line (with its newline) for ``entry``."""
+    if not pickle_everything:
+        line = plain_line(entry, RECORD_VERSION)  # a worker's failure: the quick way
+        if line is not None:
+            return line
     item_codec, item = encode_value(entry.item, force_pickle=pickle_everything)
     meta: Any = entry.metadata
     if (

@@ -1,9 +1,11 @@
 """SharedDeadLetterQueue: one dead letter queue for many processes.
 
 A ``multiprocessing`` manager server process owns a single
-:class:`DeadLetterQueue`, so the journal has one writer. Pool workers reach it
-through the executor hook (:meth:`SharedDeadLetterQueue.capture`); any other
-process on the machine reaches it with :meth:`SharedDeadLetterQueue.connect`.
+:class:`DeadLetterQueue`: its memory, its policy, every removal. Pool workers add
+to it through the executor hook (:meth:`SharedDeadLetterQueue.capture`), by
+appending their failures to its journal themselves (the manager reads them from
+there, :mod:`amorsize.dlq.tail`) or through its lane; any other process on the
+machine reaches it with :meth:`SharedDeadLetterQueue.connect`.
 
 Items travel pre-pickled with cloudpickle (:class:`~amorsize.serialization.PickledValue`):
 the server stores and journals the bytes without unpickling them, so it never
@@ -26,7 +28,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from typing import Any, Callable, Dict, List, Sequence, cast
+from typing import Any, Callable, Dict, List, Sequence, Tuple, cast
 
 from amorsize._validate import check_seconds, check_type
 from amorsize.dlq._manager import (
@@ -122,6 +124,7 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         )
         self._closed = False
         self._ingest_address: Address | None = self._call("ingest_address")
+        self._journal_spec: Tuple[str, str] | None = self._call("worker_journal")
         self._alerts = self._watch_alerts(alerter)
 
     def _watch_alerts(self, alerter: Alerter | None) -> AlertWatch | None:
@@ -156,6 +159,7 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         handle._closed = False
         handle.policy = handle._call("get_policy")
         handle._ingest_address = handle._call("ingest_address")
+        handle._journal_spec = handle._call("worker_journal")
         handle._alerts = None
         return handle
 
@@ -207,6 +211,7 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
             ingest_address=self._ingest_address,
             timeout=self._timeout,
             rate_limit=rate_limit,
+            journal=self._journal_spec,
         )
 
     def close(self) -> None:

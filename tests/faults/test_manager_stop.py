@@ -1,14 +1,18 @@
 """A stopped manager blocks no one (issue 13, "Deliver" 6).
 
-SIGSTOP the shared DLQ's manager process: every call from the parent and from a
-worker hook gives up after ``SharedDeadLetterQueue(timeout=...)`` with a
-``SharedDLQUnavailableError`` carrying the failure it could not record, as for a
-dead manager. (Before: still blocked after 8 s, with no timeout at all.)
+SIGSTOP the shared DLQ's manager process: every call from the parent, and every
+worker hook that needs the manager to write (acked lane), gives up after
+``SharedDeadLetterQueue(timeout=...)`` with a ``SharedDLQUnavailableError`` carrying
+the failure it could not record, as for a dead manager. (Before: still blocked
+after 8 s, with no timeout at all.) A hook that appends to the journal itself
+(issue 18) records the failure without the manager; it gives up only if the
+journal's lock stays held past the timeout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import multiprocessing
 import os
 import signal
@@ -17,7 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from amorsize import AmorsizeError, DLQPolicy, SharedDeadLetterQueue, SharedDLQUnavailableError
+from amorsize import AmorsizeError, DLQPolicy, Failure, SharedDeadLetterQueue, SharedDLQUnavailableError
 
 pytestmark = pytest.mark.usefixtures("no_leaked_children")
 
@@ -62,9 +66,10 @@ def stopped(pid: int) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
-def shared_queue(tmp_path: Any, start_method: str) -> SharedDeadLetterQueue:
+def shared_queue(tmp_path: Any, start_method: str, **policy: Any) -> SharedDeadLetterQueue:
     return SharedDeadLetterQueue(
-        DLQPolicy(directory=tmp_path / "dlq"), start_method=start_method, timeout=CALL_TIMEOUT
+        DLQPolicy(directory=tmp_path / "dlq", **policy), start_method=start_method,
+        timeout=CALL_TIMEOUT,
     )
 
 
@@ -94,9 +99,11 @@ def test_parent_calls_give_up_on_a_stopped_manager(tmp_path, start_method):
 
 @pytest.mark.timeout(200)
 def test_worker_hooks_give_up_on_a_stopped_manager(tmp_path, start_method):
-    queue = shared_queue(tmp_path, start_method)
+    # dedupe=True: the manager writes each failure (acked lane), so the hook needs it.
+    queue = shared_queue(tmp_path, start_method, dedupe=True)
     try:
         hook = queue.capture(fail_odd)
+        assert hook.journal is None
         with multiprocessing.get_context(start_method).Pool(1) as pool:
             assert pool.map(hook, [1, 2], chunksize=1)[1] == 2  # connected, one failure recorded
             assert queue.size() == 1
@@ -111,6 +118,56 @@ def test_worker_hooks_give_up_on_a_stopped_manager(tmp_path, start_method):
                 assert "odd 3" in failure.error_message
                 # Successes need no manager call: the pool keeps working.
                 assert pool.apply_async(hook, (4,)).get(timeout=SLACK) == 4
+            pool.terminate()
+            pool.join()
+    finally:
+        queue.close()
+
+
+@pytest.mark.timeout(200)
+def test_journaling_hooks_record_failures_while_the_manager_is_stopped(tmp_path, start_method):
+    queue = shared_queue(tmp_path, start_method)
+    try:
+        hook = queue.capture(fail_odd)
+        assert hook.journal is not None
+        with multiprocessing.get_context(start_method).Pool(1) as pool:
+            assert pool.map(hook, [1, 2], chunksize=1)[1] == 2
+            assert queue.size() == 1
+            with stopped(manager_pid(queue)):
+                started = time.monotonic()
+                result = pool.apply_async(hook, (3,)).get(timeout=CALL_TIMEOUT + SLACK + 30)
+                assert time.monotonic() - started < CALL_TIMEOUT + SLACK
+                assert isinstance(result, Failure) and result.entry_id
+                # In the journal on disk while the manager is still stopped.
+                journal = (tmp_path / "dlq" / "dlq.jsonl").read_text()
+                assert result.entry_id in journal and "odd 3" in journal
+            assert sorted(e.item for e in queue.get_entries()) == [1, 3]
+            pool.terminate()
+            pool.join()
+    finally:
+        queue.close()
+
+
+@pytest.mark.timeout(200)
+def test_journaling_hooks_give_up_when_the_journal_lock_stays_held(tmp_path, start_method):
+    """What a manager stopped in the middle of an append looks like to a worker."""
+    queue = shared_queue(tmp_path, start_method)
+    try:
+        hook = queue.capture(fail_odd)
+        with multiprocessing.get_context(start_method).Pool(1) as pool:
+            assert pool.map(hook, [1, 2], chunksize=1)[1] == 2
+            fd = os.open(tmp_path / "dlq" / ".dlq.lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                started = time.monotonic()
+                with pytest.raises(SharedDLQUnavailableError, match="lock") as info:
+                    pool.apply_async(hook, (3,)).get(timeout=CALL_TIMEOUT + SLACK + 30)
+                assert time.monotonic() - started < CALL_TIMEOUT + SLACK
+                assert info.value.failure is not None and info.value.failure.item == 3
+            finally:
+                os.close(fd)
+            assert not pool.apply_async(hook, (5,)).get(timeout=SLACK)  # the lock is free again
+            assert sorted(e.item for e in queue.get_entries()) == [1, 5]
             pool.terminate()
             pool.join()
     finally:
