@@ -193,3 +193,21 @@ def test_a_relative_directory_is_the_managers_wherever_the_hook_runs(tmp_path, m
         finally:
             connected.close()
         assert [e.item for e in queue.get_entries()] == [1]
+
+
+def test_the_manager_never_reads_a_journal_replaced_by_a_symlink(tmp_path):
+    # Another queue's journal, linked where this queue's journal was: the manager reads
+    # what workers appended with O_NOFOLLOW, so it reads nothing from the link.
+    other = DeadLetterQueue(DLQPolicy(directory=tmp_path / "other"))
+    for i in range(3):
+        other.add({"other": i}, ValueError("not ours"))
+    other.close()
+    with SharedDeadLetterQueue(DLQPolicy(directory=tmp_path / "a")) as queue:
+        hook = queue.capture(fail)
+        assert not hook(1)
+        assert queue.size() == 1
+        journal = tmp_path / "a" / "dlq.jsonl"
+        journal.unlink()
+        journal.symlink_to(tmp_path / "other" / "dlq.jsonl")
+        assert queue.size() == 1
+        assert [e.item for e in queue.get_entries()] == [1]

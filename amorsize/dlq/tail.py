@@ -97,7 +97,7 @@ class TailedJournal(Journal):
             return
         self.others_unsynced = False
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # never a symlink
         except FileNotFoundError:
             return  # removed under us: nothing left to make durable
         try:
@@ -119,7 +119,7 @@ class TailedJournal(Journal):
 
     def _read_new(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # never a symlink
         except FileNotFoundError:
             return
         try:
