@@ -58,6 +58,13 @@ def connect(
         except BaseException:
             close_quietly(None, cluster)
             raise
+        try:
+            from amorsize_dask._worker_logs import QuietWorkerLogs
+
+            client.register_plugin(QuietWorkerLogs())  # the workers' own stderr
+        except BaseException:
+            close_quietly(client, cluster)
+            raise
     except BaseException:
         restore_distributed_logs()
         raise

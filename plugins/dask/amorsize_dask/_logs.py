@@ -91,3 +91,4 @@ def restore_distributed_logs() -> None:
 def last_exit_code(pid: Any) -> int | None:
     """The exit code the nanny of our cluster logged for worker ``pid``, if it did."""
     return exit_codes.get(pid) if isinstance(pid, int) else None
+

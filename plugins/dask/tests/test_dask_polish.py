@@ -124,3 +124,23 @@ def test_a_crash_whose_worker_is_unknown_says_so() -> None:
     assert entry.error_message.endswith("while running this item (pid unknown, exit code unknown)")
     timed_out = lost_entry(task, 0, ChunkLost(task, 0, "timeout", {"timeout_seconds": 1.0}), "f")
     assert "its worker (pid unknown) was terminated" in timed_out.error_message
+
+
+def _state_machine_level() -> int:
+    return logging.getLogger("distributed.worker.state_machine").getEffectiveLevel()
+
+
+@pytest.mark.timeout(90)
+def test_the_workers_of_our_cluster_log_only_errors() -> None:
+    # A task cancelled while it runs makes its worker log a WARNING on the shared
+    # stderr; our own cluster's workers keep only ERROR and above (a user's keep theirs).
+    from amorsize_dask._cluster import close_quietly, connect
+    from amorsize_dask._logs import restore_distributed_logs
+
+    cluster, client, _owned = connect(None, None, 30.0, 2)
+    try:
+        levels = client.run(_state_machine_level)
+        assert levels and all(level >= logging.ERROR for level in levels.values()), levels
+    finally:
+        close_quietly(client, cluster)
+        restore_distributed_logs()
