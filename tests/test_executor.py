@@ -298,11 +298,14 @@ def test_imap_memory_does_not_grow_with_the_input() -> None:
 # Run in a fresh interpreter whose peak RSS is the whole cost of the map: tracemalloc made
 # the parent ~10x slower here (10M items took ~250 s), past any sane timeout on 2 cores. RSS
 # counts everything tracemalloc did and more; a run that keeps its 10M results peaks at ~420 MiB.
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so the child would report pytest's.
 TEN_MILLION_SCRIPT = """
-import functools, operator, resource
+import functools, operator
 from amorsize import imap
 count = sum(1 for _ in imap(functools.partial(operator.mul, 2), iter(range(10_000_000)), n_jobs=2))
-print(count, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+with open("/proc/self/status") as status:
+    peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print(count, peak_kib * 1024)
 """
 
 
