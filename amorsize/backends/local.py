@@ -164,6 +164,10 @@ class LocalProcessPool:
         self._unstarted_losses = 0
         self._events: List[Any] = []  # losses found at submit time, reported by the next wait()
         self._workers: List[_Worker] = []
+        #: Started ahead of a likely grow() (see prestart); idle, not counted in size.
+        self._spares: List[_Worker] = []
+        #: Spares told to leave, reaped at close().
+        self._leaving: List[_Worker] = []
         try:
             self.grow(n_jobs)
         except BaseException:
@@ -179,9 +183,29 @@ class LocalProcessPool:
             raise
 
     def grow(self, n: int) -> None:
-        """Start ``n`` more workers."""
+        """Add ``n`` workers: started spares first, then new ones."""
         for _ in range(n):
-            self._workers.append(self._new_worker())
+            self._workers.append(self._spares.pop() if self._spares else self._new_worker())
+
+    def prestart(self, n: int) -> None:
+        """Start ``n`` workers ahead of a likely :meth:`grow`, while a probe chunk runs.
+
+        A worker takes milliseconds to fork (a spawned one, a Python start-up): started
+        now, it is ready when the probe's decision comes instead of starting after it.
+        The ones :meth:`grow` does not take leave at :meth:`release_spares`.
+        """
+        for _ in range(n):
+            self._spares.append(self._new_worker())
+
+    def release_spares(self) -> None:
+        """Tell the spares :meth:`grow` did not take to leave (reaped at :meth:`close`)."""
+        for worker in self._spares:
+            try:
+                worker.conn.send_bytes(b"")
+            except OSError:
+                pass
+        self._leaving.extend(self._spares)
+        self._spares = []
 
     @property
     def size(self) -> int:
@@ -313,7 +337,8 @@ class LocalProcessPool:
         with ``kill``) are killed at once. Whatever interrupts this (a second Ctrl-C),
         every group is killed on the way out.
         """
-        workers, self._workers = self._workers, []
+        workers, self._workers = [*self._workers, *self._spares, *self._leaving], []
+        self._spares, self._leaving = [], []
         try:
             for worker in workers:
                 if kill or worker.task is not None:

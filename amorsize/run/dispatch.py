@@ -35,8 +35,13 @@ from amorsize.run.options import RunOptions
 from amorsize.run.plan import in_one_chunk, plan_run, widen
 from amorsize.run.progress import Progress
 from amorsize.run.resume import Resume
+from amorsize.sizing.measure import usable_cores
 from amorsize.tracebacks import source_file
 
+#: Inputs of at least this many items (a known length) start the workers a
+#: parallel decision would add while the probe runs (``LocalProcessPool.prestart``):
+#: below it, the optimizer usually keeps one worker and they would start for nothing.
+PRESTART_MIN_ITEMS = 1_000
 #: While the input has no item ready, how often the loop looks for one (seconds).
 INPUT_POLL_SECONDS = 0.01
 #: Chunks whose results may wait in the reorder buffer per worker before the
@@ -189,12 +194,25 @@ class Dispatcher:
             start_method=options.start_method,
         )
         self.width = max(1, getattr(pool, "size", plan.n_jobs or 1))
+        if plan.probe:
+            self._prestart(pool)
         self.chunker.start_sizer(plan.chunksize, n_jobs=self.width,
                                  target=options.target_chunk_duration,
                                  adaptive=options.chunksize is None and not (plan.probe or plan.whole
                                                                              or is_async))
         self.pool = pool
         return pool
+
+    def _prestart(self, pool: Pool) -> None:
+        """While the probe runs, start the workers a parallel decision would add.
+
+        Only for an input known to be long enough that a wider pool is likely
+        (``PRESTART_MIN_ITEMS``); the decision releases the ones it does not use.
+        """
+        prestart, total = getattr(pool, "prestart", None), self.chunker.total
+        if prestart is None or total is None or total < PRESTART_MIN_ITEMS:
+            return
+        prestart(max(0, usable_cores() - self.width))
 
     def _widen(self, task: ChunkTask, result: ChunkResult) -> None:
         """After the probe chunk: choose the width and chunk size, grow the pool to it."""
@@ -206,6 +224,9 @@ class Dispatcher:
         if grow is not None and plan.n_jobs is not None and plan.n_jobs > self.width:
             grow(plan.n_jobs - self.width)
             self.width = plan.n_jobs
+        release = getattr(self.pool, "release_spares", None)
+        if release is not None:
+            release()
         self.chunker.start_sizer(plan.chunksize, n_jobs=self.width,
                                  target=self.options.target_chunk_duration,
                                  adaptive=self.spec.concurrency is None)

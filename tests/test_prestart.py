@@ -1,0 +1,61 @@
+"""Workers started while the probe runs: taken by grow(), the rest released, none left behind."""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import psutil
+import pytest
+
+from amorsize import execute
+from amorsize.backends import ChunkDone, ChunkSpec, ChunkTask, LocalProcessPool
+from amorsize.run.dispatch import PRESTART_MIN_ITEMS
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaked_children")]
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def run_one(pool: LocalProcessPool, items: List[int]) -> List[Any]:
+    pool.submit(ChunkTask(0, 0, items))
+    events: List[Any] = []
+    while not events:
+        events = pool.wait(5)
+    (event,) = events
+    assert isinstance(event, ChunkDone), event
+    return list(event.result.values)
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_grow_takes_the_spares_and_release_lets_the_rest_go(start_method: str) -> None:
+    pool = LocalProcessPool(ChunkSpec(double, None, True, "double"), n_jobs=1,
+                            start_method=start_method, timeout=None)
+    try:
+        pool.prestart(2)
+        spares = [w.process.pid for w in pool._spares]
+        assert pool.size == 1 and pool.idle_count() == 1 and len(spares) == 2
+        pool.grow(1)
+        assert pool.size == 2 and pool._workers[1].process.pid in spares
+        pool.release_spares()
+        (left,) = [p for p in spares if p != pool._workers[1].process.pid]
+        psutil.Process(left).wait(10)  # it leaves on its own, told by release_spares
+        assert run_one(pool, [1, 2, 3]) == [2, 4, 6]
+    finally:
+        pool.close()
+
+
+def test_a_long_input_starts_the_spares_during_the_probe(monkeypatch: Any) -> None:
+    prestarted: List[int] = []
+    original = LocalProcessPool.prestart
+
+    def spy(self: LocalProcessPool, n: int) -> None:
+        prestarted.append(n)
+        original(self, n)
+
+    monkeypatch.setattr(LocalProcessPool, "prestart", spy)
+    assert execute(double, range(PRESTART_MIN_ITEMS)) == [2 * x for x in range(PRESTART_MIN_ITEMS)]
+    assert execute(double, range(10)) == [2 * x for x in range(10)]  # short: no spare
+    assert execute(double, iter(range(PRESTART_MIN_ITEMS))) == [2 * x for x in range(PRESTART_MIN_ITEMS)]
+    assert len(prestarted) == 1 and prestarted[0] >= 0
