@@ -262,10 +262,10 @@ class Dispatcher:
     def _accept(self, task: ChunkTask, result: ChunkResult) -> Segment:
         if self.plan.probe:
             self._widen(task, result)
+        values = result.values
+        self._check_count(task, values)  # before anything indexes the items by the values
         finish_in_parent(result, task.items)
         self.chunker.observe(len(task.items), result.compute_seconds)
-        values = result.values
-        self._check_count(task, values)
         if values and not result.failures:
             self.result_bytes.observe(values[0])  # one per chunk: bounds the reorder buffer
         self.gate.observe(values)
