@@ -455,6 +455,24 @@ def test_bad_cache_entry_is_remeasured(measured, cache_dir):
     assert measured == ["fork", "fork"]
 
 
+def test_cached_costs_are_read_once_until_the_file_changes(measured, cache_dir, monkeypatch):
+    cache.get_startup_costs("fork")
+    reads: list = []
+    original = cache._read_cache
+    monkeypatch.setattr(cache, "_read_cache", lambda path: reads.append(path) or original(path))
+    first = cache.get_startup_costs("fork")
+    assert [cache.get_startup_costs("fork") for _ in range(3)] == [first] * 3
+    assert len(reads) == 1  # every probe asks: the file is parsed once, then remembered
+    path = cache_dir / "costs.json"
+    document = json.loads(path.read_text())
+    document["entries"][cache.cache_key("fork")]["process_start_seconds"] = 0.125
+    replacement = cache_dir / "new.json"
+    replacement.write_text(json.dumps(document))
+    os.replace(replacement, path)  # another process measured again
+    assert cache.get_startup_costs("fork").process_start_seconds == 0.125
+    assert len(reads) == 2 and measured == ["fork"]
+
+
 @pytest.mark.parametrize("error", [OSError, EOFError, RuntimeError, TimeoutError])
 def test_failed_measurement_falls_back_without_caching(monkeypatch, cache_dir, error):
     def broken(start_method: str) -> StartupCosts:
@@ -485,15 +503,18 @@ def test_cache_location_follows_xdg(monkeypatch, tmp_path):
 
 
 def test_usable_cores_respects_affinity_and_quota(monkeypatch):
+    measure.physical_cores.cache_clear()  # read once per process: read it under the patch
     monkeypatch.setattr(measure.psutil, "cpu_count", lambda logical=True: 64)
     monkeypatch.setattr(measure.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     monkeypatch.setattr(measure, "_cgroup_cpu_limit", lambda: None)
     assert measure.usable_cores() == 3
     monkeypatch.setattr(measure, "_cgroup_cpu_limit", lambda: 2)
     assert measure.usable_cores() == 2
+    measure.physical_cores.cache_clear()
     monkeypatch.setattr(measure.psutil, "cpu_count", lambda logical=True: None)
     monkeypatch.setattr(measure.os, "cpu_count", lambda: 1)
     assert measure.usable_cores() == 1
+    measure.physical_cores.cache_clear()  # the next test reads the real machine
 
 
 def test_records_pickle():

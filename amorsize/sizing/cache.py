@@ -89,6 +89,20 @@ def _write_cache(path: Path, entries: dict[str, Any]) -> None:
     write_atomically(str(path), [text.encode("utf-8")], prefix=".costs-")
 
 
+#: Costs already read, per (file, key), with the file version they were read from: a
+#: run asks at every probe, and reading and parsing the file took ~0.8 ms of it.
+_memo: dict[tuple[str, str], tuple[tuple[int, int, int], StartupCosts]] = {}
+
+
+def _file_version(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of the cache file, None if it cannot be read."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def get_startup_costs(start_method: str, *, refresh: bool = False) -> StartupCosts:
     """Return this machine's costs for ``start_method``, measuring them on a cache miss.
 
@@ -101,10 +115,17 @@ def get_startup_costs(start_method: str, *, refresh: bool = False) -> StartupCos
         (with an :class:`OptimizerWarning`) if measuring fails.
     """
     path, key = cache_path(), cache_key(start_method)
+    version = _file_version(path)
+    memo = _memo.get((str(path), key))
+    if memo is not None and memo[0] == version and not refresh:
+        return memo[1]
     entries, corrupt = _read_cache(path)
     if key in entries and not refresh:
         try:
-            return _entry_to_costs(entries[key], start_method)
+            costs = _entry_to_costs(entries[key], start_method)
+            if version is not None:
+                _memo[(str(path), key)] = (version, costs)
+            return costs
         except ValueError:
             warnings.warn(f"amorsize cost cache {path} holds a bad entry for {key!r}; "
                           "measuring again", OptimizerWarning, stacklevel=2)

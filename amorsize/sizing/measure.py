@@ -13,6 +13,7 @@ measures them once per host and start method and keeps them.
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
@@ -151,9 +152,15 @@ def _cgroup_cpu_limit() -> int | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def physical_cores() -> int:
+    """The machine's physical cores (read once: psutil globs /sys, ~0.1 ms a call)."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
 def usable_cores() -> int:
     """Physical cores this process may use: affinity and cgroup quota respected."""
-    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    cores = physical_cores()
     if hasattr(os, "sched_getaffinity"):
         cores = min(cores, len(os.sched_getaffinity(0)))
     limit = _cgroup_cpu_limit()
