@@ -22,7 +22,7 @@ import fcntl
 import json
 import logging
 import os
-from typing import Callable, List, Tuple
+from typing import Callable, List, Tuple, TypeVar
 
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.ingest import JournalLine
@@ -30,6 +30,7 @@ from amorsize.dlq.journal import Journal
 from amorsize.dlq.records import record_id
 
 logger = logging.getLogger("amorsize.dlq")
+_T = TypeVar("_T")
 
 #: Seconds between the manager's reads of its journal when nobody asks: keeps its
 #: memory, pruning and alerts current on a long run with no reader.
@@ -74,22 +75,38 @@ class TailedJournal(Journal):
         if (info.st_ino, info.st_size) == (self._tail_inode, self._tail_offset):
             return  # nothing new: no lock taken
         try:
-            self._lock(fcntl.LOCK_SH)
+            super()._lock(fcntl.LOCK_SH)  # the plain lock: the lines are parsed after it
         except OSError as exc:  # the readers' call goes on with what memory holds
             logger.warning("DLQ journal %r: could not lock it to read the workers' appends "
                            "(%s: %s)", self.path, type(exc).__name__, exc)
             return
-        self._unlock()
+        try:
+            new = self._guarded(self._new_bytes)
+        finally:
+            self._unlock()
+        # Writers wait only for the read: splitting and taking thousands of lines took
+        # milliseconds, every TAIL_INTERVAL_SECONDS, with every worker's append blocked.
+        # (The caller holds the queue's own lock, so no other journal operation of this
+        # process runs in between.)
+        if new is not None:
+            self._guarded(lambda: self._take_bytes(*new))
 
     def _lock(self, mode: int) -> int:
         fd = super()._lock(mode)
+        # The manager's own operations (append, compaction) take every line first.
+        new = self._guarded(self._new_bytes)
+        if new is not None:
+            self._guarded(lambda: self._take_bytes(*new))
+        return fd
+
+    def _guarded(self, read: Callable[[], _T]) -> _T | None:
         try:
-            self._read_new()
+            return read()
         except Exception as exc:  # never fail (nor keep the lock) over others' lines: they
             # stay in the journal, for the next queue that opens it
             logger.warning("DLQ journal %r: could not read the workers' appends (%s: %s)",
                            self.path, type(exc).__name__, exc)
-        return fd
+            return None
 
     def sync_others(self) -> None:
         """fsync the lines other processes appended since the last call (flush, close)."""
@@ -117,41 +134,44 @@ class TailedJournal(Journal):
             self._tail_offset = self._end  # our append, at the end of a whole-line file
         super()._unlock()
 
-    def _read_new(self) -> None:
+    def _new_bytes(self) -> Tuple[bytes, bool] | None:
+        """The whole lines appended since the last read (under the lock), and ``replaced``."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # never a symlink
         except FileNotFoundError:
-            return
+            return None
         try:
             inode = os.fstat(fd).st_ino
             replaced = inode != self._tail_inode
             offset = 0 if replaced else self._tail_offset
-            lines, offset = _whole_lines(fd, offset)
+            data = _whole_lines(fd, offset)
         finally:
             os.close(fd)
-        self._tail_inode, self._tail_offset = inode, offset
+        self._tail_inode, self._tail_offset = inode, offset + len(data)
+        return (data, replaced) if data else None
+
+    def _take_bytes(self, data: bytes, replaced: bool) -> None:
+        lines = []
+        for line in data.splitlines(keepends=True):
+            entry_id = record_id(line) or _parsed_id(line)
+            if entry_id is not None:
+                lines.append(JournalLine(entry_id, line))
         if lines:
             self.others_unsynced = True
             self._take(lines, replaced)
 
 
-def _whole_lines(fd: int, offset: int) -> Tuple[List[JournalLine], int]:
-    """The whole lines of ``fd`` from ``offset``, and where the last one ends."""
-    out: List[JournalLine] = []
-    rest = b""
+def _whole_lines(fd: int, offset: int) -> bytes:
+    """The bytes of ``fd`` from ``offset`` to the end of its last whole line."""
+    pieces: List[bytes] = []
     while True:
-        chunk = os.pread(fd, READ_BYTES, offset + len(rest))
+        chunk = os.pread(fd, READ_BYTES, offset)
         if not chunk:
             break
-        data = rest + chunk
-        cut = data.rfind(b"\n") + 1
-        for line in data[:cut].splitlines(keepends=True):
-            entry_id = record_id(line) or _parsed_id(line)
-            if entry_id is not None:
-                out.append(JournalLine(entry_id, line))
-        offset += cut
-        rest = data[cut:]
-    return out, offset
+        pieces.append(chunk)
+        offset += len(chunk)
+    data = b"".join(pieces)
+    return data[:data.rfind(b"\n") + 1]
 
 
 def decoded(lines: List[JournalLine]) -> List[DLQEntry]:
