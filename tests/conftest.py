@@ -38,6 +38,15 @@ def _is_multiprocessing_helper(proc: psutil.Process) -> bool:
     return "resource_tracker" in cmdline or "forkserver" in cmdline
 
 
+def _alive(proc: psutil.Process) -> bool:
+    # A worker the run's reaper thread is ending may exit, or be reaped, between listing
+    # the children and asking each for its status.
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, OSError):  # gone: psutil may report it as a missing /proc file
+        return False
+
+
 @pytest.fixture
 def no_leaked_children():
     """Fail the test if it leaves child processes of this process behind."""
@@ -48,9 +57,7 @@ def no_leaked_children():
         deadline_children = [
             p
             for p in psutil.Process().children(recursive=True)
-            if p.pid not in before
-            and p.status() != psutil.STATUS_ZOMBIE
-            and not _is_multiprocessing_helper(p)
+            if p.pid not in before and _alive(p) and not _is_multiprocessing_helper(p)
         ]
         if not deadline_children:
             break

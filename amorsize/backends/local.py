@@ -17,27 +17,19 @@ that cannot be pickled is reported as lost with reason ``unpicklable_item``.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import pickle
-import secrets
 import signal
+import threading
 import time
 from multiprocessing.connection import wait
 from typing import Any, Dict, List, Optional
 
 import cloudpickle
 
-from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
-from amorsize.backends.process_worker import (
-    HEADER,
-    START_FAILURE_ID,
-    UNKNOWN_ITEM,
-    StartFailure,
-    kill_group,
-    own_group,
-    worker_main,
-)
+from amorsize.backends import ChunkLost, ChunkSpec, ChunkTask
+from amorsize.backends.process_handle import Answer, WorkerHandle, reap, said_goodbye
+from amorsize.backends.process_worker import HEADER, START_FAILURE_ID, UNKNOWN_ITEM, StartFailure
 from amorsize.errors import CrashLoopError
 from amorsize.run.guard import MAIN_GUARD_EXIT, main_guard_error
 
@@ -87,48 +79,6 @@ def unsendable(task: ChunkTask, error: Exception) -> ChunkLost:
     return ChunkLost(task, 0, "unpicklable_item", {"error": error})
 
 
-class _Worker:
-    def __init__(self, ctx: Any, spec_bytes: bytes, timed: bool) -> None:
-        self.conn, child_conn = ctx.Pipe(duplex=True)
-        self.progress = ctx.RawArray("d", 2)
-        self.nonce = secrets.randbits(64)
-        self.process = ctx.Process(
-            target=worker_main, args=(child_conn, self.progress, spec_bytes, timed, self.nonce),
-            name="amorsize-worker", daemon=True,
-        )
-        self.process.start()
-        own_group(self.process.pid)
-        child_conn.close()
-        self.task: Optional[ChunkTask] = None
-        self.eof = False  # its pipe closed while it runs: wait for it to exit
-
-    def send(self, data: bytes, task: ChunkTask) -> None:
-        self.progress[0] = -1  # not started: run_chunk sets the position of each item
-        # The item clock starts when the worker starts the item (run_chunk sets slot 1),
-        # not now: a fresh worker's start-up (spawn imports) is not the item's time.
-        self.progress[1] = math.inf
-        self.task = task
-        self.conn.send_bytes(data)
-
-    def accepts(self, data: bytes, chunk_id: int) -> bool:
-        """Whether ``data`` is this worker's answer to chunk ``chunk_id``."""
-        if len(data) < HEADER.size:
-            return False
-        return HEADER.unpack_from(data) == (self.nonce, self.process.pid, chunk_id)
-
-    def kill(self) -> None:
-        kill_group(self.process.pid)
-        if self.process.is_alive():
-            self.process.kill()
-
-    def stop(self) -> None:
-        """Kill its process group and reap it."""
-        self.kill()
-        self.process.join()
-        kill_group(self.process.pid)  # what func started after the first kill
-        self.conn.close()
-
-
 class ProcessBackend:
     """Worker processes on this machine (``backend="processes"``, the default)."""
 
@@ -155,6 +105,9 @@ LocalBackend = ProcessBackend
 class LocalProcessPool:
     """Worker processes on this machine; see the module docstring."""
 
+    #: Its ChunkDone events unpickle their result when first read (see process_handle.Answer).
+    decodes_lazily = True
+
     def __init__(
         self, spec: ChunkSpec, *, n_jobs: int, start_method: Optional[str], timeout: Optional[float]
     ) -> None:
@@ -163,20 +116,20 @@ class LocalProcessPool:
         self._timeout = timeout
         self._unstarted_losses = 0
         self._events: List[Any] = []  # losses found at submit time, reported by the next wait()
-        self._workers: List[_Worker] = []
+        self._workers: List[WorkerHandle] = []
         #: Started ahead of a likely grow() (see prestart); idle, not counted in size.
-        self._spares: List[_Worker] = []
+        self._spares: List[WorkerHandle] = []
         #: Spares told to leave, reaped at close().
-        self._leaving: List[_Worker] = []
+        self._leaving: List[WorkerHandle] = []
         try:
             self.grow(n_jobs)
         except BaseException:
             self.close(kill=True)
             raise
 
-    def _new_worker(self) -> _Worker:
+    def _new_worker(self) -> WorkerHandle:
         try:
-            return _Worker(self._ctx, self._spec_bytes, self._timeout is not None)
+            return WorkerHandle(self._ctx, self._spec_bytes, self._timeout is not None)
         except (EOFError, ConnectionError):  # the forkserver died re-running main
             if self._ctx.get_start_method() == "forkserver":
                 raise main_guard_error("forkserver") from None
@@ -207,9 +160,30 @@ class LocalProcessPool:
         self._leaving.extend(self._spares)
         self._spares = []
 
+    def retire_idle(self) -> None:
+        """Tell the idle workers to leave now (no chunk is coming); reaped at :meth:`close`.
+
+        Not while a loss found at submit time waits to be reported: the rest of its
+        chunk comes back, and no worker would be left to run it.
+        """
+        if self._events:
+            return
+        idle = [w for w in self._workers if w.task is None]
+        self._workers = [w for w in self._workers if w.task is not None]
+        for worker in idle:
+            try:
+                worker.conn.send_bytes(b"")
+            except OSError:
+                pass
+        self._leaving.extend(idle)
+
     @property
     def size(self) -> int:
         return len(self._workers)
+
+    @property
+    def start_method(self) -> str:
+        return str(self._ctx.get_start_method())
 
     def idle_count(self) -> int:
         return sum(1 for w in self._workers if w.task is None)
@@ -240,7 +214,7 @@ class LocalProcessPool:
             return []
         if self._timeout is not None:
             timeout = TIMEOUT_POLL_SECONDS if timeout is None else min(timeout, TIMEOUT_POLL_SECONDS)
-        handles: Dict[Any, _Worker] = {}
+        handles: Dict[Any, WorkerHandle] = {}
         for w in busy:
             if not w.eof:
                 handles[w.conn] = w
@@ -259,7 +233,7 @@ class LocalProcessPool:
             events.extend(self._enforce_timeout([w for w in busy if id(w) not in seen]))
         return events
 
-    def _collect(self, worker: _Worker) -> Any:
+    def _collect(self, worker: WorkerHandle) -> Any:
         task = worker.task
         assert task is not None
         try:
@@ -272,7 +246,7 @@ class LocalProcessPool:
                 return None
         return self._dead(worker, task)
 
-    def _answer(self, worker: _Worker, task: ChunkTask, data: bytes) -> Any:
+    def _answer(self, worker: WorkerHandle, task: ChunkTask, data: bytes) -> Any:
         if worker.accepts(data, START_FAILURE_ID):
             failure: StartFailure = pickle.loads(data[HEADER.size:])
             raise CrashLoopError(
@@ -285,9 +259,9 @@ class LocalProcessPool:
                                  "this chunk (a process forked by the function?)")
         worker.task = None
         self._unstarted_losses = 0
-        return ChunkDone(task, pickle.loads(memoryview(data)[HEADER.size:]))
+        return Answer(task, data)
 
-    def _dead(self, worker: _Worker, task: ChunkTask) -> Any:
+    def _dead(self, worker: WorkerHandle, task: ChunkTask) -> Any:
         """The worker died without answering: while running the task, or before starting it."""
         worker.process.join(TERMINATE_GRACE_SECONDS)
         if worker.process.exitcode == MAIN_GUARD_EXIT and worker.progress[0] == -1:
@@ -301,7 +275,7 @@ class LocalProcessPool:
             return None
         return self._replace(worker, "worker_crash")
 
-    def _enforce_timeout(self, workers: List[_Worker]) -> List[Any]:
+    def _enforce_timeout(self, workers: List[WorkerHandle]) -> List[Any]:
         assert self._timeout is not None
         now = time.monotonic()
         return [
@@ -310,7 +284,7 @@ class LocalProcessPool:
             if w.task is not None and now - w.progress[1] > self._timeout
         ]
 
-    def _replace(self, worker: _Worker, reason: str, cause: Optional[str] = None,
+    def _replace(self, worker: WorkerHandle, reason: str, cause: Optional[str] = None,
                  position: Optional[int] = -1) -> ChunkLost:
         task = worker.task
         assert task is not None
@@ -337,25 +311,34 @@ class LocalProcessPool:
         with ``kill``) are killed at once. Whatever interrupts this (a second Ctrl-C),
         every group is killed on the way out.
         """
-        workers, self._workers = [*self._workers, *self._spares, *self._leaving], []
+        told = self._leaving  # released spares: told to leave already
+        workers, self._workers = [*self._workers, *self._spares, *told], []
         self._spares, self._leaving = [], []
+        handed_off = False
         try:
             for worker in workers:
                 if kill or worker.task is not None:
                     worker.kill()
-                else:
+                elif worker not in told:
                     try:
                         worker.conn.send_bytes(b"")
+                        told.append(worker)
                     except OSError:
                         pass
             deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+            if not kill and len(told) == len(workers) and all(said_goodbye(w, deadline) for w in told):
+                # Each one flushed its output and is on its way out; the kernel's teardown
+                # of its memory (milliseconds after a large parent's fork) needs no one
+                # waiting for it. A non-daemon thread reaps them: the interpreter waits for
+                # it at exit, and it kills what is left at the deadline.
+                threading.Thread(target=reap, args=(workers, deadline), name="amorsize-reaper").start()
+                handed_off = True
+                return
             for worker in workers:
                 worker.process.join(max(0.0, deadline - time.monotonic()))
         finally:
-            for worker in workers:
-                worker.kill()
-            for worker in workers:
-                worker.stop()
+            if not handed_off:
+                reap(workers, 0.0)
 
 
 _SIGNALS = {int(s) for s in signal.Signals}

@@ -17,6 +17,7 @@ import os
 import pickle
 import signal
 import struct
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -73,6 +74,20 @@ def kill_group(pid: int | None) -> None:
         pass
 
 
+def _goodbye(send: Any) -> None:
+    """Flush this worker's output, then tell the parent (it need not wait for the exit)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        send(b"")
+    except OSError:
+        pass
+
+
 def worker_main(conn: Any, progress: Any, spec_bytes: bytes, timed: bool, nonce: int) -> None:
     """The loop of one worker: receive a chunk, run it, answer with a tagged result."""
     own_group()
@@ -98,7 +113,8 @@ def worker_main(conn: Any, progress: Any, spec_bytes: bytes, timed: bool, nonce:
             data = recv()
         except (EOFError, OSError):
             return
-        if not data:
+        if not data:  # told to leave: flush what func printed, say goodbye, go
+            _goodbye(send)
             return
         task = pickle.loads(data)
         answer = encode_result(run_chunk(spec, task, progress, clock), spec)

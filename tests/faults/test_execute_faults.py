@@ -23,6 +23,7 @@ from typing import Any, Dict, List
 
 import psutil
 import pytest
+from fault_support import assert_pids_gone
 
 from amorsize import (
     CrashLoopError,
@@ -384,15 +385,7 @@ def _worker_pids(pids: Path) -> List[int]:
 
 
 def _assert_gone(pids: List[int], within: float) -> None:
-    deadline = time.monotonic() + within
-    alive = pids
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"worker processes still alive after {within} s: {alive}")
+    assert_pids_gone(pids, within, "worker processes")
 
 
 def test_ctrl_c_stops_workers_flushes_dlq_and_propagates(tmp_path: Path, start_method: str) -> None:

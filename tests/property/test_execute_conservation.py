@@ -134,12 +134,19 @@ def expected_reason(item: Item, retries: int) -> Any:
             "hang": "timeout"}[kind]
 
 
+def _running_worker(proc: psutil.Process) -> bool:
+    try:
+        return (proc.status() != psutil.STATUS_ZOMBIE
+                and "resource_tracker" not in " ".join(proc.cmdline()))
+    except (psutil.Error, OSError):  # exited (and reaped) while we looked
+        return False
+
+
 def assert_no_workers_left(before: set) -> None:
     deadline = time.monotonic() + 10
     while True:
         left = [p for p in psutil.Process().children(recursive=True)
-                if p.pid not in before and p.status() != psutil.STATUS_ZOMBIE
-                and "resource_tracker" not in " ".join(p.cmdline())]
+                if p.pid not in before and _running_worker(p)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)
