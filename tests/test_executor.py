@@ -38,6 +38,7 @@ from amorsize import (
     is_failure,
 )
 from amorsize.errors import UnknownArgumentError
+from amorsize.run.dispatch import REORDER_CHUNKS_PER_WORKER
 from amorsize.run.options import RunOptions
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.usefixtures("no_leaked_children")]
@@ -254,11 +255,25 @@ def _counting(counter: List[int]) -> Iterator[int]:
 
 def test_imap_reads_an_endless_input_with_bounded_look_ahead(no_leaked_children: None) -> None:
     consumed = [0]
-    it = imap(double, _counting(consumed), n_jobs=2)
+    it = imap(double, _counting(consumed), n_jobs=2, chunksize=100)
     first = list(itertools.islice(it, 1000))
     assert first == [2 * x for x in range(1000)]
-    assert consumed[0] < 5000, f"read {consumed[0]} items to produce 1000 results"
+    # Ahead of the caller: a chunk per worker in flight, REORDER_CHUNKS_PER_WORKER per
+    # worker waiting in order, the chunk the input thread is reading, the rest of the
+    # segment the caller is in.
+    ahead = (2 + 2 * REORDER_CHUNKS_PER_WORKER + 1 + 1) * 100
+    assert consumed[0] <= 1000 + ahead, f"read {consumed[0]} items to produce 1000 results"
     it.close()  # stops the workers
+
+
+def test_imap_with_growing_chunks_still_reads_an_endless_input_lazily(no_leaked_children: None) -> None:
+    consumed = [0]
+    it = imap(double, _counting(consumed), n_jobs=2)
+    assert list(itertools.islice(it, 1000)) == [2 * x for x in range(1000)]
+    # Chunks double as the sizer learns items are cheap, so how far ahead the input is
+    # read depends on timing (3k-11k seen): bounded far below LOOKAHEAD_ITEMS_PER_WORKER.
+    assert consumed[0] < 64_000, f"read {consumed[0]} items to produce 1000 results"
+    it.close()
 
 
 def test_imap_reads_nothing_before_the_first_next() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, List
 
 import psutil
@@ -9,7 +10,7 @@ import pytest
 
 from amorsize import execute
 from amorsize.backends import ChunkDone, ChunkSpec, ChunkTask, LocalProcessPool
-from amorsize.run.dispatch import PRESTART_MIN_ITEMS
+from amorsize.run.plan import PRESTART_MIN_ITEMS
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaked_children")]
 
@@ -46,7 +47,13 @@ def test_grow_takes_the_spares_and_release_lets_the_rest_go(start_method: str) -
         pool.close()
 
 
-def test_a_long_input_starts_the_spares_during_the_probe(monkeypatch: Any) -> None:
+def slow_probe(x: int) -> int:
+    if x < 5:  # the probe's items: longer than PRESTART_AFTER_SECONDS["fork"]
+        time.sleep(0.02)
+    return 2 * x
+
+
+def spy_on_prestart(monkeypatch: Any) -> List[int]:
     prestarted: List[int] = []
     original = LocalProcessPool.prestart
 
@@ -55,7 +62,33 @@ def test_a_long_input_starts_the_spares_during_the_probe(monkeypatch: Any) -> No
         original(self, n)
 
     monkeypatch.setattr(LocalProcessPool, "prestart", spy)
-    assert execute(double, range(PRESTART_MIN_ITEMS)) == [2 * x for x in range(PRESTART_MIN_ITEMS)]
-    assert execute(double, range(10)) == [2 * x for x in range(10)]  # short: no spare
-    assert execute(double, iter(range(PRESTART_MIN_ITEMS))) == [2 * x for x in range(PRESTART_MIN_ITEMS)]
-    assert len(prestarted) == 1 and prestarted[0] >= 0
+    return prestarted
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_long_input_starts_the_spares_during_a_slow_probe(monkeypatch: Any, start_method: str) -> None:
+    prestarted = spy_on_prestart(monkeypatch)
+    n = PRESTART_MIN_ITEMS
+    assert execute(slow_probe, range(n), start_method=start_method) == [2 * x for x in range(n)]
+    assert execute(slow_probe, range(10), start_method=start_method) == [2 * x for x in range(10)]
+    assert execute(slow_probe, iter(range(n)), start_method=start_method) == [2 * x for x in range(n)]
+    assert len(prestarted) == 1 and prestarted[0] >= 0  # the long input of known length only
+
+
+def test_a_fork_probe_that_answers_at_once_lets_the_decision_start_the_workers(monkeypatch: Any) -> None:
+    # A fork costs the parent its own time: the probe's worker should get its first real
+    # chunk first, then the decision forks only the workers it wants.
+    prestarted = spy_on_prestart(monkeypatch)
+    grown: List[int] = []
+    original = LocalProcessPool.grow
+
+    def spy(self: LocalProcessPool, n: int) -> None:
+        grown.append(self.busy_count())
+        original(self, n)
+
+    monkeypatch.setattr(LocalProcessPool, "grow", spy)
+    n = 20 * PRESTART_MIN_ITEMS
+    assert execute(double, list(range(n)), start_method="fork") == [2 * x for x in range(n)]
+    assert prestarted == []
+    # Each grow after the probe found the probe's worker busy with a real chunk.
+    assert grown and grown[-1] == 1, grown

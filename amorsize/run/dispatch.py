@@ -32,16 +32,11 @@ from amorsize.run.failures import FailureRouter, lost_entry
 from amorsize.run.gate import REJECT, Gate
 from amorsize.run.guard import leave_if_reimporting_main
 from amorsize.run.options import RunOptions
-from amorsize.run.plan import in_one_chunk, plan_run, widen
+from amorsize.run.plan import Prestart, in_one_chunk, plan_run, widen
 from amorsize.run.progress import Progress
 from amorsize.run.resume import Resume
-from amorsize.sizing.measure import usable_cores
 from amorsize.tracebacks import source_file
 
-#: Inputs of at least this many items (a known length) start the workers a
-#: parallel decision would add while the probe runs (``LocalProcessPool.prestart``):
-#: below it, the optimizer usually keeps one worker and they would start for nothing.
-PRESTART_MIN_ITEMS = 1_000
 #: While the input has no item ready, how often the loop looks for one (seconds).
 INPUT_POLL_SECONDS = 0.01
 #: Chunks whose results may wait in the reorder buffer per worker before the
@@ -60,6 +55,7 @@ class Dispatcher:
         """``gathered``: the caller keeps every result before using any (``execute()``)."""
         leave_if_reimporting_main()  # in a spawned worker re-running an unguarded script
         self.options = options
+        self.gathered = gathered
         try:
             total: Optional[int] = len(items)  # type: ignore[arg-type]
         except TypeError:
@@ -93,6 +89,8 @@ class Dispatcher:
         self.reorder: Dict[int, List[Any]] = {}
         self.waiting_finished = 0  # finished segments parked in the reorder buffer
         self.pool: Optional[Pool] = None
+        self.prestart = Prestart(self.chunker.total)
+        self._refills_early = False
         self.waiting_items = 0  # items of the other segments in the reorder buffer
         self.result_bytes = ByteEstimate()  # encoded bytes per result, sampled per chunk
 
@@ -154,6 +152,9 @@ class Dispatcher:
                         continue
                     self.gate.in_flight += len(task.items)
                     pool.submit(task)
+                if self.prestart.due:
+                    hold = self.prestart.now_or_hold(pool, self.width, hold)
+                self._retire_idle(pool)
                 starved = self.chunker.starved
                 if not pool.busy_count():
                     if self.budget.stopped():
@@ -167,7 +168,10 @@ class Dispatcher:
                     continue
                 if starved and pool.idle_count():
                     hold = INPUT_POLL_SECONDS if hold is None else min(hold, INPUT_POLL_SECONDS)
-                for event in pool.wait(hold):
+                events = pool.wait(hold)
+                if events and self._refills_early and not self.plan.probe:
+                    self._refill(pool)
+                for event in events:
                     self.gate.in_flight -= len(event.task.items)
                     segment = self._handle(event)
                     if segment is not None:
@@ -194,8 +198,9 @@ class Dispatcher:
             start_method=options.start_method,
         )
         self.width = max(1, getattr(pool, "size", plan.n_jobs or 1))
-        if plan.probe:
-            self._prestart(pool)
+        self.prestart.due = plan.probe  # once the probe chunk is on its way
+        self._refills_early = (self.gathered and getattr(pool, "decodes_lazily", False)
+                               and options.circuit_breaker is None and options.max_failures is None)
         self.chunker.start_sizer(plan.chunksize, n_jobs=self.width,
                                  target=options.target_chunk_duration,
                                  adaptive=options.chunksize is None and not (plan.probe or plan.whole
@@ -203,16 +208,34 @@ class Dispatcher:
         self.pool = pool
         return pool
 
-    def _prestart(self, pool: Pool) -> None:
-        """While the probe runs, start the workers a parallel decision would add.
+    def _refill(self, pool: Pool) -> None:
+        """Send the workers that just answered their next chunks, before reading the answers.
 
-        Only for an input known to be long enough that a wider pool is likely
-        (``PRESTART_MIN_ITEMS``); the decision releases the ones it does not use.
+        A pool that decodes answers lazily (``decodes_lazily``) has only taken their
+        bytes: unpickling and routing a large chunk's results takes the parent about a
+        millisecond, which the worker would otherwise spend waiting. Only when nothing
+        in the answers can change what is sent next (no breaker, no failure budget), and
+        for ``execute()``: ``imap`` reads no input before its caller asks for results.
         """
-        prestart, total = getattr(pool, "prestart", None), self.chunker.total
-        if prestart is None or total is None or total < PRESTART_MIN_ITEMS:
-            return
-        prestart(max(0, usable_cores() - self.width))
+        while pool.idle_count():
+            task = self._next_task(None)
+            if task is None:
+                return
+            self.gate.in_flight += len(task.items)
+            pool.submit(task)
+
+    def _retire_idle(self, pool: Pool) -> None:
+        """Let idle workers leave once every chunk is sent and others still run.
+
+        Their exit (milliseconds for a fork of a large parent) then overlaps the last
+        chunks instead of delaying the end. A chunk lost after this still runs: the
+        pool replaces the worker it lost.
+        """
+        chunker = self.chunker
+        if chunker.exhausted and not chunker.pending and pool.idle_count() and pool.busy_count():
+            retire = getattr(pool, "retire_idle", None)
+            if retire is not None:
+                retire()
 
     def _widen(self, task: ChunkTask, result: ChunkResult) -> None:
         """After the probe chunk: choose the width and chunk size, grow the pool to it."""
@@ -220,16 +243,23 @@ class Dispatcher:
             plan = self.plan = widen_async(result, self.chunker.total, self.options)
         else:
             plan = self.plan = widen(result, task.items, self.chunker.total, self.options)
-        grow = getattr(self.pool, "grow", None)
+        self.prestart.due = False  # the decision is here: it grows the pool itself
+        pool = self.pool
+        assert pool is not None
+        grow = getattr(pool, "grow", None)
+        added = 0
         if grow is not None and plan.n_jobs is not None and plan.n_jobs > self.width:
-            grow(plan.n_jobs - self.width)
-            self.width = plan.n_jobs
-        release = getattr(self.pool, "release_spares", None)
-        if release is not None:
-            release()
+            added, self.width = plan.n_jobs - self.width, plan.n_jobs
         self.chunker.start_sizer(plan.chunksize, n_jobs=self.width,
                                  target=self.options.target_chunk_duration,
                                  adaptive=self.spec.concurrency is None)
+        if added and self._refills_early:
+            self._refill(pool)  # the probe's worker computes while the new ones start
+        if added and grow is not None:
+            grow(added)
+        release = getattr(pool, "release_spares", None)
+        if release is not None:
+            release()
 
     def _next_task(self, limit: Optional[int]) -> Optional[ChunkTask]:
         return self.chunker.next_task(limit, read=self._may_read())
@@ -260,12 +290,16 @@ class Dispatcher:
     # -- outcomes ---------------------------------------------------------------------
 
     def _accept(self, task: ChunkTask, result: ChunkResult) -> Segment:
-        if self.plan.probe:
+        probe = self.plan.probe
+        if probe:
             self._widen(task, result)
         values = result.values
         self._check_count(task, values)  # before anything indexes the items by the values
         finish_in_parent(result, task.items)
-        self.chunker.observe(len(task.items), result.compute_seconds)
+        if not probe:
+            # The probe's few items (first calls included) chose the first chunk size;
+            # the sizer learns from real chunks only: five tiny items measured 100x slow.
+            self.chunker.observe(len(task.items), result.compute_seconds)
         if values and not result.failures:
             self.result_bytes.observe(values[0])  # one per chunk: bounds the reorder buffer
         self.gate.observe(values)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import time
 from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence
 
@@ -36,6 +37,14 @@ from amorsize.sizing.sample import SampleStats
 
 #: Items in the probe chunk (the old in-caller dry run's sample size).
 PROBE_ITEMS = 5
+#: Inputs of at least this many items (a known length) start the workers a
+#: parallel decision would add while the probe runs (:class:`Prestart`):
+#: below it, the optimizer usually keeps one worker and they would start for nothing.
+PRESTART_MIN_ITEMS = 1_000
+#: How long the probe may take to answer before the workers are prestarted, per start
+#: method: a fork costs the parent its own time, so a probe that answers within it lets
+#: the decision fork only the workers it wants, after the first real chunk is sent.
+PRESTART_AFTER_SECONDS = {"fork": 0.005}
 
 
 @dataclass
@@ -122,3 +131,35 @@ def widen(result: ChunkResult, items: List[Any], total: Optional[int], options: 
                       physical_cores=usable_cores(), available_memory=psutil.virtual_memory().available,
                       target_chunk_duration=options.target_chunk_duration)
     return Plan(options.backend, decision.n_jobs, decision.chunksize)
+
+
+class Prestart:
+    """When to start, while the probe runs, the workers a parallel decision would add.
+
+    Only for an input known to be long enough that a wider pool is likely
+    (``PRESTART_MIN_ITEMS``), once the probe chunk is sent, so the probe runs while
+    they start; the decision releases the ones it does not use
+    (``LocalProcessPool.prestart``). A forked worker starts in a few milliseconds of
+    the parent's own time (fork copies its page tables): a probe that answers
+    within ``PRESTART_AFTER_SECONDS`` lets the decision fork them instead, while the
+    probe's worker already runs its first real chunk.
+    """
+
+    def __init__(self, total: Optional[int]) -> None:
+        self.total = total
+        self.due = False  #: set by the dispatcher for a probing run; the decision clears it
+        self._at: Optional[float] = None
+
+    def now_or_hold(self, pool: Any, width: int, hold: Optional[float]) -> Optional[float]:
+        """Prestart now, or return how long the dispatcher may wait for the probe first."""
+        now = time.monotonic()
+        if self._at is None:
+            self._at = now + PRESTART_AFTER_SECONDS.get(getattr(pool, "start_method", ""), 0.0)
+        if now < self._at:
+            left = self._at - now
+            return left if hold is None else min(hold, left)
+        self.due = False
+        prestart = getattr(pool, "prestart", None)
+        if prestart is not None and self.total is not None and self.total >= PRESTART_MIN_ITEMS:
+            prestart(max(0, usable_cores() - width))
+        return hold
