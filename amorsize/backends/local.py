@@ -22,14 +22,16 @@ import pickle
 import signal
 import threading
 import time
+from dataclasses import replace
 from multiprocessing.connection import wait
 from typing import Any, Dict, List, Optional
 
 import cloudpickle
 
 from amorsize.backends import ChunkLost, ChunkSpec, ChunkTask
+from amorsize.backends.inherited import InputSlice
 from amorsize.backends.process_handle import Answer, WorkerHandle, reap, said_goodbye
-from amorsize.backends.process_worker import HEADER, START_FAILURE_ID, UNKNOWN_ITEM, StartFailure
+from amorsize.backends.process_worker import HEADER, START_FAILURE_ID, UNKNOWN_ITEM, UNSENDABLE, StartFailure
 from amorsize.errors import CrashLoopError
 from amorsize.run.guard import MAIN_GUARD_EXIT, main_guard_error
 
@@ -62,7 +64,10 @@ def describe_exit(exitcode: Optional[int]) -> str:
     return f"the worker exited with code {exitcode} (os._exit or sys.exit inside the function?)"
 
 
-def pickled_task(task: ChunkTask) -> bytes:
+def pickled_task(task: ChunkTask, inherit: bool = False) -> bytes:
+    """``task`` as sent to a worker; a view of a lent input as its bounds (``inherit``: fork)."""
+    if inherit and type(task.items) is InputSlice:
+        task = replace(task, items=task.items.bounds())
     try:
         return pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
@@ -84,6 +89,8 @@ class ProcessBackend:
 
     name = "processes"
     chooses_width = False
+    #: Forked workers slice a lent input list themselves (amorsize.backends.inherited).
+    inherits_input = True
     #: Its pools can ``grow()``: a run may probe with one worker, then widen.
     can_grow = True
 
@@ -112,6 +119,7 @@ class LocalProcessPool:
         self, spec: ChunkSpec, *, n_jobs: int, start_method: Optional[str], timeout: Optional[float]
     ) -> None:
         self._ctx = multiprocessing.get_context(start_method)
+        self._forks = self._ctx.get_start_method() == "fork"
         self._spec_bytes = cloudpickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
         self._timeout = timeout
         self._unstarted_losses = 0
@@ -194,7 +202,7 @@ class LocalProcessPool:
     def submit(self, task: ChunkTask) -> None:
         """Send ``task`` to an idle worker (the caller checks ``idle_count()`` first)."""
         try:
-            data = pickled_task(task)
+            data = pickled_task(task, self._forks)
         except Exception as exc:
             self._events.append(unsendable(task, exc))
             return
@@ -259,6 +267,9 @@ class LocalProcessPool:
                                  "this chunk (a process forked by the function?)")
         worker.task = None
         self._unstarted_losses = 0
+        if data[HEADER.size:HEADER.size + 1] == UNSENDABLE:  # an item of an inherited slice
+            position, error = pickle.loads(memoryview(data)[HEADER.size + 1:])
+            return ChunkLost(task, position, "unpicklable_item", {"error": error})
         return Answer(task, data)
 
     def _dead(self, worker: WorkerHandle, task: ChunkTask) -> Any:

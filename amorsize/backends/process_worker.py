@@ -25,6 +25,7 @@ from typing import Any
 
 from amorsize.backends import ChunkSpec
 from amorsize.backends import worker as worker_side
+from amorsize.backends.inherited import InheritedItems, first_unsendable
 from amorsize.backends.worker import encode_result, run_chunk
 
 HEADER = struct.Struct("<QqQ")
@@ -34,6 +35,9 @@ START_FAILURE_ID = 2**64 - 1
 #: pipe was closed by ``func``): which item broke it is unknown, so the chunk is bisected.
 UNKNOWN_ITEM = -2.0
 _PR_SET_PDEATHSIG = 1
+#: Leads an answer that names an item of an inherited slice that could not have been
+#: sent (a pickled result starts with the protocol byte 0x80, never this).
+UNSENDABLE = b"U"
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,11 @@ def worker_main(conn: Any, progress: Any, spec_bytes: bytes, timed: bool, nonce:
             _goodbye(send)
             return
         task = pickle.loads(data)
+        if type(task.items) is InheritedItems:  # not sent: could it have been?
+            unsendable = first_unsendable(task.items)
+            if unsendable is not None:
+                send(HEADER.pack(nonce, me, task.chunk_id) + UNSENDABLE + pickle.dumps(unsendable))
+                continue
         answer = encode_result(run_chunk(spec, task, progress, clock), spec)
         if os.getpid() != me:  # a copy forked by func: only the worker answers
             os._exit(0)

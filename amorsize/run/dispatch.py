@@ -13,10 +13,12 @@ as they come.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from amorsize.backends import ChunkDone, ChunkLost, ChunkResult, ChunkSpec, ChunkTask, Pool
+from amorsize.backends.inherited import lend, withdraw
 from amorsize.backends.worker import finish_in_parent
 from amorsize.errors import AmorsizeError, InputIteratorError
 from amorsize.failure import failure_of, function_name
@@ -181,6 +183,8 @@ class Dispatcher:
             raise
         finally:
             self.chunker.feeder.close()
+            if self.chunker.feeder.lent is not None:
+                withdraw(self.chunker.feeder.lent)
         pool.close()
         error = self.chunker.feeder.error
         if error is not None:
@@ -192,6 +196,7 @@ class Dispatcher:
 
     def _open(self) -> Pool:
         plan, options = self.plan, self.options
+        self._lend_input()  # before the first worker is forked
         is_async = self.spec.concurrency is not None  # its loop enforces the timeout
         pool: Pool = plan.backend.open(
             self.spec, n_jobs=plan.n_jobs, timeout=None if is_async else options.timeout,
@@ -207,6 +212,19 @@ class Dispatcher:
                                                                              or is_async))
         self.pool = pool
         return pool
+
+    def _lend_input(self) -> None:
+        """Let forked workers slice the input list themselves (amorsize.backends.inherited).
+
+        Only for ``execute()`` (its caller cannot change the list meanwhile) on a backend
+        that forks its workers after this.
+        """
+        feeder, options = self.chunker.feeder, self.options
+        if not (self.gathered and feeder.sequence is not None
+                and getattr(self.plan.backend, "inherits_input", False)):
+            return
+        if multiprocessing.get_context(options.start_method).get_start_method() == "fork":
+            feeder.lent = lend(feeder.sequence)
 
     def _refill(self, pool: Pool) -> None:
         """Send the workers that just answered their next chunks, before reading the answers.

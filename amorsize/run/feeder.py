@@ -17,6 +17,8 @@ import itertools
 import threading
 from typing import Any, Deque, Iterator, List, Optional, Sequence
 
+from amorsize.backends.inherited import InputSlice
+
 
 class Feeder:
     """Items from ``source``: read by a thread when ``threaded``, else directly.
@@ -36,6 +38,9 @@ class Feeder:
         #: in-process chunk over the whole input (run.plan.in_one_chunk), which then
         #: iterates the caller's list as a list comprehension would.
         self.lend_whole = False
+        #: The token of the input lent to forked workers (amorsize.backends.inherited):
+        #: chunks are then views of the list, sent as their bounds.
+        self.lent: Optional[int] = None
         if not threaded:
             return
         self._buffer: Deque[Any] = collections.deque()
@@ -111,11 +116,20 @@ class Feeder:
         if self.lend_whole and begin == 0 and n >= len(sequence) and type(sequence) is list:
             self._position, self._ended = len(sequence), True
             return sequence
+        if self.lent is not None:  # workers hold the list: a view, the items untouched
+            stop = min(begin + n, len(sequence))
+            self._position, self._ended = stop, stop >= len(sequence)
+            return InputSlice(sequence, self.lent, begin, stop)  # type: ignore[return-value]
         items = sequence[begin:begin + n]
         self._position = begin + len(items)
         if self._position >= len(sequence):
             self._ended = True
         return items if type(items) is list else list(items)
+
+    @property
+    def sequence(self) -> Optional[Sequence[Any]]:
+        """The list or tuple this feeder slices (None: it reads an iterator)."""
+        return self._sequence
 
     def take_exactly(self, n: int) -> List[Any]:
         """``n`` items (fewer only at the end of the input), waiting for them."""
