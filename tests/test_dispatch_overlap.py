@@ -134,3 +134,37 @@ def test_output_printed_by_func_is_flushed_before_execute_returns(
     lines = out.read_text().splitlines()
     assert sorted(lines[:-1]) == sorted(f"item {x}" for x in range(40))
     assert lines[-1] == "after execute"
+
+
+def slow_first(x: int) -> int:
+    if x == 0:
+        time.sleep(0.3)
+    return 2 * x
+
+
+def test_the_decision_reads_the_machine_while_the_probe_runs(monkeypatch: Any) -> None:
+    from amorsize.run import dispatch
+
+    probe_running: List[bool] = []
+    original = dispatch.read_machine
+
+    def spy(options: Any) -> Any:
+        pool = pools[0]
+        probe_running.append(pool.busy_count() == 1)
+        return original(options)
+
+    pools: List[LocalProcessPool] = []
+    monkeypatch.setattr(dispatch, "read_machine", spy)
+    monkeypatch.setattr(LocalProcessPool, "submit", _remembering_submit(pools))
+    assert execute(slow_first, list(range(50))) == [2 * x for x in range(50)]
+    assert probe_running == [True]  # read once, off the decision's path
+
+
+def _remembering_submit(pools: List[LocalProcessPool]) -> Any:
+    original = LocalProcessPool.submit
+
+    def submit(self: LocalProcessPool, task: Any) -> None:
+        pools[:] = [self]
+        original(self, task)
+
+    return submit

@@ -34,7 +34,7 @@ from amorsize.run.failures import FailureRouter, lost_entry
 from amorsize.run.gate import REJECT, Gate
 from amorsize.run.guard import leave_if_reimporting_main
 from amorsize.run.options import RunOptions
-from amorsize.run.plan import Prestart, in_one_chunk, plan_run, widen
+from amorsize.run.plan import Machine, Prestart, in_one_chunk, plan_run, read_machine, widen
 from amorsize.run.progress import Progress
 from amorsize.run.resume import Resume
 from amorsize.tracebacks import source_file
@@ -92,6 +92,7 @@ class Dispatcher:
         self.waiting_finished = 0  # finished segments parked in the reorder buffer
         self.pool: Optional[Pool] = None
         self.prestart = Prestart(self.chunker.total)
+        self._machine: Optional[Machine] = None
         self._refills_early = False
         self.waiting_items = 0  # items of the other segments in the reorder buffer
         self.result_bytes = ByteEstimate()  # encoded bytes per result, sampled per chunk
@@ -154,6 +155,8 @@ class Dispatcher:
                         continue
                     self.gate.in_flight += len(task.items)
                     pool.submit(task)
+                if self.plan.probe and self._machine is None and self.spec.concurrency is None:
+                    self._machine = read_machine(self.options)  # while the probe runs
                 if self.prestart.due:
                     hold = self.prestart.now_or_hold(pool, self.width, hold)
                 self._retire_idle(pool)
@@ -260,7 +263,8 @@ class Dispatcher:
         if self.spec.concurrency is not None:  # async: one loop unless CPU time dominates
             plan = self.plan = widen_async(result, self.chunker.total, self.options)
         else:
-            plan = self.plan = widen(result, task.items, self.chunker.total, self.options)
+            plan = self.plan = widen(result, task.items, self.chunker.total, self.options,
+                                     self._machine)
         self.prestart.due = False  # the decision is here: it grows the pool itself
         pool = self.pool
         assert pool is not None

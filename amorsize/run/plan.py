@@ -31,7 +31,7 @@ from amorsize.failure import Failure
 from amorsize.run.chunker import Chunker
 from amorsize.run.options import RunOptions
 from amorsize.sizing.cache import get_startup_costs
-from amorsize.sizing.measure import usable_cores
+from amorsize.sizing.measure import StartupCosts, usable_cores
 from amorsize.sizing.optimizer import decide
 from amorsize.sizing.sample import SampleStats
 
@@ -115,7 +115,23 @@ def _mean_size(objects: Sequence[Any]) -> int:
     return sum(sizes) // len(sizes) if sizes else 0
 
 
-def widen(result: ChunkResult, items: List[Any], total: Optional[int], options: RunOptions) -> Plan:
+@dataclass(frozen=True)
+class Machine:
+    """What the decision reads besides the probe (read while the probe runs)."""
+
+    costs: StartupCosts
+    cores: int
+    available_memory: int
+
+
+def read_machine(options: RunOptions) -> Machine:
+    """The start-up costs of the run's start method, the usable cores, the free memory."""
+    method = options.start_method or multiprocessing.get_start_method(allow_none=True) or "fork"
+    return Machine(get_startup_costs(method), usable_cores(), psutil.virtual_memory().available)
+
+
+def widen(result: ChunkResult, items: List[Any], total: Optional[int], options: RunOptions,
+          machine: Optional[Machine] = None) -> Plan:
     """The width and chunk size the cost model chooses from the probe chunk's ``result``."""
     ok = [v for v in result.values if not isinstance(v, Failure)]
     stats = SampleStats(
@@ -126,9 +142,9 @@ def widen(result: ChunkResult, items: List[Any], total: Optional[int], options: 
         n_sampled=len(items),
         n_failed=len(result.failures),
     )
-    method = options.start_method or multiprocessing.get_start_method(allow_none=True) or "fork"
-    decision = decide(get_startup_costs(method), stats, total_items=total,
-                      physical_cores=usable_cores(), available_memory=psutil.virtual_memory().available,
+    machine = machine or read_machine(options)
+    decision = decide(machine.costs, stats, total_items=total, physical_cores=machine.cores,
+                      available_memory=machine.available_memory,
                       target_chunk_duration=options.target_chunk_duration)
     return Plan(options.backend, decision.n_jobs, decision.chunksize)
 
