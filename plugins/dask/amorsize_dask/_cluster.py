@@ -21,6 +21,8 @@ OWN_CLUSTER_CONFIG = {
     "distributed.scheduler.worker-saturation": 1.0,
 }
 
+#: How long closing our cluster waits for a worker restart in flight (a crash at the end).
+RESTART_SETTLE_SECONDS = 5.0
 #: How long a crash report waits for the nanny of our cluster to log the exit code.
 EXIT_CODE_WAIT_SECONDS = 0.5
 
@@ -140,10 +142,25 @@ def close_quietly(client: Any, cluster: Any) -> None:
     """Close ``client`` then ``cluster`` (either may be None), each with a timeout."""
     try:
         if client is not None:
+            _let_restarts_finish(client, cluster)
             client.close(timeout=CLUSTER_CLOSE_TIMEOUT_SECONDS)
     finally:
         if cluster is not None:
             cluster.close(timeout=CLUSTER_CLOSE_TIMEOUT_SECONDS)
+
+
+def _let_restarts_finish(client: Any, cluster: Any) -> None:
+    """Wait (bounded) for workers our cluster's nannies are restarting after a crash.
+
+    Closed while it starts, a worker raises ``ConnectionPool is closed``: distributed
+    logs it at ERROR and its process prints a traceback, after the run has ended.
+    """
+    if cluster is None:
+        return
+    try:
+        client.wait_for_workers(len(cluster.worker_spec), timeout=RESTART_SETTLE_SECONDS)
+    except Exception:  # a worker that does not come back: close anyway
+        pass
 
 
 def describe_task_error(error: Any) -> str:

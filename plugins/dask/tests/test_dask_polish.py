@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import cloudpickle
 import psutil
@@ -144,3 +144,30 @@ def test_the_workers_of_our_cluster_log_only_errors() -> None:
     finally:
         close_quietly(client, cluster)
         restore_distributed_logs()
+
+
+class _Recorder:
+    def __init__(self, calls: list, wait_error: Optional[BaseException] = None) -> None:
+        self.calls, self.wait_error = calls, wait_error
+        self.worker_spec = {0: {}, 1: {}}
+
+    def wait_for_workers(self, n_workers: int, timeout: float) -> None:
+        self.calls.append(("wait", n_workers))
+        if self.wait_error is not None:
+            raise self.wait_error
+
+    def close(self, timeout: float) -> None:
+        self.calls.append(("close", type(self).__name__))
+
+
+def test_closing_our_cluster_first_lets_a_restarting_worker_finish_starting() -> None:
+    # A worker closed while it starts (its nanny restarts it after a crash near the end)
+    # makes distributed log "ConnectionPool is closed" at ERROR, after the run.
+    from amorsize_dask._cluster import close_quietly
+
+    calls: list = []
+    close_quietly(_Recorder(calls), _Recorder(calls))
+    assert calls == [("wait", 2), ("close", "_Recorder"), ("close", "_Recorder")]
+    calls.clear()
+    close_quietly(_Recorder(calls, wait_error=TimeoutError("never came back")), _Recorder(calls))
+    assert calls == [("wait", 2), ("close", "_Recorder"), ("close", "_Recorder")]  # closed anyway
