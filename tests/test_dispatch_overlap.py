@@ -168,3 +168,20 @@ def _remembering_submit(pools: List[LocalProcessPool]) -> Any:
         original(self, task)
 
     return submit
+
+
+def test_a_pool_closed_when_no_thread_can_start_reaps_its_workers_itself(monkeypatch: Any) -> None:
+    import threading
+
+    from amorsize.backends import ChunkSpec
+
+    pool = LocalProcessPool(ChunkSpec(double, None, True, "double"), n_jobs=2, start_method="fork",
+                            timeout=None)
+    processes = [w.process for w in pool._workers]
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    pool.close()  # at interpreter shutdown: no reaper thread, so it waits for them itself
+    assert [p.exitcode for p in processes] == [0, 0]

@@ -342,14 +342,23 @@ class LocalProcessPool:
                 # of its memory (milliseconds after a large parent's fork) needs no one
                 # waiting for it. A non-daemon thread reaps them: the interpreter waits for
                 # it at exit, and it kills what is left at the deadline.
-                threading.Thread(target=reap, args=(workers, deadline), name="amorsize-reaper").start()
-                handed_off = True
-                return
+                handed_off = _reap_later(workers, deadline)
+                if handed_off:
+                    return
             for worker in workers:
                 worker.process.join(max(0.0, deadline - time.monotonic()))
         finally:
             if not handed_off:
                 reap(workers, 0.0)
+
+
+def _reap_later(workers: List[WorkerHandle], deadline: float) -> bool:
+    """Reap ``workers`` in a thread; False when no thread can start (interpreter shutdown)."""
+    try:
+        threading.Thread(target=reap, args=(workers, deadline), name="amorsize-reaper").start()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown": reap here
+        return False
+    return True
 
 
 _SIGNALS = {int(s) for s in signal.Signals}
