@@ -82,3 +82,15 @@ def test_an_input_slice_reads_like_the_list_it_views() -> None:
     assert isinstance(part, InputSlice) and list(part) == [3, 4, 5] and part.token == 7
     assert list(view[4:]) == [6, 7] and list(view[5:2]) == [] and view[::2] == [2, 4, 6]
     assert pickle.loads(pickle.dumps(view)) == [2, 3, 4, 5, 6, 7]  # any other pickling: the items
+
+
+def test_a_run_whose_pool_cannot_open_withdraws_its_input(monkeypatch: Any) -> None:
+    from amorsize.backends import ProcessBackend
+
+    def broken(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise OSError("no processes for you")
+
+    monkeypatch.setattr(ProcessBackend, "open", broken)
+    with pytest.raises(OSError, match="no processes"):
+        execute(value_of, list(range(100)), n_jobs=2, start_method="fork")
+    assert inherited._lent == {}  # the caller's list is not kept alive by the run

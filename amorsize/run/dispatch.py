@@ -186,8 +186,6 @@ class Dispatcher:
             raise
         finally:
             self.chunker.feeder.close()
-            if self.chunker.feeder.lent is not None:
-                withdraw(self.chunker.feeder.lent)
         pool.close()
         error = self.chunker.feeder.error
         if error is not None:
@@ -394,3 +392,5 @@ class Dispatcher:
         finally:
             self.progress.close()
             self.budget.close()
+            if self.chunker.feeder.lent is not None:  # whatever stopped the run, even _open()
+                withdraw(self.chunker.feeder.lent)
