@@ -161,10 +161,7 @@ class LocalProcessPool:
     def release_spares(self) -> None:
         """Tell the spares :meth:`grow` did not take to leave (reaped at :meth:`close`)."""
         for worker in self._spares:
-            try:
-                worker.conn.send_bytes(b"")
-            except OSError:
-                pass
+            worker.tell_to_leave()
         self._leaving.extend(self._spares)
         self._spares = []
 
@@ -179,10 +176,7 @@ class LocalProcessPool:
         idle = [w for w in self._workers if w.task is None]
         self._workers = [w for w in self._workers if w.task is not None]
         for worker in idle:
-            try:
-                worker.conn.send_bytes(b"")
-            except OSError:
-                pass
+            worker.tell_to_leave()
         self._leaving.extend(idle)
 
     @property
@@ -330,12 +324,8 @@ class LocalProcessPool:
             for worker in workers:
                 if kill or worker.task is not None:
                     worker.kill()
-                elif worker not in told:
-                    try:
-                        worker.conn.send_bytes(b"")
-                        told.append(worker)
-                    except OSError:
-                        pass
+                elif worker not in told and worker.tell_to_leave():
+                    told.append(worker)
             deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
             if not kill and len(told) == len(workers) and all(said_goodbye(w, deadline) for w in told):
                 # Each one flushed its output and is on its way out; the kernel's teardown

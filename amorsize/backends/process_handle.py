@@ -49,6 +49,14 @@ class WorkerHandle:
             return False
         return HEADER.unpack_from(data) == (self.nonce, self.process.pid, chunk_id)
 
+    def tell_to_leave(self) -> bool:
+        """Ask the idle worker to flush, say goodbye and exit; False if its pipe is gone."""
+        try:
+            self.conn.send_bytes(b"")
+        except OSError:
+            return False
+        return True
+
     def kill(self) -> None:
         kill_group(self.process.pid)
         if self.process.is_alive():
