@@ -88,16 +88,18 @@ class TailedJournal(Journal):
         # milliseconds, every TAIL_INTERVAL_SECONDS, with every worker's append blocked.
         # (The caller holds the queue's own lock, so no other journal operation of this
         # process runs in between.)
-        if new is not None:
-            self._guarded(lambda: self._take_bytes(*new))
+        self._take_new(new)
 
     def _lock(self, mode: int) -> int:
         fd = super()._lock(mode)
         # The manager's own operations (append, compaction) take every line first.
         new = self._guarded(self._new_bytes)
+        self._take_new(new)
+        return fd
+
+    def _take_new(self, new: Tuple[bytes, bool] | None) -> None:
         if new is not None:
             self._guarded(lambda: self._take_bytes(*new))
-        return fd
 
     def _guarded(self, read: Callable[[], _T]) -> _T | None:
         try:
