@@ -384,3 +384,35 @@ def test_an_async_spec_pickles_and_runs_through_run_chunk() -> None:
     result = pickle.loads(encode_result(run_chunk(spec, ChunkTask(0, 10, [1, 2, 3])), spec))
     assert result.values[:2] == [1, 2] and result.values[2].reason == "timeout"
     assert [e.metadata["index"] for e in result.failures] == [12]
+
+
+def test_async_detection_sees_every_kind_of_coroutine_function() -> None:
+    """The plain-def shortcut of is_async_callable must not hide a coroutine function."""
+    import functools
+    import inspect
+
+    from amorsize._aio import is_async_callable
+    from amorsize.pacing import RateLimit
+
+    async def native(x: int) -> int:
+        return x
+
+    def plain(x: int) -> int:
+        return x
+
+    @functools.wraps(native)
+    def wrapper(x: int) -> Any:
+        return native(x)
+
+    class AsyncCall:
+        async def __call__(self, x: int) -> int:
+            return x
+
+    assert is_async_callable(native)
+    assert is_async_callable(functools.partial(native))
+    assert is_async_callable(AsyncCall())
+    assert is_async_callable(RateLimit(10, per=1.0)(native))
+    assert not is_async_callable(plain)
+    assert not is_async_callable(wrapper)  # a sync def that returns a coroutine is not marked
+    if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12+
+        assert is_async_callable(inspect.markcoroutinefunction(wrapper))

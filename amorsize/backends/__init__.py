@@ -219,6 +219,10 @@ def _entry_points() -> List[Any]:
     return list(found.get(ENTRY_POINT_GROUP, []))  # Python 3.9
 
 
+#: Built-in backend classes by name, imported on first use.
+_builtin_classes: Dict[str, Any] = {}
+
+
 def _load(target: str) -> Any:
     module, _, attr = target.partition(":")
     return getattr(import_module(module), attr)
@@ -255,7 +259,10 @@ def resolve_backend(backend: Any) -> Any:
         backend = DEFAULT_BACKEND
     if isinstance(backend, str):
         if backend in _BUILTIN:
-            return _load(_BUILTIN[backend])()
+            cls = _builtin_classes.get(backend)
+            if cls is None:
+                cls = _builtin_classes[backend] = _load(_BUILTIN[backend])
+            return cls()
         if backend in _registered:
             return _registered[backend]()
         for ep in _entry_points():

@@ -165,7 +165,8 @@ class Chunker:
             self.exhausted = self.feeder.finished
             self.starved = not self.exhausted
             return None
-        self.item_bytes.observe(chunk[0])
+        if not self.whole:  # the whole input in one chunk: no byte cap applies
+            self.item_bytes.observe(chunk[0])
         task = self.task(self.next_start, chunk, self.report_every())
         self.next_start += len(chunk)
         cap = self.max_chunk_items()

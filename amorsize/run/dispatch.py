@@ -320,7 +320,7 @@ class Dispatcher:
             # The probe's few items (first calls included) chose the first chunk size;
             # the sizer learns from real chunks only: five tiny items measured 100x slow.
             self.chunker.observe(len(task.items), result.compute_seconds)
-        if values and not result.failures:
+        if values and not result.failures and not self.plan.whole:
             self.result_bytes.observe(values[0])  # one per chunk: bounds the reorder buffer
         self.gate.observe(values)
         if result.failures:

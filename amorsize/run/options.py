@@ -107,16 +107,23 @@ class RunOptions:
     @classmethod
     def of(cls, arguments: Dict[str, Any]) -> RunOptions:
         """The options among ``arguments`` (a call's ``locals()``); others are ignored."""
-        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
+        return cls(**{name: arguments[name] for name in _FIELD_NAMES if name in arguments})
+
+
+#: RunOptions' field names, read once (``dataclasses.fields()`` per call cost more than a
+#: call over a short list runs).
+_FIELD_NAMES = tuple(f.name for f in fields(RunOptions))
 
 
 def _checked_dlq(dlq: Any) -> Any:
     """A queue, or None; a path (str or os.PathLike) is a DeadLetterQueue in that directory."""
+    if dlq is None:
+        return None
     from amorsize.dlq.base import DeadLetterQueueBase
     from amorsize.dlq.policy import DLQPolicy
     from amorsize.dlq.queue import DeadLetterQueue
 
-    if dlq is None or isinstance(dlq, DeadLetterQueueBase):
+    if isinstance(dlq, DeadLetterQueueBase):
         return dlq
     if isinstance(dlq, (str, os.PathLike)):
         return DeadLetterQueue(DLQPolicy(directory=os.fspath(dlq)))
