@@ -19,13 +19,16 @@ Targets (printed, not asserted; issue 18): at 0% failing ours <= 1.05x plain, at
 CPU per recorded failure is printed beside the wall figures, split into the
 workers', the parent's (each minus the plain run's) and the manager process's own
 (psutil on their pids): the manager's is the shared queue's ceiling (1 / that =
-failures/s one manager can take).
+failures/s one manager can take). Beside the 100% rows, a **floor**: the rate of a
+hand-written durable record with nothing else (see :class:`Floor`), the most any
+hook that writes each failure before returning can reach on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import json
 import multiprocessing
 import os
@@ -45,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import psutil
 
 from amorsize import DLQPolicy, SharedDeadLetterQueue
+from amorsize.tracebacks import traceback_text
 
 TARGET_0 = 1.05
 TARGET_10 = 1.3
@@ -117,11 +121,14 @@ def trivial_all(x: int) -> int:
 
 _naive_sink: Any = None
 _naive_func: Optional[Callable[[Any], Any]] = None
+_floor_directory: Optional[str] = None
+_floor_files: Optional[Tuple[int, int]] = None
 
 
-def _naive_init(sink: Any) -> None:
-    global _naive_sink
+def _naive_init(sink: Any, floor_directory: str) -> None:
+    global _naive_sink, _floor_directory
     _naive_sink = sink
+    _floor_directory = floor_directory
 
 
 class Naive:
@@ -136,6 +143,43 @@ class Naive:
         except Exception:
             _naive_sink.append((item, traceback.format_exc()))
             return None
+
+
+class Floor:
+    """What any durable record of a failure costs on this machine, written by hand.
+
+    Catch, the traceback text (amorsize's own formatter, the cheapest there is), one
+    JSON line, one ``O_APPEND`` write under an ``flock``: nothing else (no id, no
+    metadata, no torn-tail check, no manager to tell). Printed beside the 100% rows
+    so a failures/s target can be read against what this machine allows.
+    """
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func = func
+
+    def __call__(self, item: Any) -> Any:
+        try:
+            return self.func(item)
+        except Exception as exc:
+            line = json.dumps({"item": item, "error": repr(exc), "traceback": traceback_text(exc)})
+            journal, lock = _floor_journal()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                os.write(journal, line.encode() + b"\n")
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+            return None
+
+
+def _floor_journal() -> Tuple[int, int]:
+    global _floor_files
+    if _floor_files is None:
+        assert _floor_directory is not None
+        journal = os.open(os.path.join(_floor_directory, "floor.jsonl"),
+                          os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        lock = os.open(os.path.join(_floor_directory, "floor.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        _floor_files = (journal, lock)
+    return _floor_files
 
 
 # --- timing -----------------------------------------------------------------------------
@@ -215,7 +259,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 multiprocessing.Manager() as manager:
             sink = manager.list()
             ctx = multiprocessing.get_context()
-            naive_pool_args = {"initializer": work._naive_init, "initargs": (sink,)}
+            floor_directory = os.path.join(directory, "floor")
+            os.mkdir(floor_directory, 0o700)
+            naive_pool_args = {"initializer": work._naive_init, "initargs": (sink, floor_directory)}
             with ctx.Pool(2) as pool, ctx.Pool(2, **naive_pool_args) as naive_pool:
                 me = os.getpid()
                 workers = [p.pid for p in pool._pool]  # type: ignore[attr-defined]
@@ -239,6 +285,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     jobs: List[Tuple[str, int, Callable[[Any], Any]]] = [("plain", 0, ok)]
                     for percent, func in variants:
                         jobs += [("ours", percent, func), ("naive", percent, func)]
+                    jobs.append(("floor", 100, variants[-1][1]))
                     for _ in range(args.repeats):
                         rng.shuffle(jobs)
                         for kind, percent, func in jobs:
@@ -260,6 +307,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     {role: m.cpu() - before[role] for role, m in roles.items()})
                                 summary = dlq.get_summary()
                                 recorded[percent] = summary["total_entries"] + summary["pruned"] - pruned
+                            elif kind == "floor":
+                                sample = naive_meter.measure(
+                                    lambda f=func: naive_pool.map(work.Floor(f), items, chunksize=chunksize))
                             else:
                                 del sink[:]
                                 sample = naive_meter.measure(
@@ -275,6 +325,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             "recorded": recorded[percent],
                             "parts": _part_medians(parts[("ours", percent)]),
                             "plain_parts": _part_medians(parts[("plain", 0)]),
+                            "floor": _medians(samples[("floor", 100)]) if percent == 100 else None,
                         })
                 dlq.clear()
     finally:
@@ -344,6 +395,15 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
                   f"{share['workers']:5.1f} + parent {share['parent']:5.1f} + manager "
                   f"{manager:5.1f} (one manager takes at most "
                   f"{1e6 / manager if manager else float('inf'):,.0f} failures/s), naive {naive:6.0f} us")
+    print()
+    print("Floor: a hand-written durable record (catch, traceback text, one JSON line, one O_APPEND")
+    print("write under flock; no id, metadata, torn-tail check or manager), in the same run:")
+    for r in rows:
+        if r["floor"] is not None:
+            floor_rate = r["failures"] / r["floor"][0]
+            ours_rate = r["failures"] / r["ours"][0]
+            print(f"  {r['f']:<8} every item failing: floor {floor_rate:>8,.0f}/s; ours {ours_rate:>8,.0f}/s "
+                  f"= {ours_rate / floor_rate:.0%} of it")
     print()
     print(f"{sum(verdicts)}/{len(verdicts)} rows met their target")
 
