@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import psutil
 
-from amorsize import DLQPolicy, SharedDeadLetterQueue
+from amorsize import DLQPolicy, Failure, SharedDeadLetterQueue
 from amorsize.tracebacks import traceback_text
 
 TARGET_0 = 1.05
@@ -146,29 +146,39 @@ class Naive:
 
 
 class Floor:
-    """What any durable record of a failure costs on this machine, written by hand.
+    """What a durable record of a failure costs on this machine at least, written by hand.
 
-    Catch, the traceback text (amorsize's own formatter, the cheapest there is), one
-    JSON line, one ``O_APPEND`` write under an ``flock``: nothing else (no id, no
-    metadata, no torn-tail check, no manager to tell). Printed beside the 100% rows
-    so a failures/s target can be read against what this machine allows.
+    ``checks=False`` (the bare floor): catch, the traceback text (amorsize's own
+    formatter, the cheapest there is), one JSON line, one ``O_APPEND`` write under an
+    ``flock``, None as the result: nothing else. ``checks=True`` adds what the
+    journal's multi-writer protocol needs under the lock (``fstat``: was the file
+    replaced by a compaction; ``pread`` of the last byte: did a killed writer leave a
+    torn line) and a :class:`~amorsize.Failure` as the result. Still no entry id,
+    metadata, retry policy or manager. Printed beside the 100% rows so a failures/s
+    target can be read against what this machine allows.
     """
 
-    def __init__(self, func: Callable[[Any], Any]) -> None:
+    def __init__(self, func: Callable[[Any], Any], checks: bool) -> None:
         self.func = func
+        self.checks = checks
 
     def __call__(self, item: Any) -> Any:
         try:
             return self.func(item)
         except Exception as exc:
-            line = json.dumps({"item": item, "error": repr(exc), "traceback": traceback_text(exc)})
+            message = str(exc)
+            line = json.dumps({"item": item, "error": message, "traceback": traceback_text(exc)})
             journal, lock = _floor_journal()
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
+                if self.checks:
+                    size = os.fstat(journal).st_size
+                    if size:
+                        os.pread(journal, 1, size - 1)
                 os.write(journal, line.encode() + b"\n")
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-            return None
+            return Failure(None, type(exc).__name__, message) if self.checks else None
 
 
 def _floor_journal() -> Tuple[int, int]:
@@ -176,7 +186,7 @@ def _floor_journal() -> Tuple[int, int]:
     if _floor_files is None:
         assert _floor_directory is not None
         journal = os.open(os.path.join(_floor_directory, "floor.jsonl"),
-                          os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                          os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         lock = os.open(os.path.join(_floor_directory, "floor.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         _floor_files = (journal, lock)
     return _floor_files
@@ -285,7 +295,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     jobs: List[Tuple[str, int, Callable[[Any], Any]]] = [("plain", 0, ok)]
                     for percent, func in variants:
                         jobs += [("ours", percent, func), ("naive", percent, func)]
-                    jobs.append(("floor", 100, variants[-1][1]))
+                    jobs += [("floor", 100, variants[-1][1]), ("checked floor", 100, variants[-1][1])]
                     for _ in range(args.repeats):
                         rng.shuffle(jobs)
                         for kind, percent, func in jobs:
@@ -307,9 +317,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     {role: m.cpu() - before[role] for role, m in roles.items()})
                                 summary = dlq.get_summary()
                                 recorded[percent] = summary["total_entries"] + summary["pruned"] - pruned
-                            elif kind == "floor":
+                            elif kind in ("floor", "checked floor"):
+                                floor = work.Floor(func, checks=kind != "floor")
                                 sample = naive_meter.measure(
-                                    lambda f=func: naive_pool.map(work.Floor(f), items, chunksize=chunksize))
+                                    lambda h=floor: naive_pool.map(h, items, chunksize=chunksize))
                             else:
                                 del sink[:]
                                 sample = naive_meter.measure(
@@ -325,7 +336,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                             "recorded": recorded[percent],
                             "parts": _part_medians(parts[("ours", percent)]),
                             "plain_parts": _part_medians(parts[("plain", 0)]),
-                            "floor": _medians(samples[("floor", 100)]) if percent == 100 else None,
+                            "floors": [_medians(samples[(k, 100)]) for k in ("floor", "checked floor")]
+                            if percent == 100 else None,
                         })
                 dlq.clear()
     finally:
@@ -396,14 +408,15 @@ def print_table(rows: List[Dict[str, Any]]) -> None:
                   f"{manager:5.1f} (one manager takes at most "
                   f"{1e6 / manager if manager else float('inf'):,.0f} failures/s), naive {naive:6.0f} us")
     print()
-    print("Floor: a hand-written durable record (catch, traceback text, one JSON line, one O_APPEND")
-    print("write under flock; no id, metadata, torn-tail check or manager), in the same run:")
+    print("Floors, in the same run: a hand-written durable record with nothing else (catch, traceback")
+    print("text, one JSON line, one O_APPEND write under flock), then with the journal protocol's checks")
+    print("under the lock (fstat, pread of the last byte) and a Failure result (see Floor):")
     for r in rows:
-        if r["floor"] is not None:
-            floor_rate = r["failures"] / r["floor"][0]
+        if r["floors"] is not None:
+            bare, checked = (r["failures"] / wall for wall, _cpu in r["floors"])
             ours_rate = r["failures"] / r["ours"][0]
-            print(f"  {r['f']:<8} every item failing: floor {floor_rate:>8,.0f}/s; ours {ours_rate:>8,.0f}/s "
-                  f"= {ours_rate / floor_rate:.0%} of it")
+            print(f"  {r['f']:<8} every item failing: floor {bare:>8,.0f}/s, with checks {checked:>8,.0f}/s; "
+                  f"ours {ours_rate:>8,.0f}/s = {ours_rate / checked:.0%} of the checked floor")
     print()
     print(f"{sum(verdicts)}/{len(verdicts)} rows met their target")
 
