@@ -13,7 +13,6 @@ as they come.
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -34,7 +33,7 @@ from amorsize.run.failures import FailureRouter, lost_entry
 from amorsize.run.gate import REJECT, Gate
 from amorsize.run.guard import leave_if_reimporting_main
 from amorsize.run.options import RunOptions
-from amorsize.run.plan import Machine, Prestart, in_one_chunk, plan_run, read_machine, widen
+from amorsize.run.plan import Machine, Prestart, in_one_chunk, plan_run, read_machine, start_method, widen
 from amorsize.run.progress import Progress
 from amorsize.run.resume import Resume
 from amorsize.tracebacks import source_file
@@ -224,7 +223,7 @@ class Dispatcher:
         if not (self.gathered and feeder.sequence is not None
                 and getattr(self.plan.backend, "inherits_input", False)):
             return
-        if multiprocessing.get_context(options.start_method).get_start_method() == "fork":
+        if start_method(options) == "fork":
             feeder.lent = lend(feeder.sequence)
 
     def _refill(self, pool: Pool) -> None:

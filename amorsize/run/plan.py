@@ -124,10 +124,16 @@ class Machine:
     available_memory: int
 
 
+def start_method(options: RunOptions) -> str:
+    """The start method the run's workers use: the one asked for, else the platform's
+    default, as the process pool resolves it (forkserver on Linux from Python 3.14)."""
+    return str(multiprocessing.get_context(options.start_method).get_start_method())
+
+
 def read_machine(options: RunOptions) -> Machine:
     """The start-up costs of the run's start method, the usable cores, the free memory."""
-    method = options.start_method or multiprocessing.get_start_method(allow_none=True) or "fork"
-    return Machine(get_startup_costs(method), usable_cores(), psutil.virtual_memory().available)
+    return Machine(get_startup_costs(start_method(options)), usable_cores(),
+                   psutil.virtual_memory().available)
 
 
 def widen(result: ChunkResult, items: List[Any], total: Optional[int], options: RunOptions,
