@@ -1,4 +1,5 @@
-"""A thread given up on starts no further item: the rest of its chunk runs once, elsewhere.
+"""A thread given up on starts no further item: the rest of its chunk runs once, elsewhere;
+the items it finished before keep their values.
 
 Before the fix, a thread abandoned at a timeout woke from its long call and ran
 the rest of its chunk too, after the replacement thread had run it: every item
@@ -49,10 +50,31 @@ def test_the_rest_of_a_timed_out_chunk_runs_once() -> None:
                      dlq=dlq)
     assert [v for v in values if not is_failure(v)] == [0, 2, 3, 4, 5]
     time.sleep(HANG_SECONDS + 0.5)  # the abandoned thread wakes up meanwhile
-    # Items before the hung one run again with the rest of the chunk (their values were
-    # with the thread given up on: at least once, as after a crash); after it, once.
-    assert calls.counts[1] == 1
-    assert {x: calls.counts[x] for x in range(2, 6)} == {2: 1, 3: 1, 4: 1, 5: 1}
+    assert calls.counts == {x: 1 for x in range(6)}
+
+
+def test_the_items_before_a_timed_out_one_keep_their_values_and_run_once() -> None:
+    """Before the fix, the items a thread had finished before its item timed out ran
+    again with the rest of the chunk: a second call to the service for each (their
+    values were in this process all along, unlike a dead worker's)."""
+    calls = Calls()
+
+    def hang_on_four(x: int) -> int:
+        calls.add(x)
+        if x == 4:
+            time.sleep(HANG_SECONDS)
+        if x == 2:
+            raise ValueError("bad record 2")
+        return x * 10
+
+    dlq = DeadLetterQueue(DLQPolicy(auto_persist=False))
+    values = execute(hang_on_four, range(8), backend="threads", n_jobs=1, chunksize=8, timeout=0.2,
+                     dlq=dlq)
+    assert [v if not is_failure(v) else v.reason for v in values] == [
+        0, 10, "exception", 30, "timeout", 50, 60, 70]
+    assert sorted((e.item, e.reason) for e in dlq.get_entries()) == [(2, "exception"), (4, "timeout")]
+    time.sleep(HANG_SECONDS + 0.5)
+    assert calls.counts == {x: 1 for x in range(8)}
 
 
 def test_threads_start_no_item_after_imap_is_closed() -> None:

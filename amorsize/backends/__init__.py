@@ -133,12 +133,17 @@ class ChunkLost:
     ``position`` is the index within the task of the item that was running, or None
     when the backend cannot tell (the dispatcher then bisects). ``detail`` goes into
     the DLQ entry's metadata (pid, exitcode, cause, timeout_seconds, ...).
+    ``finished``: the result of the items before ``position``, when the backend
+    still has it (the threads backend: an abandoned thread's values are in this
+    process); they are kept, not run again. None otherwise (a dead process's
+    values died with it): they run again.
     """
 
     task: ChunkTask
     position: Optional[int]
     reason: str
     detail: Dict[str, Any] = field(default_factory=dict)
+    finished: Optional[ChunkResult] = None
 
 
 # --- protocols ------------------------------------------------------------------------
@@ -292,6 +297,7 @@ _LAZY = {
     "ThreadBackend": "amorsize.backends.threads",
     "ThreadPool": "amorsize.backends.threads",
     "run_async_chunk": "amorsize.backends.aio",
+    "Partial": "amorsize.backends.loops",
     "failure_entry": "amorsize.failure",
     "failure_of": "amorsize.failure",
     "usable_cores": "amorsize.sizing.measure",
@@ -311,6 +317,7 @@ if TYPE_CHECKING:
     from amorsize.backends.aio import run_async_chunk
     from amorsize.backends.inprocess import InProcessBackend, InProcessPool
     from amorsize.backends.local import LocalBackend, LocalProcessPool, ProcessBackend, describe_exit
+    from amorsize.backends.loops import Partial
     from amorsize.backends.threads import ThreadBackend, ThreadPool
     from amorsize.backends.worker import encode_result, finish_in_parent, run_chunk
     from amorsize.failure import failure_entry, failure_of
@@ -329,6 +336,7 @@ __all__ = [
     "InProcessPool",
     "LocalBackend",
     "LocalProcessPool",
+    "Partial",
     "Pool",
     "ProcessBackend",
     "ThreadBackend",

@@ -25,7 +25,7 @@ import itertools
 import time
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
-from amorsize.backends import ChunkSpec, ChunkTask
+from amorsize.backends import ChunkResult, ChunkSpec, ChunkTask
 from amorsize.dlq.entry import DLQEntry
 from amorsize.failure import failure_entry, failure_of
 from amorsize.retry import call_with_retry, pause_for_retry_after
@@ -90,6 +90,36 @@ class Outcome:
         values.append(failure_of(entry))
         if self.kept is None and spec.keep_error:
             self.kept = error
+
+
+class Partial:
+    """A running chunk's values and :class:`Outcome`, readable from another thread.
+
+    The threads backend keeps one per thread. When an item overruns its timeout, the
+    items before it have run (their calls happened, side effects included): their
+    values are kept (:meth:`before`) instead of running them again.
+    """
+
+    __slots__ = ("outcome", "started", "values")
+
+    def __init__(self) -> None:
+        self.values: List[Any] = []
+        self.outcome: Optional[Outcome] = None
+        self.started = 0.0  # time.monotonic() when the chunk started
+
+    def before(self, task: ChunkTask, position: int, item_started: float) -> Optional[ChunkResult]:
+        """``task``'s result for its items before ``position`` (which started at
+        ``item_started``, monotonic); None if they are not all done."""
+        values = self.values[:position]  # one slice: atomic under the GIL
+        out = self.outcome
+        if position <= 0 or out is None or out.task is not task or len(values) < position:
+            return None
+        end = task.start + position
+        failures = [entry for entry in out.failures if entry.metadata["index"] < end]
+        # kept is failures[0]'s exception (the first failure is the earliest item).
+        error = out.kept if failures else None
+        seconds = max(0.0, item_started - self.started)
+        return ChunkResult(task.chunk_id, task.start, values, failures, seconds, error=error)
 
 
 def run_plain(out: Outcome, values: List[Any], stop_at_failure: bool) -> None:

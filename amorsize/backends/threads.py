@@ -10,7 +10,9 @@
 
 Same options and outcomes as ``"processes"``: items and results are never
 pickled (they stay in this process), a failed item is a DLQ entry, a timed-out
-one is dead-lettered ``timeout`` and the rest of its chunk runs again.
+one is dead-lettered ``timeout``. The items of its chunk before it keep their
+values (they are in this process, :class:`~amorsize.backends.loops.Partial`), so
+each runs once; the items after it run on a fresh thread.
 
 Width: ``n_jobs=None`` gives ``min(32, cpu_count + 4)`` threads, as
 ``concurrent.futures.ThreadPoolExecutor`` does: I/O waits release the GIL, so
@@ -20,9 +22,9 @@ big machines. Pass ``n_jobs`` for more (64 for a slow API is common).
 **An abandoned thread.** A thread cannot be killed. One whose item overran its
 timeout (or that was running when the run stopped) keeps running the call to its
 end in the background; whatever it returns or raises is discarded, and it then
-exits without starting another item of its chunk (the rest runs again elsewhere,
-so it would run twice). It learns that between items from its clock, which every
-thread reads before each item. Threads are daemons, started
+exits without starting another item of its chunk (the items after the one it
+was in run elsewhere: they would run twice). It learns that between items from
+its clock, which every thread reads before each item. Threads are daemons, started
 with :class:`threading.Thread` (not ``ThreadPoolExecutor``, whose exit hook joins
 every worker), so neither the run nor the interpreter's exit ever waits for an
 abandoned thread. A crash (a segfault in native code) takes the whole process
@@ -39,6 +41,7 @@ import time
 from typing import Any, List, Optional
 
 from amorsize.backends import ChunkDone, ChunkLost, ChunkSpec, ChunkTask
+from amorsize.backends.loops import Partial
 from amorsize.backends.worker import run_chunk
 
 #: How often ``wait`` checks running items against the timeout (seconds).
@@ -63,6 +66,7 @@ class _Thread:
         # [position, start time] of the running item, written by run_chunk before each
         # item, when it reads the clock below.
         self.slots: List[float] = [-1.0, math.inf]
+        self.partial = Partial()  # the values so far: kept if an item times out
         self.thread = threading.Thread(
             target=_thread_main, args=(self, pool.spec, pool.done), daemon=True,
             name=f"amorsize-thread-{number}",
@@ -86,7 +90,7 @@ def _thread_main(worker: _Thread, spec: ChunkSpec, done: queue.SimpleQueue[Any])
         if task is None:
             return
         try:
-            outcome: Any = run_chunk(spec, task, worker.slots, worker.clock)
+            outcome: Any = run_chunk(spec, task, worker.slots, worker.clock, partial=worker.partial)
         except _Abandoned:
             return
         except BaseException as exc:  # SystemExit and the like from func: the item's, not the pool's
@@ -175,7 +179,8 @@ class ThreadPool:
         position = max(0, int(worker.slots[0]))
         cause = f"{type(outcome).__name__} raised in the worker thread"
         return ChunkLost(task, position, "worker_crash",
-                         {"pid": os.getpid(), "exitcode": None, "cause": cause, "thread": worker.thread.name})
+                         {"pid": os.getpid(), "exitcode": None, "cause": cause, "thread": worker.thread.name},
+                         worker.partial.before(task, position, worker.slots[1]))
 
     def _enforce_timeout(self) -> List[Any]:
         assert self.timeout is not None
@@ -189,7 +194,8 @@ class ThreadPool:
             self._abandon(worker)
             detail = {"pid": os.getpid(), "exitcode": None, "timeout_seconds": self.timeout,
                       "thread": worker.thread.name, "abandoned": True}
-            lost.append(ChunkLost(task, position, "timeout", detail))
+            finished = worker.partial.before(task, position, slots[1])
+            lost.append(ChunkLost(task, position, "timeout", detail, finished))
         return lost
 
     def _abandon(self, worker: _Thread) -> None:

@@ -23,7 +23,7 @@ import cloudpickle
 
 from amorsize.backends import ChunkResult, ChunkSpec, ChunkTask
 from amorsize.backends.aio import run_async_chunk
-from amorsize.backends.loops import Outcome, run_blocks, run_plain, run_tracked
+from amorsize.backends.loops import Outcome, Partial, run_blocks, run_plain, run_tracked
 from amorsize.failure import failure_entry, failure_of
 from amorsize.serialization import PickledValue, short_repr, unpack_transported
 from amorsize.tracebacks import traceback_text
@@ -39,6 +39,7 @@ def run_chunk(
     clock: Optional[Callable[[], float]] = time.monotonic,
     stop_at_failure: bool = False,
     begin: int = 0,
+    partial: Optional[Partial] = None,
 ) -> ChunkResult:
     """Run every item of ``task`` (from position ``begin``); never raises for an item's error.
 
@@ -53,11 +54,15 @@ def run_chunk(
             next item starts.
         begin: resume the task at this position (the result starts there): the
             in-process backend goes on after a failure without copying the rest.
+        partial: where another thread can read the values so far (the threads
+            backend keeps them when an item times out).
     """
     if spec.concurrency is not None:  # an async def function: see amorsize.backends.aio
         return run_async_chunk(spec, task, progress)
     values: List[Any] = []
     out = Outcome(spec, task, begin)
+    if partial is not None:
+        partial.values, partial.outcome, partial.started = values, out, time.monotonic()
     started = time.perf_counter()
     slots = _fast_slots(progress)
     simple = spec.budget is None and spec.retry is None and spec.rate_limit is None

@@ -4,8 +4,9 @@ Each turn of :meth:`Dispatcher._events` fills the pool's idle slots with chunks
 (as the breaker gate allows, and while the reorder buffer is not too far
 ahead), then waits for events: :class:`~amorsize.backends.ChunkDone` is
 accepted (failures routed, sizer fed), :class:`~amorsize.backends.ChunkLost`
-dead-letters the item that was running and queues the rest of its chunk to run
-again (or bisects the chunk when the backend cannot tell which item it was).
+dead-letters the item that was running, keeps the items before it if the backend
+still has their values, and queues the rest of its chunk to run again (or
+bisects the chunk when the backend cannot tell which item it was).
 :meth:`Dispatcher.chunks` puts the results in input order, or passes them on
 as they come.
 """
@@ -361,14 +362,18 @@ class Dispatcher:
                           chunker.subtask(task, end, None))
             return None
         entry = lost_entry(task, position, event, self.spec.function_name)
-        chunker.again(chunker.subtask(task, 0, position), chunker.subtask(task, position + 1, None))
+        head: List[Any] = []  # the items before it, when the backend kept their values
+        rerun = [chunker.subtask(task, 0, position), chunker.subtask(task, position + 1, None)]
+        if event.finished is not None and 0 < position == len(event.finished.values):
+            head = self._accept(rerun.pop(0), event.finished)[1]
+        chunker.again(*rerun)
         self.gate.failed(entry.error_type)
         start, values = task.start + position, [failure_of(entry)]
         self.failures.route([entry], values, start)
         self._record(start, values, 1)
         if event.reason == "worker_crash":  # not a timeout or an unsendable item: the item's fault
             self.failures.count_crash(self.progress.done)
-        return start, values
+        return start - len(head), head + values
 
     def _reject(self, task: ChunkTask) -> Segment:
         """Dead-letter a chunk without calling func: the circuit is open."""

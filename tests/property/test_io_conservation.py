@@ -93,10 +93,10 @@ def test_every_item_ends_exactly_once(
     by_index = {e.item[0]: e for e in entries}
     for item, value in zip(items, results):
         reason = expected_reason(item, retries)
-        if item[1] == "transient" and _attempts[item[0]] > retries + 1:
-            # Run again with the rest of a chunk whose later item timed out (at least
-            # once, as after a crash): its last run had more attempts to succeed.
-            reason = None if _attempts[item[0]] > item[2] else reason
+        if item[1] == "transient" and backend != "processes":  # (counted in this process)
+            # Run once: a chunk whose later item timed out keeps the values of the items
+            # before it (a thread's are in this process; async items are cancelled).
+            assert _attempts[item[0]] == min(item[2] + 1, retries + 1), (item, _attempts[item[0]])
         if reason is None:
             assert value == item[0] * 10 + 1, (item, value)
             continue
