@@ -42,16 +42,35 @@ FINGERPRINT_ITEMS = 1000
 
 
 def fingerprint(func: Any, head: list[Any], total: int | None) -> str:
-    """A digest of ``func`` (its cloudpickle bytes) and of the inputs."""
+    """A digest of ``func`` (its cloudpickle bytes) and of the inputs.
+
+    A function or item that cannot be pickled (it holds a lock or a connection; the
+    threads and in-process backends never pickle them) is fingerprinted by what
+    identifies it across runs instead (:func:`_identity`), never by its address.
+    """
     digest = hashlib.sha256()
-    digest.update(dumps(func))
+    try:
+        digest.update(dumps(func))
+    except Exception:
+        digest.update(_identity(func))
     digest.update(repr(total).encode())
     for item in head:
         try:
             digest.update(pickle.dumps(item, protocol=4))
         except Exception:
-            digest.update(dumps(item))
+            try:
+                digest.update(dumps(item))
+            except Exception:
+                digest.update(_identity(item))
     return digest.hexdigest()[:32]
+
+
+def _identity(value: Any) -> bytes:
+    """Module, qualified name and bytecode of an unpicklable function; the type of anything else."""
+    code = getattr(value, "__code__", None)
+    kind = value if code is not None else type(value)
+    name = f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', '?')}"
+    return name.encode() + (code.co_code if code is not None else b"")
 
 
 class Checkpoint:

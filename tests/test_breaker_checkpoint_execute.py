@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -179,3 +180,41 @@ def test_resume_after_parent_sigkill(tmp_path, kill_at):
     assert sorted(items) == [x for x in range(n) if x % 7 == 0]
     assert max(items.values()) == 1  # DLQ entries are not duplicated across the resume
     assert not ckpt.exists()  # removed on success
+
+
+class _Handle:
+    """An item the threads backend takes as it is: it holds a lock (cannot be pickled)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.lock = threading.Lock()
+
+
+@pytest.mark.timeout(60)
+def test_checkpoint_takes_a_function_and_items_that_cannot_be_pickled(tmp_path):
+    """Before the fix, the fingerprint pickled func and items: a threads run whose function
+    holds a client (a lock inside) raised a bare TypeError from cloudpickle before any item."""
+    path = tmp_path / "run.ckpt"
+    session_lock = threading.Lock()
+    calls: Counter[int] = Counter()
+
+    def fetch(handle: _Handle) -> int:
+        with session_lock:
+            calls[handle.n] += 1
+        return handle.n * 10
+
+    items = [_Handle(n) for n in range(6)]
+    first = execute(fetch, items, backend="threads", n_jobs=2,
+                    checkpoint=Checkpoint(path, every_items=1, keep=True))
+    assert first == [0, 10, 20, 30, 40, 50]
+    # The same call again resumes from the file: nothing runs twice.
+    again = execute(fetch, [_Handle(n) for n in range(6)], backend="threads", n_jobs=2,
+                    checkpoint=Checkpoint(path, keep=True))
+    assert again == first and calls == Counter(range(6))
+
+    def other(handle: _Handle) -> int:
+        with session_lock:
+            return handle.n
+
+    with pytest.raises(CheckpointMismatchError, match="another function"):
+        execute(other, items, backend="threads", checkpoint=Checkpoint(path))
