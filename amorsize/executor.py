@@ -104,7 +104,7 @@ def execute(
     :class:`~amorsize.FailureBudgetExceededError` carrying ``.results`` (aligned with
     ``items``, None where not started) and ``.not_started``.
     """
-    check_func(func)
+    check_func(func, items)
     segments: List[List[Any]] = []
     try:
         for _start, values in Dispatcher(func, items, RunOptions.of(locals()), gathered=True).chunks():
@@ -184,7 +184,7 @@ def imap(
         concurrency: ``async def`` func only: items in flight per event loop (default 100).
     An unknown keyword raises UnknownArgumentError (a TypeError) naming the nearest.
     """
-    check_func(func)
+    check_func(func, items)
     return _values(Dispatcher(func, items, RunOptions.of(locals())).chunks())  # validated now
 
 

@@ -115,6 +115,10 @@ BAD_OPTIONS = [
     ("retry", 3, TypeError),
     ("on_progress", "print", ValueError),
     ("max_crashes", -1, ValueError),
+    # Before the fix: a bare ValueError from multiprocessing, and truthy values taken.
+    ("start_method", "thread", ValueError),
+    ("progress", "yes", TypeError),
+    ("dry_run", 0, TypeError),
 ]
 
 
@@ -133,6 +137,15 @@ def test_imap_rejects_a_bad_option_when_called(name: str, value: Any, builtin: t
     with pytest.raises(builtin) as info:
         imap(double, range(3), **{name: value})
     assert f"{name}={value!r}" in str(info.value)
+
+
+@pytest.mark.parametrize("items", [None, 5, 2.5])
+def test_items_must_be_iterable_naming_the_value(items: Any) -> None:
+    """Before the fix: a bare TypeError "'NoneType' object is not iterable", from execute()
+    and from imap()'s first next(), not from the call."""
+    for call in (execute, imap):
+        with pytest.raises(InvalidTypeError, match=rf"items={items!r} is not valid; expected an iterable"):
+            call(double, items)
 
 
 def test_func_must_be_callable() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import multiprocessing
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Optional, TypeVar, Union
@@ -29,6 +30,7 @@ from amorsize.breaker import CircuitBreaker
 from amorsize.checkpoint import Checkpoint
 from amorsize.errors import InvalidTypeError, UnknownArgumentError
 from amorsize.pacing import RateLimit
+from amorsize.serialization import short_repr
 
 #: Target seconds of work per chunk for adaptive chunking.
 TARGET_CHUNK_SECONDS = 0.2
@@ -87,6 +89,13 @@ class RunOptions:
         check_type("checkpoint", self.checkpoint, Checkpoint, "a Checkpoint", optional=True)
         check_type("rate_limit", self.rate_limit, RateLimit, "a RateLimit or None", optional=True)
         check_max_failures(self.max_failures)
+        for flag in ("ordered", "progress", "dry_run"):
+            check_type(flag, getattr(self, flag), bool, "True or False")
+        if self.start_method is not None:
+            methods = multiprocessing.get_all_start_methods()
+            if self.start_method not in methods:
+                raise invalid_value("start_method", self.start_method,
+                                    "None or one of " + ", ".join(map(repr, methods)))
         self._set("backend", resolve_backend(self.backend))
 
     def _set(self, name: str, value: Any) -> None:
@@ -143,9 +152,14 @@ def check_max_failures(value: Any) -> None:
                         "None, an int >= 0 (failed items) or a float in (0, 1) (a share of finished items)")
 
 
-def check_func(func: Any) -> None:
-    """``func`` must be callable: the run's first check, like ``map()``."""
+def check_func(func: Any, items: Any) -> None:
+    """``func`` must be callable and ``items`` iterable: the run's first checks, like ``map()``."""
     check_callable("func", func)
+    kind = type(items)
+    if not (hasattr(kind, "__iter__") or hasattr(kind, "__getitem__")):  # what iter() takes
+        raise InvalidTypeError(
+            f"items={short_repr(items)} is not valid; expected an iterable (a list, a range, "
+            "a generator, ...)")
 
 
 def strict_keywords(function: F) -> F:
