@@ -350,6 +350,26 @@ def test_close_flushes_the_journal_and_stops_the_manager(tmp_path: Any) -> None:
     assert sorted(map(str, (e.item for e in reopened.get_entries()))) == ["3", "6", "9", "by parent"]
 
 
+def test_a_closed_handle_refuses_capture_and_pickling_says_what_to_send(tmp_path: Any) -> None:
+    """Before the fix: capture() on a closed handle returned a hook bound to nothing, and
+    pickling the queue into a worker raised multiprocessing's "Pickling an
+    AuthenticationString object is disallowed", naming neither the queue nor a remedy."""
+    import pickle
+
+    from amorsize import AmorsizeError, SharedDLQUnavailableError
+
+    queue = SharedDeadLetterQueue(DLQPolicy(directory=tmp_path))
+    try:
+        with pytest.raises(TypeError) as info:
+            pickle.dumps(queue)
+        assert isinstance(info.value, AmorsizeError)
+        assert "dlq.capture(func)" in str(info.value) and "connect" in str(info.value)
+    finally:
+        queue.close()
+    with pytest.raises(SharedDLQUnavailableError, match="handle is closed"):
+        queue.capture(parse)
+
+
 # --- connect() from another process --------------------------------------------
 
 CLIENT_SCRIPT = textwrap.dedent(

@@ -51,7 +51,7 @@ from amorsize.dlq.capture import CapturedFunction, forget_connections
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.journal import Journal
 from amorsize.dlq.policy import DLQPolicy
-from amorsize.errors import SharedDLQUnavailableError
+from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError
 
 #: Random bytes of the authkey a queue makes when none is given.
 AUTHKEY_BYTES = 32
@@ -175,12 +175,24 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         """The key a connecting process must present (keep it secret)."""
         return self._authkey
 
-    def _call(self, name: str, *args: Any) -> Any:
+    def _check_open(self) -> None:
         if self._closed:
             raise SharedDLQUnavailableError(
                 f"this SharedDeadLetterQueue handle is closed (address {self._address!r})",
                 self._address,
             )
+
+    def __reduce__(self) -> Any:
+        # Pickling would fail deep inside multiprocessing ("Pickling an AuthenticationString
+        # object is disallowed"): say what to send instead.
+        raise InvalidTypeError(
+            "a SharedDeadLetterQueue cannot be pickled to another process; give the pool "
+            "dlq.capture(func), a picklable hook, or in the other process call "
+            "SharedDeadLetterQueue.connect(address, authkey) with dlq.address and dlq.authkey"
+        )
+
+    def _call(self, name: str, *args: Any) -> Any:
+        self._check_open()
         try:
             return self._proxy.call(name, *args)
         except CONNECTION_ERRORS as exc:
@@ -200,7 +212,11 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         ``rate_limit``: a :class:`~amorsize.RateLimit` each attempt (retries too) waits
         for, shared by every process of the pool; a Retry-After pauses it for all.
         See :class:`amorsize.dlq.capture.CapturedFunction`.
+
+        Raises:
+            SharedDLQUnavailableError: this handle is closed.
         """
+        self._check_open()
         return CapturedFunction(
             func,
             retry=retry,
