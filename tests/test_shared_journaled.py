@@ -1,9 +1,9 @@
-"""Workers that append their failures to the shared queue's journal themselves (issue 18).
+"""Workers that write their failures to the shared queue's files themselves (issue 18).
 
-The hook writes its failure's line into the journal before it returns (as the
-manager did) and sends nothing; the manager reads the journal before every call
-that reads the queue. Its view, its policy (max_entries, retention, dedupe) and
-its readers must not notice the difference.
+The hook writes its failure's line into its own file in the manager's inbox
+before it returns and sends nothing; the manager moves the lines into the journal
+before every call that reads the queue (amorsize.dlq.inbox). Its view, its policy
+(max_entries, retention, dedupe) and its readers must not notice the difference.
 """
 
 from __future__ import annotations
@@ -33,9 +33,22 @@ def journal_ids(directory: Any) -> List[str]:
         return [json.loads(line)["entry_id"] for line in handle]
 
 
+def inbox_ids(inbox: str) -> List[str]:
+    """The ids in the workers' files of a manager's inbox (amorsize.dlq.inbox)."""
+    ids = []
+    for name in sorted(os.listdir(inbox)):
+        if name.endswith(".jsonl"):
+            with open(os.path.join(inbox, name), "rb") as handle:
+                ids += [json.loads(line)["entry_id"] for line in handle]
+    return ids
+
+
 def test_the_hook_journals_itself_only_where_its_line_is_what_the_manager_would_write(tmp_path):
     with SharedDeadLetterQueue(DLQPolicy(directory=tmp_path / "a")) as plain:
-        assert plain.capture(fail).journal == (str(tmp_path / "a"), "batch")
+        inbox, fsync = plain.capture(fail).journal
+        assert os.path.dirname(inbox) == str(tmp_path / "a") and fsync == "batch"
+        assert os.path.basename(inbox).startswith(".inbox-")
+        assert oct(os.stat(inbox).st_mode & 0o777) == "0o700"
     for policy in (
         DLQPolicy(directory=tmp_path / "b", dedupe=True),
         DLQPolicy(directory=tmp_path / "c", format=DLQFormat.PICKLE),
@@ -51,13 +64,16 @@ def test_the_hook_journals_itself_only_where_its_line_is_what_the_manager_would_
         assert not tcp.capture(fail)(2) and tcp.size() == 1
 
 
-def test_the_line_is_in_the_journal_when_the_hook_returns(tmp_path):
+def test_the_line_is_in_the_inbox_when_the_hook_returns_then_in_the_journal(tmp_path):
     with SharedDeadLetterQueue(DLQPolicy(directory=tmp_path)) as queue:
         hook = queue.capture(fail)
         result = hook("x")
         assert isinstance(result, Failure)
-        assert journal_ids(tmp_path) == [result.entry_id]  # read from disk, no manager call
-        (entry,) = queue.get_entries()
+        assert inbox_ids(hook.journal[0]) == [result.entry_id]  # read from disk, no manager call
+        (segment,) = [n for n in os.listdir(hook.journal[0]) if n.endswith(".jsonl")]
+        assert oct(os.stat(os.path.join(hook.journal[0], segment)).st_mode & 0o777) == "0o600"
+        (entry,) = queue.get_entries()  # the manager moved it into the journal first
+        assert journal_ids(tmp_path) == [result.entry_id]
         assert entry.entry_id == result.entry_id and entry.item == "x"
         assert entry.error_message == "bad x" and "fail" in (entry.traceback or "")
 
@@ -180,12 +196,12 @@ def test_a_relative_directory_is_the_managers_wherever_the_hook_runs(tmp_path, m
     monkeypatch.chdir(tmp_path)
     with SharedDeadLetterQueue(DLQPolicy(directory="rel")) as queue:
         hook = queue.capture(fail)
-        assert hook.journal == (str(tmp_path / "rel"), "batch")
+        assert os.path.dirname(hook.journal[0]) == str(tmp_path / "rel")
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         monkeypatch.chdir(elsewhere)  # a worker (or a connected process) may run anywhere
         result = hook(1)
-        assert journal_ids(tmp_path / "rel") == [result.entry_id]
+        assert inbox_ids(hook.journal[0]) == [result.entry_id]
         assert not (elsewhere / "rel").exists()
         connected = SharedDeadLetterQueue.connect(queue.address, queue.authkey)
         try:

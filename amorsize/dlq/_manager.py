@@ -96,7 +96,8 @@ class _ServerQueue(DeadLetterQueue):
         self._prune_due = False
         if self._journal is not None:
             loaded, self._journal = self._journal, TailedJournal(
-                policy.path, fsync=policy.fsync, strict=policy.strict, take=self._take_lines)
+                policy.path, fsync=policy.fsync, strict=policy.strict, take=self._take_lines,
+                known=lambda entry_id: entry_id in self._entries or entry_id in self._dropped_on_disk)
             loaded.close()
             self._journal.start_at_end()  # the queue holds all of it now
 
@@ -201,17 +202,16 @@ class _ServerQueue(DeadLetterQueue):
         return self.lane_address
 
     def worker_journal(self) -> Tuple[str, str] | None:
-        """(absolute directory, fsync) when hooks append failures to the journal themselves.
+        """(absolute inbox path, fsync) when hooks write failures to files of their own.
 
         Only for a JSON journal without deduplication (a line a worker writes is then
         exactly what this queue would write) reached over a unix-socket lane (its open
-        connection tells a worker the queue is open). The directory is resolved here,
-        where the journal is, whatever the working directory of the hook's process.
+        connection tells a worker the queue is open); see :mod:`amorsize.dlq.inbox`.
         """
-        policy = self.policy
-        if (isinstance(self._journal, TailedJournal) and not self._pickle_everything
+        journal = self._journal
+        if (isinstance(journal, TailedJournal) and journal.inbox is not None and not self._pickle_everything
                 and self._deduper is None and isinstance(self.lane_address, str)):
-            return (os.path.abspath(self._journal.directory), policy.fsync)
+            return (os.path.abspath(journal.inbox.path), self.policy.fsync)
         return None
 
 

@@ -30,8 +30,9 @@ import cloudpickle
 from amorsize._validate import check_callable
 from amorsize.dlq._manager import DEFAULT_CALL_TIMEOUT_SECONDS, connect_proxy
 from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.inbox import SegmentWriter
 from amorsize.dlq.ingest import IngestError
-from amorsize.dlq.ingest_client import IngestClient, JournalAppender
+from amorsize.dlq.ingest_client import IngestClient
 from amorsize.dlq.records import encode_entry
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
 from amorsize.failure import failure_entry, failure_of, function_name
@@ -45,15 +46,18 @@ _FUNCTION_CACHE_SIZE = 64
 _functions: Dict[bytes, Tuple[Callable[[Any], Any], Any]] = {}
 _clients: Dict[Any, Any] = {}
 _lanes: Dict[Any, IngestClient] = {}
-_appenders: Dict[Any, JournalAppender] = {}
+_appenders: Dict[Any, SegmentWriter] = {}
 _clients_lock = threading.Lock()
 
 
 def _forget_parent_state() -> None:
     # A forked child must open its own connections: sharing a socket with the parent
-    # would interleave their messages.
+    # would interleave their messages. It closes its copies of the parent's inbox files
+    # (the parent's lock stays), or the manager would wait for the child to remove them.
     _clients.clear()
     _lanes.clear()
+    for appender in _appenders.values():
+        appender.forget()
     _appenders.clear()
 
 
@@ -115,9 +119,9 @@ def _lane(address: Any, authkey: bytes, timeout: float) -> IngestClient:
     return _kept(_lanes, address, lambda: IngestClient(address, authkey, timeout))
 
 
-def _appender(address: Any, journal: Tuple[str, str], timeout: float) -> JournalAppender:
-    directory, fsync = journal
-    return _kept(_appenders, address, lambda: JournalAppender(directory, fsync=fsync, timeout=timeout))
+def _appender(address: Any, journal: Tuple[str, str]) -> SegmentWriter:
+    inbox, fsync = journal
+    return _kept(_appenders, address, lambda: SegmentWriter(inbox, fsync=fsync))
 
 
 class CapturedFunction:
@@ -243,20 +247,18 @@ class CapturedFunction:
             raise self._unavailable(entry, str(exc)) from None
 
     def _append(self, entry: DLQEntry, lane: IngestClient) -> bool:
-        """Append ``entry`` to the journal here; the manager reads it from there.
+        """Append ``entry`` to this process's file in the queue's inbox; the manager
+        moves it into the journal (:mod:`amorsize.dlq.inbox`).
 
         Returns False when this process could not append it (a full disk, say): the
         manager writes it then, and keeps it in memory until it can, as for any add.
         """
         assert self.journal is not None
-        if lane.gone():  # a closed queue's journal takes no more appends
+        if lane.gone():  # a closed queue's inbox takes no more lines
             raise EOFError("the DLQ manager closed the connection")
         line = encode_entry(entry, pickle_everything=False)
-        appender = _appender(self.ingest_address, self.journal, self.timeout)
         try:
-            appender.append_line(line)
-        except TimeoutError as exc:  # a stopped manager holds the lock: give up, as on a stopped lane
-            raise self._unavailable(entry, str(exc)) from None
+            _appender(self.ingest_address, self.journal).append_line(line)
         except OSError:
             return False
         return True

@@ -44,6 +44,7 @@ from amorsize._fs import (
     write_all,
     write_atomically,
 )
+from amorsize.dlq.inbox import INBOX_PREFIX, adopt_orphans
 from amorsize.dlq.policy import FSYNC_BATCH_INTERVAL_SECONDS
 from amorsize.dlq.records import ReadResult, parse_line, read_records, record_id
 from amorsize.errors import DLQFileNotFoundError, DLQStorageError
@@ -184,17 +185,43 @@ class Journal:
         for path, what in ((self.path, "DLQ journal"), (self.lock_path, "DLQ lock file"),
                            (self.archive_path, "DLQ archive")):
             refuse_symlink(path, what, DLQStorageError)
-        if not any(n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX)
-                   for n in os.listdir(self.directory)):
+        names = os.listdir(self.directory)
+        stale = any(n.startswith(TEMP_PREFIX) and n.endswith(TEMP_SUFFIX) for n in names)
+        inboxes = any(n.startswith(INBOX_PREFIX) or n.endswith(".new") for n in names)
+        if not stale and not inboxes:
             return  # nothing to clean: take no lock, create no file (read-only users)
         self._lock(fcntl.LOCK_EX)  # a live compaction holds it: its temp file is not stale
         try:
             removed = remove_stale_temp_files(self.directory, TEMP_PREFIX, TEMP_SUFFIX)
+            if inboxes:
+                self._adopt_orphans()
         finally:
             self._unlock()
         if removed:
             logger.warning("DLQ directory %r: removed %d temp file(s) left by an interrupted "
                            "compaction: %s", self.directory, len(removed), ", ".join(removed))
+
+    def _adopt_orphans(self) -> None:
+        """Move what a stopped shared queue's workers wrote to its inbox into the journal."""
+
+        def journaled() -> Set[str]:
+            try:
+                found = read_records(self.path, strict=False, parse=False)
+            except DLQFileNotFoundError:
+                return set()
+            return {record_id(line) or json.loads(line)["entry_id"] for line in found.lines}
+
+        def append(lines: List[bytes]) -> None:
+            self._write_locked(b"".join(lines))
+            if self.fsync != "never":  # durable here before its inbox is removed
+                self.sync()
+
+        try:
+            adopt_orphans(self.directory, journaled, append)
+        except OSError as exc:  # a read-only user, a full disk: the inbox stays for later
+            logger.warning("DLQ directory %r: could not move a stopped shared queue's inbox "
+                           "into the journal (%s: %s); it stays for the next writer",
+                           self.directory, type(exc).__name__, exc)
 
     # -- operations -----------------------------------------------------------
 
@@ -216,18 +243,7 @@ class Journal:
             self._reset_handles()
             raise
         try:
-            fd = self._open_for_append()
-            size = self._clean_end(fd)
-            try:
-                write_all(fd, data)
-            except OSError:
-                # All or nothing: a batch cut short (disk full) leaves no line of it
-                # behind, so what is on disk is exactly what add() acknowledged.
-                truncate_quietly(fd, size)
-                raise
-            self._end = size + len(data)
-            self._dirty = True
-            self._maybe_sync(fd)
+            self._write_locked(data)
         except OSError:
             self._unlock()
             # Reopen everything next time: the directory may be gone, the tail torn.
@@ -235,6 +251,20 @@ class Journal:
             raise
         else:
             self._unlock()
+
+    def _write_locked(self, data: bytes) -> None:
+        fd = self._open_for_append()
+        size = self._clean_end(fd)
+        try:
+            write_all(fd, data)
+        except OSError:
+            # All or nothing: a batch cut short (disk full) leaves no line of it
+            # behind, so what is on disk is exactly what add() acknowledged.
+            truncate_quietly(fd, size)
+            raise
+        self._end = size + len(data)
+        self._dirty = True
+        self._maybe_sync(fd)
 
     def _maybe_sync(self, fd: int) -> None:
         if self.fsync == "always":

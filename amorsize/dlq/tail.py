@@ -1,13 +1,17 @@
-"""The shared queue's manager reads what workers appended to its journal (issue 18).
+"""The shared queue's manager takes what others wrote: the workers' inbox, other writers' appends.
 
-A ``capture()`` hook appends its failure's line to the journal itself, under the
-journal's lock, and returns: nothing is sent to the manager. The manager learns
-the line by reading the journal from where it last stopped:
+A ``capture()`` hook writes its failure's line to its own file in the manager's
+inbox and returns (:mod:`amorsize.dlq.inbox`); nothing is sent to the manager.
+The manager moves those lines into its journal (one append for all of them, ids
+it holds or removed skipped) and takes them into memory, and it takes the lines
+other processes appended to the journal itself:
 
-* at the start of each of its own journal operations (append, compaction), under
-  the same exclusive lock, so a compaction never drops a line it has not seen, and
 * before every call that reads the queue, and every :data:`TAIL_INTERVAL_SECONDS`
-  (:meth:`TailedJournal.tail`, under the shared lock: writers wait, readers don't).
+  (:meth:`TailedJournal.tail`: the journal's new lines under the shared lock,
+  writers wait, readers don't; then the inbox), and
+* at the start of each of its own journal operations (append, compaction), under
+  the exclusive lock, so a compaction never drops a line it has not seen; the inbox's
+  offsets are saved before a compaction (an entry moved and removed never returns).
 
 Only whole lines are taken (a torn tail waits for the next writer to cut or finish
 it). At each unlock the position moves to the end of what the manager itself
@@ -22,9 +26,10 @@ import fcntl
 import json
 import logging
 import os
-from typing import Callable, List, Tuple, TypeVar
+from typing import Callable, Dict, List, Sequence, Set, Tuple, TypeVar
 
 from amorsize.dlq.entry import DLQEntry
+from amorsize.dlq.inbox import Inbox, whole_lines
 from amorsize.dlq.ingest import JournalLine
 from amorsize.dlq.journal import Journal
 from amorsize.dlq.records import record_id
@@ -35,8 +40,6 @@ _T = TypeVar("_T")
 #: Seconds between the manager's reads of its journal when nobody asks: keeps its
 #: memory, pruning and alerts current on a long run with no reader.
 TAIL_INTERVAL_SECONDS = 0.1
-#: Bytes read at a time.
-READ_BYTES = 1 << 20
 
 
 class TailedJournal(Journal):
@@ -48,10 +51,18 @@ class TailedJournal(Journal):
 
     def __init__(
         self, directory: str, *, fsync: str, strict: bool,
-        take: Callable[[List[JournalLine], bool], None],
+        take: Callable[[List[JournalLine], bool], None], known: Callable[[str], bool],
     ) -> None:
         super().__init__(directory, fsync=fsync, strict=strict)
         self._take = take
+        self._known = known
+        self._inbox_failures = 0  # reads of the inbox that failed in a row (logged once)
+        try:
+            self.inbox: Inbox | None = Inbox(directory)
+        except OSError as exc:  # hooks then send their failures to the manager
+            logger.warning("DLQ directory %r: no inbox for workers (%s: %s); their failures "
+                           "reach the manager over its lane", directory, type(exc).__name__, exc)
+            self.inbox = None
         self._tail_inode: int | None = None
         self._tail_offset = 0
         #: Lines of other writers were taken since the last :meth:`sync_others`.
@@ -67,6 +78,11 @@ class TailedJournal(Journal):
             self._tail_inode, self._tail_offset = info.st_ino, info.st_size
 
     def tail(self) -> None:
+        """Take the lines other processes appended since the last read, then the inbox's."""
+        self._tail_others()
+        self.drain_inbox()
+
+    def _tail_others(self) -> None:
         """Take the lines appended since the last read (writers wait meanwhile)."""
         try:
             info = os.stat(self.path)
@@ -89,6 +105,53 @@ class TailedJournal(Journal):
         # (The caller holds the queue's own lock, so no other journal operation of this
         # process runs in between.)
         self._take_new(new)
+
+    def drain_inbox(self) -> None:
+        """Journal (in one write) and take the lines workers wrote to the inbox since the last call."""
+        inbox = self.inbox
+        if inbox is None:
+            return
+        try:
+            fresh = []
+            for line in inbox.read():
+                entry_id = record_id(line) or _parsed_id(line)
+                if entry_id is None:
+                    logger.warning("DLQ inbox %r: dropped an unreadable line (%d bytes)",
+                                   inbox.path, len(line))
+                elif not self._known(entry_id):
+                    fresh.append(JournalLine(entry_id, line))
+            if fresh:
+                self.append([x.line for x in fresh])
+            if inbox.finishing() and self.fsync != "never":
+                self.sync()  # in the journal on disk before the worker's file goes
+            inbox.commit()
+        except OSError as exc:  # a full disk: the lines wait in the inbox, read again next time
+            self._inbox_failures += 1
+            log = logger.warning if self._inbox_failures == 1 else logger.debug
+            log("DLQ inbox %r: could not move the workers' lines into the journal (%s: %s); "
+                "they wait there", inbox.path, type(exc).__name__, exc)
+            return
+        self._inbox_failures = 0
+        if fresh:
+            self._take(fresh, False)
+
+    def compact(self, drop_ids: Set[str], replace: Dict[str, bytes], add: List[bytes],
+                archive: Sequence[bytes] = ()) -> None:
+        if self.inbox is not None:
+            self.inbox.save_offsets()  # so what it drops never comes back from the inbox
+        super().compact(drop_ids, replace, add, archive)
+
+    def close(self) -> None:
+        """Journal what the inbox still holds, close it, then close the journal."""
+        try:
+            self.drain_inbox()
+        finally:
+            inbox, self.inbox = self.inbox, None
+            try:
+                if inbox is not None:
+                    _close_inbox(inbox)
+            finally:
+                super().close()
 
     def _lock(self, mode: int) -> int:
         fd = super()._lock(mode)
@@ -146,7 +209,7 @@ class TailedJournal(Journal):
             inode = os.fstat(fd).st_ino
             replaced = inode != self._tail_inode
             offset = 0 if replaced else self._tail_offset
-            data = _whole_lines(fd, offset)
+            data = whole_lines(fd, offset)
         finally:
             os.close(fd)
         self._tail_inode, self._tail_offset = inode, offset + len(data)
@@ -163,17 +226,12 @@ class TailedJournal(Journal):
             self._take(lines, replaced)
 
 
-def _whole_lines(fd: int, offset: int) -> bytes:
-    """The bytes of ``fd`` from ``offset`` to the end of its last whole line."""
-    pieces: List[bytes] = []
-    while True:
-        chunk = os.pread(fd, READ_BYTES, offset)
-        if not chunk:
-            break
-        pieces.append(chunk)
-        offset += len(chunk)
-    data = b"".join(pieces)
-    return data[:data.rfind(b"\n") + 1]
+def _close_inbox(inbox: Inbox) -> None:
+    try:
+        inbox.close()
+    except OSError as exc:  # its lines are journaled; only the saved offsets are missing
+        logger.warning("DLQ inbox %r: could not close it (%s: %s); the next queue to open the "
+                       "directory skips the ids the journal holds", inbox.path, type(exc).__name__, exc)
 
 
 def decoded(lines: List[JournalLine]) -> List[DLQEntry]:
