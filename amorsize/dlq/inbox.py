@@ -8,7 +8,7 @@ locks. Instead each worker process appends to a file of its own in its manager's
 
 ```
  <dir>/.inbox-<token>/                 0700, one per manager, which holds a flock on it
- <dir>/.inbox-<token>/<pid>-<hex>.jsonl  0600, one per worker process, which holds a flock
+ <dir>/.inbox-<token>/<pid>-<n>-<hex>.jsonl  0600, a worker process's n-th file; it holds a flock
  <dir>/.inbox-<token>/offsets.json     how far the manager had moved each file (saved
                                        before a compaction and at close)
 ```
@@ -31,6 +31,7 @@ locks. Instead each worker process appends to a file of its own in its manager's
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ logger = logging.getLogger("amorsize.dlq")
 
 INBOX_PREFIX = ".inbox-"
 _INBOX_NAME = re.compile(r"^\.inbox-[0-9a-f]{16}$")
-_SEGMENT_NAME = re.compile(r"^[0-9]+-[0-9a-f]{8}\.jsonl$")
+_SEGMENT_NAME = re.compile(r"^[0-9]+-[0-9a-f]{8}-[0-9a-f]{8}\.jsonl$")
 _STALE_TEMP = re.compile(r"^\.[0-9a-f]{16}\.new$")
 OFFSETS_FILE_NAME = "offsets.json"
 #: A worker starts a new file after this many bytes, so the manager can remove the old one.
@@ -59,6 +60,9 @@ STALE_TEMP_SECONDS = 60.0
 #: Bytes read at a time.
 READ_BYTES = 1 << 20
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+_file_numbers = itertools.count()
 
 
 def whole_lines(fd: int, offset: int) -> bytes:
@@ -111,7 +115,9 @@ class SegmentWriter:
         self._lock = threading.Lock()  # one line at a time (the hook is thread-safe)
 
     def _open(self) -> int:
-        name = os.path.join(self.inbox, f"{os.getpid()}-{secrets.token_hex(4)}.jsonl")
+        # <pid>-<sequence>: one process's files sort in the order it wrote them.
+        name = os.path.join(self.inbox, f"{os.getpid()}-{next(_file_numbers):08x}-"
+                                        f"{secrets.token_hex(4)}.jsonl")
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | _NOFOLLOW
         self._fd = _born_locked(self.inbox, name, lambda temp: os.open(temp, flags, 0o600))
         self._end = 0
@@ -219,11 +225,22 @@ class Inbox:
                 _finish(os.path.join(self.path, name), segment)
                 del self._segments[name]
 
-    def save_offsets(self) -> None:
-        """Write how far each file was moved (before a compaction: see the module doc)."""
-        offsets = {name: s.offset for name, s in self._segments.items()}
-        write_atomically(os.path.join(self.path, OFFSETS_FILE_NAME),
-                         [json.dumps(offsets).encode()], prefix=".offsets-")
+    def save_offsets(self, *, durable: bool = True) -> None:
+        """Write how far each file was moved: after each move (``durable=False``: no
+        fsync, it survives a killed process), and durably before a compaction and at
+        close, so an entry moved and then removed never comes back (module doc)."""
+        data = json.dumps({name: s.offset for name, s in self._segments.items()}).encode()
+        path = os.path.join(self.path, OFFSETS_FILE_NAME)
+        if durable:
+            write_atomically(path, [data], prefix=".offsets-")
+            return
+        temp = os.path.join(self.path, ".offsets.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW, 0o600)
+        try:
+            write_all(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
 
     def close(self) -> None:
         """Save the offsets of files still being written; remove the inbox if none is."""
@@ -241,7 +258,8 @@ class Inbox:
 
 def _open_segment(path: str, offset: int) -> Optional[_Segment]:
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        # O_NONBLOCK: a FIFO named like a file would block the open (checked just below).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
     except OSError as exc:  # a symlink (ELOOP) or gone: never read through a link
         logger.warning("DLQ inbox: skipped %r (%s)", path, exc)
         return None
@@ -311,13 +329,17 @@ def adopt_orphans(directory: str, journaled: Callable[[], Set[str]],
 
 def _remove_if_unlocked(path: str) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
     except OSError:
         return
     try:
+        info = os.fstat(fd)
         # Younger ones may be being born (made, not yet locked): leave them.
-        if time.time() - os.fstat(fd).st_mtime > STALE_TEMP_SECONDS and _try_lock(fd):
-            _remove_inbox(path) if stat.S_ISDIR(os.fstat(fd).st_mode) else os.unlink(path)
+        if time.time() - info.st_mtime > STALE_TEMP_SECONDS and _try_lock(fd):
+            if stat.S_ISDIR(info.st_mode):
+                _remove_inbox(path)
+            elif stat.S_ISREG(info.st_mode):
+                os.unlink(path)
     except OSError:
         pass
     finally:

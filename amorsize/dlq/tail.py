@@ -32,7 +32,7 @@ from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.inbox import Inbox, whole_lines
 from amorsize.dlq.ingest import JournalLine
 from amorsize.dlq.journal import Journal
-from amorsize.dlq.records import record_id
+from amorsize.dlq.records import looks_encoded, record_id
 
 logger = logging.getLogger("amorsize.dlq")
 _T = TypeVar("_T")
@@ -114,7 +114,7 @@ class TailedJournal(Journal):
         try:
             fresh = []
             for line in inbox.read():
-                entry_id = record_id(line) or _parsed_id(line)
+                entry_id = record_id(line) if looks_encoded(line) else None
                 if entry_id is None:
                     logger.warning("DLQ inbox %r: dropped an unreadable line (%d bytes)",
                                    inbox.path, len(line))
@@ -125,6 +125,8 @@ class TailedJournal(Journal):
             if inbox.finishing() and self.fsync != "never":
                 self.sync()  # in the journal on disk before the worker's file goes
             inbox.commit()
+            if fresh:  # before anyone removes them (another process too): see amorsize.dlq.inbox
+                inbox.save_offsets(durable=False)
         except OSError as exc:  # a full disk: the lines wait in the inbox, read again next time
             self._inbox_failures += 1
             log = logger.warning if self._inbox_failures == 1 else logger.debug
