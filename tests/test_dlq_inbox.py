@@ -733,7 +733,7 @@ def test_a_line_that_is_not_json_in_a_live_inbox_is_dropped(tmp_path, manager_lo
     ids, items, manager_pid = _live_garbage(directory, garbage)
     assert items == [1, 2]
     assert [ln for ln in manager_log().splitlines() if ln.startswith(f"{manager_pid} WARNING")
-            and f"dropped an unreadable line ({len(garbage)} bytes)" in ln]
+            and "dropped 1 line(s) that are not whole records (1 so far)" in ln]
     assert [r["entry_id"] for r in journal_lines(directory)] == ids
     assert reopened(directory, strict=True) == (ids, [1, 2])
 
@@ -749,4 +749,25 @@ def test_a_line_with_an_id_that_is_not_a_record_in_a_live_inbox_is_dropped(tmp_p
     assert reopened(directory, strict=True) == (ids, [1, 2])  # DLQCorruptError at line 2
     assert [r["entry_id"] for r in journal_lines(directory)] == ids
     assert [ln for ln in manager_log().splitlines() if ln.startswith(f"{manager_pid} WARNING")
-            and "dropped an unreadable line" in ln]
+            and "dropped 1 line(s) that are not whole records" in ln]
+
+
+@pytest.mark.timeout(60)
+def test_lines_that_are_not_records_are_reported_once_with_a_count(tmp_path, manager_log):
+    """Before the fix, each such line logged its own WARNING: a flood for a file full of
+    garbage. One WARNING with the count, then DEBUG (the rule for losses the code cannot
+    prevent)."""
+    directory = tmp_path / "dlq"
+    with shared(directory, start_method="fork") as dlq:
+        hook = dlq.capture(fail)
+        ids = ids_of([hook(1)])
+        (segment,) = segments(hook.journal[0])
+        for _ in range(2):
+            with open(os.path.join(hook.journal[0], segment), "ab") as handle:
+                handle.write(b"garbage\n" * 30)
+            assert dlq.size() == 1
+        manager_pid = _process(dlq).pid
+    warnings = [ln for ln in manager_log().splitlines() if ln.startswith(f"{manager_pid} WARNING")
+                and "not whole records" in ln]
+    assert len(warnings) == 1 and "dropped 30 line(s)" in warnings[0], warnings
+    assert [r["entry_id"] for r in journal_lines(directory)] == ids

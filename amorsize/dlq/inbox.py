@@ -309,14 +309,17 @@ def adopt_orphans(directory: str, journaled: Callable[[], Set[str]],
             continue
         if held is None:
             held = journaled()
-        fresh = []
+        fresh, unreadable = [], 0
         for line in lines:
             entry_id = record_id(line) if parse_line(line) is not None else None
             if entry_id is None:
-                logger.warning("DLQ inbox %r: dropped an unreadable line (%d bytes)", path, len(line))
+                unreadable += 1
             elif entry_id not in held:
                 held.add(entry_id)
                 fresh.append(line)
+        if unreadable:
+            logger.warning("DLQ inbox %r: dropped %d line(s) that are not whole records",
+                           path, unreadable)
         if fresh:
             append(fresh)
             moved += len(fresh)

@@ -57,6 +57,7 @@ class TailedJournal(Journal):
         self._take = take
         self._known = known
         self._inbox_failures = 0  # reads of the inbox that failed in a row (logged once)
+        self._inbox_dropped = 0  # its lines that were not records (logged once, then DEBUG)
         try:
             self.inbox: Inbox | None = Inbox(directory)
         except OSError as exc:  # hooks then send their failures to the manager
@@ -112,12 +113,11 @@ class TailedJournal(Journal):
         if inbox is None:
             return
         try:
-            fresh = []
+            fresh, unreadable = [], 0
             for line in inbox.read():
                 entry_id = record_id(line) if looks_encoded(line) else None
                 if entry_id is None:
-                    logger.warning("DLQ inbox %r: dropped an unreadable line (%d bytes)",
-                                   inbox.path, len(line))
+                    unreadable += 1
                 elif not self._known(entry_id):
                     fresh.append(JournalLine(entry_id, line))
             if fresh:
@@ -134,6 +134,11 @@ class TailedJournal(Journal):
                 "they wait there", inbox.path, type(exc).__name__, exc)
             return
         self._inbox_failures = 0
+        if unreadable:  # not records (written there by something else): never journaled
+            self._inbox_dropped += unreadable
+            log = logger.warning if self._inbox_dropped == unreadable else logger.debug
+            log("DLQ inbox %r: dropped %d line(s) that are not whole records (%d so far)",
+                inbox.path, unreadable, self._inbox_dropped)
         if fresh:
             self._take(fresh, False)
 
