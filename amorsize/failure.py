@@ -80,12 +80,7 @@ def failure_entry(
     the attempts, the worker's pid and host, and the function's qualname.
     """
     packed = pack_for_transport(item)
-    metadata: dict[str, Any] = {
-        "attempts": attempts,
-        "pid": _pid,
-        "host": hostname(),
-        "function": function,
-    }
+    metadata = worker_metadata(attempts, function)
     if isinstance(packed, UnserializableItem):
         metadata["item_unserializable"] = True
     if extra:
@@ -98,6 +93,11 @@ def failure_entry(
         include_traceback=include_traceback,
         reason=reason,
     )
+
+
+def worker_metadata(attempts: int, function: str) -> dict[str, Any]:
+    """The metadata of a worker's failure record: attempts, this process's pid and host, function."""
+    return {"attempts": attempts, "pid": _pid, "host": hostname(), "function": function}
 
 
 def failure_of(entry: DLQEntry) -> Failure:

@@ -23,19 +23,20 @@ import os
 import pickle
 import threading
 from multiprocessing import AuthenticationError
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import cloudpickle
 
 from amorsize._validate import check_callable
 from amorsize.dlq._manager import DEFAULT_CALL_TIMEOUT_SECONDS, connect_proxy
+from amorsize.dlq._plainline import failure_line, meta_text
 from amorsize.dlq.entry import DLQEntry
 from amorsize.dlq.inbox import SegmentWriter
 from amorsize.dlq.ingest import IngestError
 from amorsize.dlq.ingest_client import IngestClient
-from amorsize.dlq.records import encode_entry
+from amorsize.dlq.records import RECORD_VERSION, encode_entry
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
-from amorsize.failure import failure_entry, failure_of, function_name
+from amorsize.failure import Failure, failure_entry, failure_of, function_name, worker_metadata
 from amorsize.retry import call_with_retry
 from amorsize.serialization import dumps
 
@@ -47,6 +48,7 @@ _functions: Dict[bytes, Tuple[Callable[[Any], Any], Any]] = {}
 _clients: Dict[Any, Any] = {}
 _lanes: Dict[Any, IngestClient] = {}
 _appenders: Dict[Any, SegmentWriter] = {}
+_metas: Dict[Tuple[int, str], Optional[str]] = {}
 _clients_lock = threading.Lock()
 
 
@@ -56,6 +58,7 @@ def _forget_parent_state() -> None:
     # (the parent's lock stays), or the manager would wait for the child to remove them.
     _clients.clear()
     _lanes.clear()
+    _metas.clear()  # they hold the pid
     for appender in _appenders.values():
         appender.forget()
     _appenders.clear()
@@ -113,6 +116,17 @@ def forget_connections(*addresses: Any) -> None:
         lane.close()
     for appender in appenders:
         appender.close()
+
+
+def _worker_meta(attempts: int, function: str) -> str | None:
+    """The encoded metadata of this process's failures of ``function`` (kept: they repeat)."""
+    key = (attempts, function)
+    text = _metas.get(key)
+    if text is None and key not in _metas:
+        if len(_metas) >= _FUNCTION_CACHE_SIZE:
+            _metas.clear()
+        text = _metas[key] = meta_text(worker_metadata(attempts, function))
+    return text
 
 
 def _lane(address: Any, authkey: bytes, timeout: float) -> IngestClient:
@@ -201,6 +215,10 @@ class CapturedFunction:
             return outcome.value
         error = outcome.error
         assert error is not None
+        if self.journal is not None and not self.reraise:
+            quick = self._quick_failure(item, error, outcome.attempts)
+            if quick is not None:
+                return quick
         entry = failure_entry(
             item, error, attempts=outcome.attempts, function=self.function_name,
             include_traceback=self.include_traceback,
@@ -213,6 +231,26 @@ class CapturedFunction:
             return failure_of(entry)
         self.record(entry)
         raise picklable_error(error, entry) from None
+
+    def _quick_failure(self, item: Any, error: BaseException, attempts: int) -> Failure | None:
+        """The usual failure (a small int or ASCII str item) written to the inbox with no
+        entry built (:func:`amorsize.dlq._plainline.failure_line`); None to take the
+        general path, which also reports anything unusual (no lane, a closed queue)."""
+        assert self.journal is not None
+        meta = _worker_meta(attempts, self.function_name)
+        built = meta and failure_line(item, error, max(0, attempts - 1), meta,
+                                      self.include_traceback, RECORD_VERSION)
+        if not built:
+            return None
+        line, entry_id, error_type, message = built
+        try:
+            lane = _lane(self.ingest_address, self._authkey, self.timeout)
+            if lane.gone():
+                return None
+            _appender(self.ingest_address, self.journal).append_line(line)
+        except Exception:  # the general path tries again and says what went wrong
+            return None
+        return Failure(entry_id, error_type, message, "exception")
 
     def record(self, entry: DLQEntry) -> None:
         """Send ``entry`` to the shared queue now: it is in the journal when this returns."""

@@ -63,3 +63,46 @@ def test_a_workers_failure_takes_the_quick_path_and_odd_values_do_not() -> None:
     flags = [DLQEntry(**{**entry.__dict__, "metadata": {"flag": value}}) for value in (1, True)]
     assert _plainline.plain_line(flags[0], records.RECORD_VERSION) is not None
     assert _plainline.plain_line(flags[1], records.RECORD_VERSION) is None  # a bool is not an int
+
+
+class _Custom(Exception):
+    """An exception class outside builtins: its qualified name carries the module."""
+
+
+def _raised(kind: type, message: str) -> BaseException:
+    try:
+        raise kind(message)
+    except BaseException as exc:  # any kind: the point of the test
+        return exc
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    item=ITEMS, message=TEXT, kind=st.sampled_from([ValueError, KeyError, _Custom, SystemExit]),
+    attempts=st.integers(1, 4), include_traceback=st.booleans(), raised=st.booleans(),
+    function=st.one_of(ASCII, TEXT),
+)
+def test_a_hooks_quick_line_is_the_line_of_its_failure_entry(
+    item: Any, message: str, kind: type, attempts: int, include_traceback: bool, raised: bool,
+    function: str,
+) -> None:
+    """A capture hook writes failure_line's bytes without building the entry: they must be
+    the bytes encode_entry(failure_entry(...)) writes, but for the entry id and the time."""
+    from amorsize.failure import worker_metadata
+
+    error = _raised(kind, message) if raised else kind(message)
+    meta = _plainline.meta_text(worker_metadata(attempts, function))
+    quick = _plainline.failure_line(item, error, attempts - 1, meta, include_traceback,
+                                    records.RECORD_VERSION) if meta else None
+    entry = failure_entry(item, error, attempts=attempts, function=function,
+                          include_traceback=include_traceback)
+    if quick is None:  # not an item or metadata the quick path writes: the general path does
+        assert meta is None or _plainline.plain_line(entry, records.RECORD_VERSION) is None
+        return
+    line, entry_id, error_type, text = quick
+    assert (error_type, text) == (entry.error_type, entry.error_message)
+    expected = records.encode_entry(entry, pickle_everything=False)
+    stamp = records.parse_line(line)["timestamp"]  # type: ignore[index]
+    same_time = DLQEntry(**{**entry.__dict__, "entry_id": entry_id, "timestamp": stamp})
+    assert line == records.encode_entry(same_time, pickle_everything=False)
+    assert records.parse_line(expected) is not None
