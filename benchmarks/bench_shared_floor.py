@@ -10,9 +10,12 @@ failure's journal line), with no Python work around them, three ways:
   the manager's lane) reads every ready connection, does one ``os.write`` of all
   the lines to an ``O_APPEND`` file, acks each; the worker waits for its ack.
   The cost of "the manager has written it before the hook returns".
-* **append**: the worker appends the line itself, as the capture hook does now:
-  ``flock``, ``fstat``, ``pread`` of the last byte, ``write``, unlock (the
-  journal's multi-writer protocol), no message to anyone.
+* **append**: the worker appends the line to the shared journal itself, as the
+  capture hook did in sessions 3-4: ``flock``, ``fstat``, ``pread`` of the last
+  byte, ``write``, unlock (the journal's multi-writer protocol), no message to anyone.
+* **own**: the worker appends the line to a file of its own with one ``write``, as
+  the capture hook does now (:mod:`amorsize.dlq.inbox`; the manager moves the lines
+  into the journal later, in bulk).
 * **send**: the worker sends the line and does not wait (no durability at all):
   the cost of telling the manager anything per failure.
 
@@ -73,14 +76,18 @@ def _server(path: str, journal: str, ready: Any, acks: bool) -> None:
 
 def _record(args: Any) -> None:
     mode, path, journal, count = args
-    if "sock" not in _state and mode != "append":
+    if "sock" not in _state and mode not in ("append", "own"):
         _state["sock"] = socket.socket(socket.AF_UNIX)
         _state["sock"].connect(path)
     if "fd" not in _state and mode == "append":
         _state["fd"] = os.open(journal, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         _state["lock"] = os.open(journal + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    if "fd" not in _state and mode == "own":
+        _state["fd"] = os.open(f"{journal}.{os.getpid()}", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     for _ in range(count):
-        if mode == "append":
+        if mode == "own":
+            os.write(_state["fd"], LINE)
+        elif mode == "append":
             fd, lock = _state["fd"], _state["lock"]
             fcntl.flock(lock, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
@@ -98,7 +105,7 @@ def run(mode: str, n: int, directory: str) -> str:
     path, journal = os.path.join(directory, f"{mode}.sock"), os.path.join(directory, f"{mode}.jsonl")
     server = None
     pids = [os.getpid()]
-    if mode != "append":
+    if mode not in ("append", "own"):
         ready = multiprocessing.Event()
         server = multiprocessing.Process(target=_server, args=(path, journal, ready, mode == "ack"),
                                          daemon=True)
@@ -135,7 +142,7 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     directory = tempfile.mkdtemp(prefix="amorsize-floor-")
     try:
-        for mode in ("ack", "append", "send"):
+        for mode in ("ack", "append", "own", "send"):
             print(run(mode, args.n, directory))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
