@@ -771,3 +771,17 @@ def test_lines_that_are_not_records_are_reported_once_with_a_count(tmp_path, man
                 and "not whole records" in ln]
     assert len(warnings) == 1 and "dropped 30 line(s)" in warnings[0], warnings
     assert [r["entry_id"] for r in journal_lines(directory)] == ids
+
+
+@pytest.mark.timeout(60)
+def test_close_leaves_no_inbox_when_the_parent_recorded_failures_itself(tmp_path):
+    """Before the fix, close() asked the manager to close before this process closed its
+    own file, so the manager saw a live writer and left the inbox behind (for the next
+    queue to clean up)."""
+    directory = tmp_path / "dlq"
+    queue = SharedDeadLetterQueue(DLQPolicy(directory=directory))
+    hook = queue.capture(fail)
+    ids = ids_of([hook(i) for i in range(5)])
+    queue.close()
+    assert sorted(os.listdir(directory)) == [".dlq.lock", "dlq.jsonl"]
+    assert [r["entry_id"] for r in journal_lines(directory)] == ids

@@ -238,6 +238,9 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
         if alerts is not None:
             alerts.stop()
         try:
+            # First this process's own hook connections: its file in the inbox is then
+            # closed, so the manager's last read finishes it and removes the inbox.
+            forget_connections(self._address, self._ingest_address)
             if self._manager is not None:
                 try:
                     self._proxy.call("close")
@@ -245,7 +248,6 @@ class SharedDeadLetterQueue(DeadLetterQueueBase):
                     pass  # already dead: nothing left to flush
         finally:
             self._closed = True
-            forget_connections(self._address, self._ingest_address)
             if self._manager is not None:
                 self._manager.shutdown()
                 self._manager = None
