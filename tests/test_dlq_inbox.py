@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import psutil
 import pytest
+from _stopping import wait_until_stopped
 
 import amorsize.dlq.inbox as inbox_module
 from amorsize import DeadLetterQueue, DLQPolicy, Failure, SharedDeadLetterQueue
@@ -91,20 +92,6 @@ def _process(queue: SharedDeadLetterQueue) -> Any:
     manager = queue._manager
     assert manager is not None
     return cast(Any, manager)._process
-
-
-def wait_until_stopped(pid: int, bound: float = 10.0) -> None:
-    """SIGSTOP is asynchronous: wait until the kernel reports every thread stopped."""
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        states = []
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/status") as handle:
-                states.append(next(ln for ln in handle if ln.startswith("State:")).split()[1])
-        if all(state == "T" for state in states):
-            return
-        time.sleep(0.001)
-    raise AssertionError(f"process {pid} did not stop within {bound} s")
 
 
 def stop_manager(queue: SharedDeadLetterQueue) -> None:

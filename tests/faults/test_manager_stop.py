@@ -20,6 +20,7 @@ import time
 from typing import Any, Iterator
 
 import pytest
+from _stopping import wait_until_stopped
 
 from amorsize import AmorsizeError, DLQPolicy, Failure, SharedDeadLetterQueue, SharedDLQUnavailableError
 
@@ -49,21 +50,6 @@ def inbox_text(inbox: str) -> str:
 
 def manager_pid(queue: SharedDeadLetterQueue) -> int:
     return int(queue._manager._process.pid)  # type: ignore[union-attr]
-
-
-def wait_until_stopped(pid: int, bound: float = 10.0) -> None:
-    """SIGSTOP is asynchronous: the manager's threads may still run for a moment (and
-    acknowledge a frame sent right then). Wait until the kernel reports it stopped."""
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        states = []
-        for task in os.listdir(f"/proc/{pid}/task"):  # every thread, not only the main one
-            with open(f"/proc/{pid}/task/{task}/status") as handle:
-                states.append(next(line for line in handle if line.startswith("State:")).split()[1])
-        if all(state == "T" for state in states):
-            return
-        time.sleep(0.001)
-    raise AssertionError(f"process {pid} did not stop within {bound} s")
 
 
 @contextlib.contextmanager
