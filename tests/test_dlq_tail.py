@@ -54,3 +54,37 @@ def test_workers_can_append_while_the_manager_takes_their_lines(tmp_path: Path) 
     assert all(t[2] for t in taken), taken
     worker.close()
     manager.close()
+
+
+def test_lines_moved_into_the_journal_are_taken_even_if_saving_offsets_fails(tmp_path: Path,
+                                                                             monkeypatch: Any) -> None:
+    """Before the fix, an OSError after the append (saving the inbox's offsets, a full
+    disk) skipped the take: the lines were in the journal, the offsets moved past them,
+    and the manager's memory never held them (readers missed them until a reopen)."""
+    from amorsize.dlq.inbox import Inbox, SegmentWriter
+
+    directory = str(tmp_path / "dlq")
+    os.makedirs(directory, mode=0o700)
+    taken: List[str] = []
+    manager = TailedJournal(directory, fsync="never", strict=True,
+                            take=lambda lines, replaced: taken.extend(x.entry_id for x in lines),
+                            known=lambda entry_id: entry_id in taken)
+    assert manager.inbox is not None
+    writer = SegmentWriter(manager.inbox.path, fsync="never")
+    entries = [entry(n) for n in range(3)]
+    for e in entries:
+        writer.append_line(encode_entry(e, pickle_everything=False))
+
+    def full_disk(self: Inbox, *, durable: bool = True) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Inbox, "save_offsets", full_disk)
+    manager.tail()
+    assert taken == [e.entry_id for e in entries]
+    manager.tail()  # read again from where the commit left off: nothing twice
+    assert taken == [e.entry_id for e in entries]
+    monkeypatch.undo()
+    writer.close()
+    manager.close()
+    with open(os.path.join(directory, "dlq.jsonl"), "rb") as handle:
+        assert len(handle.read().splitlines()) == 3

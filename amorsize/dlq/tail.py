@@ -108,32 +108,33 @@ class TailedJournal(Journal):
         self._take_new(new)
 
     def drain_inbox(self) -> None:
-        """Journal (in one write) and take the lines workers wrote to the inbox since the last call."""
+        """Journal (in one write) and take the lines workers wrote to the inbox since the last call.
+
+        Lines the journal cannot take (a full disk) wait in the inbox, on disk, and are
+        read again next time; lines it took are taken in even if the bookkeeping after
+        (an fsync, the offsets) fails, and their workers' files stay until it works.
+        """
         inbox = self.inbox
         if inbox is None:
             return
         try:
-            fresh, unreadable = [], 0
-            for line in inbox.read():
-                entry_id = record_id(line) if looks_encoded(line) else None
-                if entry_id is None:
-                    unreadable += 1
-                elif not self._known(entry_id):
-                    fresh.append(JournalLine(entry_id, line))
+            fresh, unreadable = self._fresh_lines(inbox)
             if fresh:
                 self.append([x.line for x in fresh])
+        except OSError as exc:
+            self._inbox_trouble(inbox, exc, "could not move the workers' lines into the journal; "
+                                "they wait there")
+            return
+        try:
             if inbox.finishing() and self.fsync != "never":
                 self.sync()  # in the journal on disk before the worker's file goes
             inbox.commit()
             if fresh:  # before anyone removes them (another process too): see amorsize.dlq.inbox
                 inbox.save_offsets(durable=False)
-        except OSError as exc:  # a full disk: the lines wait in the inbox, read again next time
-            self._inbox_failures += 1
-            log = logger.warning if self._inbox_failures == 1 else logger.debug
-            log("DLQ inbox %r: could not move the workers' lines into the journal (%s: %s); "
-                "they wait there", inbox.path, type(exc).__name__, exc)
-            return
-        self._inbox_failures = 0
+            self._inbox_failures = 0
+        except OSError as exc:
+            self._inbox_trouble(inbox, exc, "moved the workers' lines but could not finish "
+                                "(their files stay until it can)")
         if unreadable:  # not records (written there by something else): never journaled
             self._inbox_dropped += unreadable
             log = logger.warning if self._inbox_dropped == unreadable else logger.debug
@@ -141,6 +142,23 @@ class TailedJournal(Journal):
                 inbox.path, unreadable, self._inbox_dropped)
         if fresh:
             self._take(fresh, False)
+
+    def _fresh_lines(self, inbox: Inbox) -> Tuple[List[JournalLine], int]:
+        """The inbox's new lines with ids the queue neither holds nor removed, and how
+        many were not records."""
+        fresh, unreadable = [], 0
+        for line in inbox.read():
+            entry_id = record_id(line) if looks_encoded(line) else None
+            if entry_id is None:
+                unreadable += 1
+            elif not self._known(entry_id):
+                fresh.append(JournalLine(entry_id, line))
+        return fresh, unreadable
+
+    def _inbox_trouble(self, inbox: Inbox, exc: OSError, what: str) -> None:
+        self._inbox_failures += 1  # logged once per streak, then at DEBUG
+        log = logger.warning if self._inbox_failures == 1 else logger.debug
+        log("DLQ inbox %r: %s (%s: %s)", inbox.path, what, type(exc).__name__, exc)
 
     def compact(self, drop_ids: Set[str], replace: Dict[str, bytes], add: List[bytes],
                 archive: Sequence[bytes] = ()) -> None:
