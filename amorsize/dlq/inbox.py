@@ -104,7 +104,7 @@ def _born_locked(directory: str, final: str, make: Callable[[str], int]) -> int:
 
 
 class SegmentWriter:
-    """A worker process's file in an inbox: appends one line at a time (caller serialises)."""
+    """A worker process's file in an inbox: appends one line at a time (thread-safe)."""
 
     def __init__(self, inbox: str, *, fsync: str) -> None:
         self.inbox = inbox
