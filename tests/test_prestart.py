@@ -10,6 +10,7 @@ import pytest
 
 from amorsize import execute
 from amorsize.backends import ChunkDone, ChunkSpec, ChunkTask, LocalProcessPool
+from amorsize.run import plan
 from amorsize.run.plan import PRESTART_MIN_ITEMS
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_leaked_children")]
@@ -77,7 +78,10 @@ def test_a_long_input_starts_the_spares_during_a_slow_probe(monkeypatch: Any, st
 
 def test_a_fork_probe_that_answers_at_once_lets_the_decision_start_the_workers(monkeypatch: Any) -> None:
     # A fork costs the parent its own time: the probe's worker should get its first real
-    # chunk first, then the decision forks only the workers it wants.
+    # chunk first, then the decision forks only the workers it wants. The window is
+    # widened here: whether a probe answers within the real 5 ms is a matter of the
+    # machine's load (a loaded CI box missed it), not of this logic.
+    monkeypatch.setattr(plan, "PRESTART_AFTER_SECONDS", {"fork": 2.0})
     prestarted = spy_on_prestart(monkeypatch)
     grown: List[int] = []
     original = LocalProcessPool.grow
