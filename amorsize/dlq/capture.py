@@ -244,10 +244,8 @@ class CapturedFunction:
             return None
         line, entry_id, error_type, message = built
         try:
-            lane = _lane(self.ingest_address, self._authkey, self.timeout)
-            if lane.gone():
+            if not self._append_line(line, _lane(self.ingest_address, self._authkey, self.timeout)):
                 return None
-            _appender(self.ingest_address, self.journal).append_line(line)
         except Exception:  # the general path tries again and says what went wrong
             return None
         return Failure(entry_id, error_type, message, "exception")
@@ -291,10 +289,13 @@ class CapturedFunction:
         Returns False when this process could not append it (a full disk, say): the
         manager writes it then, and keeps it in memory until it can, as for any add.
         """
+        return self._append_line(encode_entry(entry, pickle_everything=False), lane)
+
+    def _append_line(self, line: bytes, lane: IngestClient) -> bool:
+        """:meth:`_append` for a line already encoded; raises EOFError if the queue closed."""
         assert self.journal is not None
         if lane.gone():  # a closed queue's inbox takes no more lines
             raise EOFError("the DLQ manager closed the connection")
-        line = encode_entry(entry, pickle_everything=False)
         try:
             _appender(self.ingest_address, self.journal).append_line(line)
         except OSError:

@@ -169,6 +169,13 @@ class _Segment:
         self.gone = False  # its writer closed it or died: remove it once read
         self.torn = 0  # bytes after its last whole line, once its writer is gone
 
+    def new_lines(self) -> bytes:
+        """The whole lines after ``offset``; once the writer is gone, also counts ``torn``."""
+        data = whole_lines(self.fd, self.offset)
+        if self.gone:
+            self.torn = os.fstat(self.fd).st_size - self.offset - len(data)
+        return data
+
 
 class Inbox:
     """A manager's inbox: :meth:`read` the new lines, then :meth:`commit` once they are journaled."""
@@ -196,9 +203,7 @@ class Inbox:
                 continue
             if not segment.gone:
                 segment.gone = _try_lock(segment.fd)  # then nothing more will be written
-            data = whole_lines(segment.fd, segment.offset)
-            if segment.gone:
-                segment.torn = os.fstat(segment.fd).st_size - segment.offset - len(data)
+            data = segment.new_lines()
             self._pending.append((segment, segment.offset + len(data)))
             lines.extend(data.splitlines(keepends=True))
         return lines
@@ -270,10 +275,14 @@ def _open_segment(path: str, offset: int) -> Optional[_Segment]:
     return _Segment(fd, offset)
 
 
-def _finish(path: str, segment: _Segment) -> None:
+def _warn_if_torn(path: str, segment: _Segment) -> None:
     if segment.torn > 0:
         logger.warning("DLQ inbox %r: dropped a torn last line (%d bytes) of a writer killed "
                        "mid-write; its hook never returned", path, segment.torn)
+
+
+def _finish(path: str, segment: _Segment) -> None:
+    _warn_if_torn(path, segment)
     os.close(segment.fd)
     try:
         os.unlink(path)
@@ -366,14 +375,11 @@ def _orphan_lines(path: str) -> Optional[List[bytes]]:
             if segment is None:
                 continue
             try:
-                if not _try_lock(segment.fd):
+                segment.gone = _try_lock(segment.fd)
+                if not segment.gone:
                     return None  # a worker still writes (its manager died before it)
-                data = whole_lines(segment.fd, segment.offset)
-                segment.torn = os.fstat(segment.fd).st_size - segment.offset - len(data)
-                lines.extend(data.splitlines(keepends=True))
-                if segment.torn > 0:
-                    logger.warning("DLQ inbox %r: dropped a torn last line (%d bytes) of a writer "
-                                   "killed mid-write; its hook never returned", path, segment.torn)
+                lines.extend(segment.new_lines().splitlines(keepends=True))
+                _warn_if_torn(path, segment)
             finally:
                 os.close(segment.fd)
         return lines
