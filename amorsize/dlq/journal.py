@@ -209,7 +209,7 @@ class Journal:
                 found = read_records(self.path, strict=False, parse=False)
             except DLQFileNotFoundError:
                 return set()
-            return {record_id(line) or json.loads(line)["entry_id"] for line in found.lines}
+            return {_line_id(line) for line in found.lines}
 
         def append(lines: List[bytes]) -> None:
             self._write_locked(b"".join(lines))
@@ -307,12 +307,12 @@ class Journal:
             # the position of the first, as when the file is read.
             kept: Dict[str, bytes] = {}
             for line in current:
-                entry_id = record_id(line) or json.loads(line)["entry_id"]
+                entry_id = _line_id(line)
                 if entry_id not in drop_ids:
                     kept[entry_id] = line
             kept.update(replace)
             for line in add:
-                kept[record_id(line) or json.loads(line)["entry_id"]] = line
+                kept[_line_id(line)] = line
             write_atomically(self.path, kept.values(), prefix=TEMP_PREFIX, error=DLQStorageError)
             unreadable = found.corrupt_skipped + found.torn_tail
             if unreadable:  # their bytes are gone now: never silently
@@ -372,3 +372,8 @@ class Journal:
         # A queue dropped without close() must not leak its two descriptors.
         # (Appends are already in the kernel; only the batch fsync is skipped.)
         self._reset_handles()
+
+
+def _line_id(line: bytes) -> str:
+    """The entry id of a record line read back from the journal (a valid record)."""
+    return record_id(line) or json.loads(line)["entry_id"]
