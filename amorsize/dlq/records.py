@@ -142,18 +142,24 @@ def record_id(line: bytes) -> str | None:
     return None
 
 
-#: Keys every line :func:`encode_entry` writes holds (checked by :func:`looks_encoded`).
+#: Keys every line :func:`encode_entry` writes holds, in its order (see :func:`looks_encoded`).
 _ENCODED_KEYS = (b',"v":', b',"error_type":', b',"error_message":', b',"reason":', b',"timestamp":',
                  b',"item_codec":', b',"metadata_codec":', b',"traceback":')
 
 
 def looks_encoded(line: bytes) -> bool:
     """A quick check (~1 us, not a parse) that ``line`` is whole as :func:`encode_entry`
-    writes it: its id first, every key, the closing brace. It keeps a truncated line or
-    one that is not a record out of a journal; what a parse would find wrong inside a
-    field is reported when the record is read, as anywhere in the journal."""
-    return (line.startswith(_ID_PREFIX) and line.endswith(b"}\n")
-            and all(key in line for key in _ENCODED_KEYS))
+    writes it: its id first, every key in order, the closing brace. It keeps a truncated
+    line or one that is not a record out of a journal; what a parse would find wrong
+    inside a field is reported when the record is read, as anywhere in the journal."""
+    if not (line.startswith(_ID_PREFIX) and line.endswith(b"}\n")):
+        return False
+    at = 0
+    for key in _ENCODED_KEYS:  # one pass over the line, not one per key
+        at = line.find(key, at)
+        if at < 0:
+            return False
+    return True
 
 
 def parse_line(line: bytes) -> Dict[str, Any] | None:

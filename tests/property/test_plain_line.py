@@ -106,3 +106,26 @@ def test_a_hooks_quick_line_is_the_line_of_its_failure_entry(
     same_time = DLQEntry(**{**entry.__dict__, "entry_id": entry_id, "timestamp": stamp})
     assert line == records.encode_entry(same_time, pickle_everything=False)
     assert records.parse_line(expected) is not None
+
+
+JSON_ITEMS = st.recursive(
+    FLAT, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(item=JSON_ITEMS, message=TEXT, traceback=st.one_of(st.none(), TEXT), cut=st.integers(1, 10**6),
+       key=st.sampled_from(records._ENCODED_KEYS))
+def test_looks_encoded_takes_every_encoded_line_and_no_prefix_or_keyless_line(
+    item: Any, message: str, traceback: Any, cut: int, key: bytes,
+) -> None:
+    # An item may hold the journal's own keys (a dict with "reason", "traceback"...): the
+    # ordered scan must still find the real ones, and never take a line that lacks one.
+    entry = DLQEntry(item, "ValueError", message, 1.5, traceback, 0, {"attempts": 1})
+    line = records.encode_entry(entry, pickle_everything=False)
+    assert records.looks_encoded(line)
+    assert not records.looks_encoded(line[: cut % len(line)])  # a torn line
+    keyless = line.replace(key, b',"x' + key[2:], 1)  # the first occurrence: the record's own key
+    if key not in keyless:
+        assert not records.looks_encoded(keyless)
