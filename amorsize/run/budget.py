@@ -192,9 +192,10 @@ class Budget:
 
     def error(self, earlier: list[tuple[int, list[Any]]]) -> FailureBudgetExceededError:
         total = self._chunker.total
-        # Without a length: what was read, including items the feeder read ahead (they
-        # are gone from the caller's iterator, so they count as not started).
-        end = total if total is not None else self._chunker.next_start + self._chunker.feeder.unread()
+        # Without a length (or past a len() that undercounted): what was read, including
+        # items the feeder read ahead (gone from the caller's iterator: not started).
+        read = self._chunker.next_start
+        end = total if total is not None and read <= total else read + self._chunker.feeder.unread()
         results: list[Any] = [None] * end
         done = [False] * end
         for start, values in [*earlier, *self._segments]:

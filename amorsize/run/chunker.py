@@ -114,10 +114,9 @@ class Chunker:
         self.blocks = False
 
     def start_sizer(self, first: int, *, n_jobs: int, target: float, adaptive: bool) -> None:
-        self.sizer = ChunkSizer(
-            first, n_jobs=n_jobs, total_items=self.total, target_chunk_duration=target,
-            adaptive=adaptive,
-        )
+        # No total_items: _size() passes what remains itself, and stops once the input
+        # outgrew its len().
+        self.sizer = ChunkSizer(first, n_jobs=n_jobs, target_chunk_duration=target, adaptive=adaptive)
 
     def observe(self, n_items: int, compute_seconds: float) -> None:
         """Feed a finished chunk's in-worker time to the sizer."""
@@ -188,6 +187,10 @@ class Chunker:
     def _size(self, limit: Optional[int]) -> int:
         assert self.sizer is not None, "start_sizer() before reading the input"
         remaining = None if self.total is None else self.total - self.next_start
+        if remaining is not None and remaining <= 0:
+            # The input holds more than its len() said (or we are at its end): from here
+            # on its length is unknown, every item still runs (only sizing used it).
+            remaining = None
         size = self.sizer.next_size(remaining)
         if self.skip:
             size = min(size, self.skip[0][0] - self.next_start)

@@ -133,3 +133,53 @@ def test_execute_raises_with_the_aligned_results_when_the_input_raises(
     assert str(RAISE_AT) in str(error.__cause__)
     _check_aligned(error.results)  # type: ignore[attr-defined]
     assert sorted(e.item for e in dlq.get_entries()) == sorted(FAILS)
+
+
+class MisSized:
+    """An iterable whose ``len()`` is not the number of items it yields (a user's bug)."""
+
+    def __init__(self, count: int, claimed: int, raise_at: Any = None) -> None:
+        self.count, self.claimed, self.raise_at = count, claimed, raise_at
+
+    def __len__(self) -> int:
+        return self.claimed
+
+    def __iter__(self) -> Iterator[int]:
+        for i in range(self.count):
+            if i == self.raise_at:
+                raise InputBroke(f"the input failed at item {i}")
+            yield i
+
+
+SIZES = [pytest.param(3000, 10, id="len-undercounts"), pytest.param(60, 3000, id="len-overcounts"),
+         pytest.param(700, 699, id="len-one-short")]
+
+
+@pytest.mark.parametrize("count, claimed", SIZES)
+@pytest.mark.parametrize("options, start_method", [BACKENDS[0], BACKENDS[3], BACKENDS[4]])
+def test_a_wrong_len_changes_no_result(
+    count: int, claimed: int, options: Dict[str, Any], start_method: Any, process_tag: ProcessTag
+) -> None:
+    # len() only sizes chunks: an input that outgrows it used to stop the run with
+    # "remaining=-1 is not valid" (an internal check), and none of its results came back.
+    func = functools.partial(fail_at, bad=FAILS)
+    options = _options(options, start_method)
+    results = execute(func, MisSized(count, claimed), dlq=DeadLetterQueue(DLQPolicy(auto_persist=False)),
+                      **options)
+    assert len(results) == count
+    assert all(is_failure(v) if i in FAILS else v == i * 2 for i, v in enumerate(results))
+    streamed = list(imap(func, MisSized(count, claimed), dlq=DeadLetterQueue(DLQPolicy(auto_persist=False)),
+                         **options))
+    assert [v for v in streamed if not is_failure(v)] == [i * 2 for i in range(count) if i not in FAILS]
+
+
+def test_execute_trims_its_results_to_the_items_read_when_a_sized_input_raises() -> None:
+    # The results list of a sized input is made up front; an error leaves only the
+    # positions read, never a tail of None that looks like results.
+    dlq = DeadLetterQueue(DLQPolicy(auto_persist=False))
+    func = functools.partial(fail_at, bad=FAILS)
+    with pytest.raises(AmorsizeError) as info:
+        execute(func, MisSized(5000, 5000, raise_at=RAISE_AT), dlq=dlq, n_jobs=2, chunksize=50,
+                start_method="fork")
+    assert isinstance(info.value.__cause__, InputBroke)
+    _check_aligned(info.value.results)  # type: ignore[attr-defined]
