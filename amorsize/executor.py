@@ -105,24 +105,48 @@ def execute(
     ``items``, None where not started) and ``.not_started``.
     """
     check_func(func, items)
-    segments: List[List[Any]] = []
+    dispatcher = Dispatcher(func, items, RunOptions.of(locals()), gathered=True)
+    results = _Gathered(dispatcher.chunker.total)
     try:
-        for _start, values in Dispatcher(func, items, RunOptions.of(locals()), gathered=True).chunks():
-            segments.append(values)
+        for start, values in dispatcher.chunks():
+            results.place(start, values)
     except InputIteratorError as error:
-        error.results = _joined(segments)  # every item read before the input raised, aligned
+        error.results = results.so_far()  # every item read before the input raised, aligned
         raise
-    return _joined(segments)
+    return results.so_far()
 
 
-def _joined(segments: List[List[Any]]) -> List[Any]:
-    """The segments as one list; a single one is returned as it is (no copy)."""
-    if len(segments) == 1:
-        return segments[0]
-    out: List[Any] = []
-    for values in segments:
-        out.extend(values)
-    return out
+class _Gathered:
+    """The results list, filled as segments arrive (in order, contiguous).
+
+    With the input's length known, each segment is copied into a list made up front
+    while the workers still run, and freed: the parent copies and frees nothing once
+    the last one is in (for tiny items that was ~4 ms per 200k after the pool closed).
+    A first segment that holds every result (one chunk) is kept as it is, uncopied.
+    """
+
+    def __init__(self, total: Optional[int]) -> None:
+        self.total = total
+        self.values: List[Any] = []
+        self.filled = 0
+
+    def place(self, start: int, values: List[Any]) -> None:
+        if start != self.filled:  # the dispatcher yields in order: a gap would misalign results
+            raise AssertionError(f"results for position {start} came before position {self.filled}")
+        if start == 0 and (self.total is None or len(values) >= self.total):
+            self.values = values
+        else:
+            if start == 0:
+                self.values = [None] * self.total  # type: ignore[operator]  # total is known here
+            # A segment running past the end (a __len__ that undercounts) grows the list.
+            self.values[start:start + len(values)] = values
+        self.filled = start + len(values)
+
+    def so_far(self) -> List[Any]:
+        """The results of positions ``0:filled`` (fewer than the total only on an error)."""
+        if len(self.values) > self.filled:
+            del self.values[self.filled:]
+        return self.values
 
 
 @strict_keywords
