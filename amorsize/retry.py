@@ -287,25 +287,31 @@ class RetryPolicy:
     ) -> RetryOutcome:
         """The slow path: attempt 1 failed with ``exc``; keep going while the policy allows."""
         attempt = 1
-        while True:
-            requested = self.requested_delay(exc)
-            if requested is not None and pacer is not None:
-                pacer.pause(requested)
-            if not self.should_retry(exc, attempt):
-                return RetryOutcome(False, None, exc, attempt)
-            delay = self.compute_delay(attempt) if requested is None else requested
-            if self.max_elapsed is not None and self.clock() - start + delay > self.max_elapsed:
-                return RetryOutcome(False, None, exc, attempt)
-            self.sleep(delay)
-            attempt += 1
-            try:
-                return RetryOutcome(True, func(*args, **kwargs), None, attempt)
-            except Exception as new_exc:
-                exc = new_exc
-            except BaseException as new_exc:
-                if not self._names_explicitly(new_exc):
-                    raise
-                exc = new_exc
+        try:
+            while True:
+                requested = self.requested_delay(exc)
+                if requested is not None and pacer is not None:
+                    pacer.pause(requested)
+                if not self.should_retry(exc, attempt):
+                    return RetryOutcome(False, None, exc, attempt)
+                delay = self.compute_delay(attempt) if requested is None else requested
+                if self.max_elapsed is not None and self.clock() - start + delay > self.max_elapsed:
+                    return RetryOutcome(False, None, exc, attempt)
+                self.sleep(delay)
+                attempt += 1
+                try:
+                    return RetryOutcome(True, func(*args, **kwargs), None, attempt)
+                except Exception as new_exc:
+                    exc = new_exc
+                except BaseException as new_exc:
+                    if not self._names_explicitly(new_exc):
+                        raise
+                    exc = new_exc
+        finally:
+            # The last error's traceback holds this frame: returning with the error in a
+            # local would make a cycle only the collector frees, with every frame of the
+            # failed call and all they hold.
+            del exc
 
 
 def call_with_retry(

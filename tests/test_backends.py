@@ -28,6 +28,8 @@ from amorsize.backends import (
     run_chunk,
 )
 from amorsize.errors import BackendNotFoundError, InvalidArgumentError
+from amorsize.retry import RetryPolicy
+from tests._cycles import cyclic_garbage_of
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,6 +64,14 @@ def test_records_that_cross_processes_pickle() -> None:
     for record in (spec, task, result, ChunkDone(task, result),
                    ChunkLost(task, 1, "timeout", {"pid": 7})):
         assert pickle.loads(pickle.dumps(record)) == record
+
+
+def test_a_failure_under_retry_leaves_no_reference_cycle() -> None:
+    # Each failed item's error (and the frames its traceback holds) is freed at once,
+    # not by the collector: see tests/_cycles.py.
+    spec = ChunkSpec(inverse, RetryPolicy(max_retries=1, initial_delay=0.0, jitter=False), True, "inverse")
+    leaked = cyclic_garbage_of(ZeroDivisionError, lambda: run_chunk(spec, ChunkTask(0, 0, [0] * 20)))
+    assert not leaked, f"{len(leaked)} of 20 failures left in reference cycles"
 
 
 def test_the_first_error_is_kept_only_when_asked() -> None:

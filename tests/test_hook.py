@@ -33,6 +33,7 @@ from amorsize import (
 from amorsize.dlq.capture import CapturedFunction
 from amorsize.dlq.policy import DLQFormat
 from amorsize.serialization import UnserializableItem
+from tests._cycles import cyclic_garbage_of
 
 NOWHERE = "/nonexistent-amorsize-dir/dlq.sock"
 
@@ -185,6 +186,23 @@ def test_failure_entry_records_item_error_traceback_and_context(dlq: SharedDeadL
         "function": f"{__name__}.double",
     }
     assert before <= entry.timestamp <= time.time()
+
+
+def fail_below(x: int) -> int:
+    return double(-x - 1)  # the error is raised two frames down, as in real work
+
+
+@pytest.mark.parametrize("retry", [None, RetryPolicy(max_retries=1, initial_delay=0.0, jitter=False)],
+                         ids=["once", "retried"])
+def test_a_recorded_failure_leaves_no_reference_cycle(dlq: SharedDeadLetterQueue, retry: Any) -> None:
+    # The failed call's frames must go when the hook returns, not at the collector's next
+    # pass: a cycle per failure made it run every ~15 failures, and kept each failure's
+    # frames (and all their locals) alive until then.
+    hook = dlq.capture(fail_below, retry=retry)
+    assert is_failure(hook(0))  # connections and caches made
+    leaked = cyclic_garbage_of(ValueError, lambda: [hook(i) for i in range(20)])
+    assert not leaked, f"{len(leaked)} of 20 failures left in reference cycles"
+    assert len(dlq) == 21
 
 
 def test_retry_count_is_attempts_minus_one(dlq: SharedDeadLetterQueue) -> None:

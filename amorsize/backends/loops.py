@@ -181,6 +181,8 @@ def run_tracked(
                 continue
             error = value
         out.fail(values, error, attempts)
+        del error  # neither holds the error when the loop ends (see _attempt)
+        value = None
         if budget is not None:  # as it happens: every worker sees the stop before its next item
             succeeded = len(values) - len(out.failures)
             budget.report(succeeded - told, 1)
@@ -201,7 +203,12 @@ def _attempt(spec: ChunkSpec, item: Any) -> Tuple[bool, Any, int]:
     try:
         if retry is not None:
             outcome = call_with_retry(func, item, retry, limit=limit, deadline=_deadline(spec))
-            return outcome.ok, outcome.value if outcome.ok else outcome.error, outcome.attempts
+            try:
+                return outcome.ok, outcome.value if outcome.ok else outcome.error, outcome.attempts
+            finally:
+                # Not in a local when this frame ends: the error's traceback reaches this
+                # frame (f_back of call_with_retry's), a cycle only the collector frees.
+                del outcome
         with limit.acquire(_deadline(spec)):
             return True, func(item), 1
     except BaseException as exc:

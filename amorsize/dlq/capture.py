@@ -218,6 +218,11 @@ class CapturedFunction:
         if self.journal is not None and not self.reraise:
             quick = self._quick_failure(item, error, outcome.attempts)
             if quick is not None:
+                # The error's traceback holds call_with_retry's frame, whose f_back is this
+                # one: returning with the error in a local makes a cycle that only the
+                # collector frees, with the failed call's frames and all they hold (a
+                # collection every ~15 failures, ~25k instructions per failure).
+                del outcome, error
                 return quick
         entry = failure_entry(
             item, error, attempts=outcome.attempts, function=self.function_name,
