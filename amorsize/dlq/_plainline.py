@@ -43,8 +43,8 @@ def plain_line(entry: DLQEntry, version: int) -> bytes | None:
         return None
     try:
         return _line(entry.entry_id, version, entry.error_type, entry.error_qualname,
-                     entry.error_message, entry.reason, stamp, entry.retry_count, item_text,
-                     meta_text, entry.traceback)
+                     entry.error_message, entry.reason, float.__repr__(stamp), entry.retry_count,
+                     item_text, meta_text, entry.traceback)
     except TypeError:  # a text field that is not text: the generic path encodes it as it is
         return None
 
@@ -68,8 +68,24 @@ def failure_line(
     entry_id, message = new_entry_id(now_ns), error_message(error)
     trace = format_traceback(error) if include_traceback else None
     line = _line(entry_id, version, kind.__name__, qualified_type_name(kind), message, "exception",
-                 now_ns / 1e9, retry_count, item_text, meta_text, trace)
+                 _seconds_text(now_ns), retry_count, item_text, meta_text, trace)
     return line, entry_id, kind.__name__, message
+
+
+def _seconds_text(now_ns: int) -> str:
+    """The time in seconds to the microsecond, as ``repr`` of the float it parses to.
+
+    Written from the integers: ``repr(now_ns / 1e9)`` costs a fifth of the line. Below
+    2**32 s (the year 2106) floats are closer than a microsecond apart, so this decimal
+    is the shortest that parses to its float: the text ``repr`` gives it.
+    """
+    seconds, micros = divmod(now_ns // 1000, 1_000_000)
+    if not 0 < seconds < _EXACT_SECONDS:  # repr writes 1e-06 below 1e-4: not worth it
+        return float.__repr__(micros / 1e6 + seconds)
+    return f"{seconds}.{micros:06d}".rstrip("0") if micros else f"{seconds}.0"
+
+
+_EXACT_SECONDS = 2**32
 
 
 def _item_text(item: Any) -> str | None:
@@ -82,13 +98,13 @@ def _item_text(item: Any) -> str | None:
 
 
 def _line(entry_id: str, version: int, error_type: str, qualname: str | None, message: str,
-          reason: str, stamp: float, retry_count: int, item_text: str, meta_text: str,
+          reason: str, stamp: str, retry_count: int, item_text: str, meta_text: str,
           trace: str | None) -> bytes:
     return "".join((
         '{"entry_id":', _quoted(entry_id), ',"v":', int.__repr__(version), ',"error_type":',
         _quoted(error_type), ',"error_qualname":', "null" if qualname is None else _quoted(qualname),
         ',"error_message":', _quoted(message), ',"reason":', _quoted(reason),
-        ',"timestamp":', float.__repr__(stamp), ',"retry_count":', int.__repr__(retry_count),
+        ',"timestamp":', stamp, ',"retry_count":', int.__repr__(retry_count),
         ',"item_codec":"json","item":', item_text, ',"metadata_codec":"json","metadata":',
         meta_text, ',"traceback":', "null" if trace is None else _quoted(trace), "}\n",
     )).encode("ascii")

@@ -129,3 +129,13 @@ def test_looks_encoded_takes_every_encoded_line_and_no_prefix_or_keyless_line(
     keyless = line.replace(key, b',"x' + key[2:], 1)  # the first occurrence: the record's own key
     if key not in keyless:
         assert not records.looks_encoded(keyless)
+
+
+@settings(max_examples=500, deadline=None)
+@given(now_ns=st.one_of(st.integers(0, 2**32 * 10**9), st.integers(0, 2**64), st.just(2**32 * 10**9 - 1)))
+def test_the_quick_lines_time_is_the_text_repr_gives_its_float(now_ns: int) -> None:
+    # The general encoder writes repr(entry.timestamp): a line read back and written again
+    # must not change, and the time must stay within a microsecond of the clock.
+    text = _plainline._seconds_text(now_ns)
+    assert float.__repr__(float(text)) == text
+    assert abs(float(text) - now_ns / 1e9) <= 1e-6 + now_ns / 1e9 * 2**-52
