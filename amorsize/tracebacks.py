@@ -29,6 +29,13 @@ def traceback_text(error: BaseException) -> Optional[str]:
 
     Returns None for an exception that was never raised and has no cause or context.
     """
+    parts = traceback_parts(error)
+    return None if parts is None else "".join(parts)
+
+
+def traceback_parts(error: BaseException) -> Optional[List[str]]:
+    """:func:`traceback_text` as the pieces it joins; a frame's piece is the same str
+    object each time that frame is formatted (a writer may keep what it made of it)."""
     if error.__traceback__ is None and error.__cause__ is None and error.__context__ is None:
         return None
     chain: List[Tuple[Optional[str], BaseException]] = []
@@ -38,7 +45,7 @@ def traceback_text(error: BaseException) -> Optional[str]:
         seen.add(id(current))
         if isinstance(current, SyntaxError) or (_GROUP is not None and isinstance(current, _GROUP)):
             # Rare layouts (carets under a syntax error, nested groups): the stdlib's text.
-            return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+            return ["".join(traceback.format_exception(type(error), error, error.__traceback__))]
         cause, context = current.__cause__, current.__context__
         if cause is not None and id(cause) not in seen:
             chain.append((_CAUSE, current))
@@ -57,7 +64,7 @@ def traceback_text(error: BaseException) -> Optional[str]:
             out.append("Traceback (most recent call last):\n")
             _format_frames(exc.__traceback__, out)
         _format_exception_line(exc, out)
-    return "".join(out)
+    return out
 
 
 def _format_frames(tb: Any, out: List[str]) -> None:
