@@ -210,32 +210,42 @@ class CapturedFunction:
         if loaded is None:
             loaded = self._loaded = _load_function(self._func_bytes)
         func, retry = loaded
+        if retry is None and self.rate_limit is None and not self.reraise:
+            # One attempt and nothing to wait for: call_with_retry's work without its
+            # outcome record, so a success costs a call and a return.
+            try:
+                return func(item)
+            except Exception as exc:
+                return self._recorded(item, exc, 1)
         outcome = call_with_retry(func, item, retry, limit=self.rate_limit)
         if outcome.ok:
             return outcome.value
-        error = outcome.error
+        error, attempts = outcome.error, outcome.attempts
         assert error is not None
-        if self.journal is not None and not self.reraise:
-            quick = self._quick_failure(item, error, outcome.attempts)
-            if quick is not None:
-                # The error's traceback holds call_with_retry's frame, whose f_back is this
-                # one: returning with the error in a local makes a cycle that only the
-                # collector frees, with the failed call's frames and all they hold (a
-                # collection every ~15 failures, ~25k instructions per failure).
-                del outcome, error
-                return quick
-        entry = failure_entry(
-            item, error, attempts=outcome.attempts, function=self.function_name,
-            include_traceback=self.include_traceback,
-        )
-        if not self.reraise:
-            # Its text is written: let the failed call's frames (and all they hold) go
-            # now, not after the journal write, so the collector never walks them.
-            del outcome, error
+        # The error's traceback holds call_with_retry's frame, whose f_back is this one:
+        # ending with the error in a local makes a cycle only the collector frees, with
+        # the failed call's frames and all they hold (a collection every ~15 failures).
+        del outcome
+        try:
+            if not self.reraise:
+                return self._recorded(item, error, attempts)
+            entry = failure_entry(item, error, attempts=attempts, function=self.function_name,
+                                  include_traceback=self.include_traceback)
             self.record(entry)
-            return failure_of(entry)
+            raise picklable_error(error, entry) from None
+        finally:
+            del error
+
+    def _recorded(self, item: Any, error: BaseException, attempts: int) -> Failure:
+        """Record ``item``'s final failure; its Failure for the result list."""
+        if self.journal is not None:
+            quick = self._quick_failure(item, error, attempts)
+            if quick is not None:
+                return quick
+        entry = failure_entry(item, error, attempts=attempts, function=self.function_name,
+                              include_traceback=self.include_traceback)
         self.record(entry)
-        raise picklable_error(error, entry) from None
+        return failure_of(entry)
 
     def _quick_failure(self, item: Any, error: BaseException, attempts: int) -> Failure | None:
         """The usual failure (a small int or ASCII str item) written to the inbox with no
