@@ -263,7 +263,10 @@ def pread_all(fd: int, length: int, offset: int) -> bytes:
 
 def write_all(fd: int, data: bytes) -> None:
     """Write all of ``data`` (``os.write`` may write less)."""
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):  # the usual case: no view to make
+        return
+    view = memoryview(data)[written:]
     while view:
         written = os.write(fd, view)
         view = view[written:]

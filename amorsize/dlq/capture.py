@@ -36,7 +36,7 @@ from amorsize.dlq.ingest import IngestError
 from amorsize.dlq.ingest_client import IngestClient
 from amorsize.dlq.records import RECORD_VERSION, encode_entry
 from amorsize.errors import InvalidTypeError, SharedDLQUnavailableError, TaskFailedError
-from amorsize.failure import Failure, failure_entry, failure_of, function_name, worker_metadata
+from amorsize.failure import Failure, failure_entry, failure_of, function_name, new_failure, worker_metadata
 from amorsize.retry import call_with_retry
 from amorsize.serialization import dumps
 
@@ -130,10 +130,16 @@ def _worker_meta(attempts: int, function: str) -> str | None:
 
 
 def _lane(address: Any, authkey: bytes, timeout: float) -> IngestClient:
+    lane = _lanes.get(address)  # every failure asks: no closure unless it must connect
+    if lane is not None:
+        return lane
     return _kept(_lanes, address, lambda: IngestClient(address, authkey, timeout))
 
 
 def _appender(address: Any, journal: Tuple[str, str]) -> SegmentWriter:
+    appender = _appenders.get(address)
+    if appender is not None:
+        return appender
     inbox, fsync = journal
     return _kept(_appenders, address, lambda: SegmentWriter(inbox, fsync=fsync))
 
@@ -263,7 +269,7 @@ class CapturedFunction:
                 return None
         except Exception:  # the general path tries again and says what went wrong
             return None
-        return Failure(entry_id, error_type, message, "exception")
+        return new_failure(entry_id, error_type, message)
 
     def record(self, entry: DLQEntry) -> None:
         """Send ``entry`` to the shared queue now: it is in the journal when this returns."""
