@@ -39,6 +39,12 @@ class Failure:
     def __bool__(self) -> bool:
         return False
 
+    def __reduce__(self) -> Any:
+        # Four fields through new_failure(): the default (NEWOBJ, then the instance dict,
+        # after looking for __getnewargs_ex__ and __getnewargs__) cost ~4x as much, and a
+        # pool pickles one per failed item.
+        return new_failure, (self.entry_id, self.error_type, self.error_message, self.reason)
+
     def __repr__(self) -> str:
         where = f", entry_id={self.entry_id!r}" if self.entry_id else ""
         return f"Failure({self.reason}: {self.error_type}: {self.error_message!r}{where})"

@@ -94,6 +94,19 @@ def test_failure_is_falsy_and_pickles() -> None:
     assert "entry_id" not in repr(Failure(None, "E", "m"))
 
 
+def test_a_failure_pickled_as_before_still_loads() -> None:
+    # Until session 6 a Failure pickled as NEWOBJ and its instance dict (a user may keep
+    # results pickled); it now pickles through amorsize.failure.new_failure.
+    before = (b"\x80\x04\x95\xaf\x00\x00\x00\x00\x00\x00\x00\x8c\x10amorsize.failure\x94\x8c\x07Failure"
+              b"\x94\x93\x94)\x81\x94}\x94(\x8c\x08entry_id\x94\x8c\x140123456789abcdef0123\x94\x8c\n"
+              b"error_type\x94\x8c\nValueError\x94\x8c\rerror_message\x94\x8c#order 5: missing field "
+              b"'vat_number'\x94\x8c\x06reason\x94\x8c\texception\x94ub.")
+    loaded = pickle.loads(before)
+    assert loaded == Failure("0123456789abcdef0123", "ValueError", "order 5: missing field 'vat_number'")
+    assert type(loaded) is Failure and not loaded
+    assert b"new_failure" in pickle.dumps(loaded) and pickle.loads(pickle.dumps(loaded)) == loaded
+
+
 def test_retry_policy_pickles() -> None:
     for policy in (RetryPolicy(), RetryPolicy.none(), RetryPolicy(
         max_retries=5, initial_delay=0.01, max_delay=1.0, jitter=False,
