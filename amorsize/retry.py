@@ -276,26 +276,30 @@ class RetryPolicy:
             return self.max_delay
         return min(self.initial_delay * self.exponential_base ** (attempt - 1), self.max_delay)
 
-    def _retry(
-        self,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        exc: BaseException,
-        start: float,
-        pacer: Pacer | None = None,
-    ) -> RetryOutcome:
+    def _delay_after(self, exc: BaseException, attempt: int, start: float,
+                     pacer: Pacer | None) -> float | None:
+        """Seconds to wait after ``exc`` ended attempt ``attempt``, or None: give up.
+
+        A Retry-After that ``exc`` carries pauses ``pacer`` (a shared rate limit) too.
+        """
+        requested = self.requested_delay(exc)
+        if requested is not None and pacer is not None:
+            pacer.pause(requested)
+        if not self.should_retry(exc, attempt):
+            return None
+        delay = self.compute_delay(attempt) if requested is None else requested
+        if self.max_elapsed is not None and self.clock() - start + delay > self.max_elapsed:
+            return None
+        return delay
+
+    def _retry(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               exc: BaseException, start: float, pacer: Pacer | None = None) -> RetryOutcome:
         """The slow path: attempt 1 failed with ``exc``; keep going while the policy allows."""
         attempt = 1
         try:
             while True:
-                requested = self.requested_delay(exc)
-                if requested is not None and pacer is not None:
-                    pacer.pause(requested)
-                if not self.should_retry(exc, attempt):
-                    return RetryOutcome(False, None, exc, attempt)
-                delay = self.compute_delay(attempt) if requested is None else requested
-                if self.max_elapsed is not None and self.clock() - start + delay > self.max_elapsed:
+                delay = self._delay_after(exc, attempt, start, pacer)
+                if delay is None:
                     return RetryOutcome(False, None, exc, attempt)
                 self.sleep(delay)
                 attempt += 1
@@ -370,24 +374,24 @@ async def call_with_retry_async(
     """
     attempt = 1
     start = retry.clock() if retry is not None and retry.max_elapsed is not None else 0.0
-    while True:
-        try:
-            return RetryOutcome(True, await func(item), None, attempt)
-        except Exception as exc:
-            error: BaseException = exc
-        except BaseException as exc:
-            if retry is None or isinstance(exc, asyncio.CancelledError) or not retry._names_explicitly(exc):
-                raise
-            error = exc
-        if retry is None:
-            return RetryOutcome(False, None, error, attempt)
-        requested = retry.requested_delay(error)
-        if requested is not None and pacer is not None:
-            pacer.pause(requested)
-        if not retry.should_retry(error, attempt):
-            return RetryOutcome(False, None, error, attempt)
-        delay = retry.compute_delay(attempt) if requested is None else requested
-        if retry.max_elapsed is not None and retry.clock() - start + delay > retry.max_elapsed:
-            return RetryOutcome(False, None, error, attempt)
-        await asyncio.sleep(delay)
-        attempt += 1
+    error: BaseException | None = None
+    try:
+        while True:
+            try:
+                return RetryOutcome(True, await func(item), None, attempt)
+            except Exception as exc:
+                error = exc
+            except BaseException as exc:
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                if retry is None or cancelled or not retry._names_explicitly(exc):
+                    raise
+                error = exc
+            delay = None if retry is None else retry._delay_after(error, attempt, start, pacer)
+            if delay is None:
+                return RetryOutcome(False, None, error, attempt)
+            await asyncio.sleep(delay)
+            attempt += 1
+    finally:
+        # The error's traceback holds this frame: ending with it in a local would make a
+        # cycle only the collector frees (see RetryPolicy._retry).
+        del error

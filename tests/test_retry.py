@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import pickle
 import random
@@ -12,7 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from amorsize.errors import AmorsizeError, InvalidArgumentError
-from amorsize.retry import JITTER_HIGH, JITTER_LOW, RetryOutcome, RetryPolicy
+from amorsize.retry import (
+    JITTER_HIGH,
+    JITTER_LOW,
+    RetryOutcome,
+    RetryPolicy,
+    call_with_retry,
+    call_with_retry_async,
+)
+from tests._cycles import cyclic_garbage_of
 
 
 class FakeClock:
@@ -401,3 +410,28 @@ def test_repr_is_short_and_readable() -> None:
         "jitter=True, retry_on=(OSError, TimeoutError), give_up_on=())"
     )
     assert "sleep=" in repr(policy()[0])
+
+
+async def _fails_async(x: int) -> int:
+    raise ValueError(f"item {x} fails")
+
+
+def _fails(x: int) -> int:
+    raise ValueError(f"item {x} fails")
+
+
+@pytest.mark.parametrize("retry", [None, RetryPolicy(max_retries=2, initial_delay=0.0, jitter=False)],
+                         ids=["once", "retried"])
+def test_a_final_failure_leaves_no_reference_cycle(retry: Any) -> None:
+    # The runner returns the error; the frame that caught it (in its traceback) must not
+    # keep it in a local, or each failure waits for the cyclic collector.
+    async def many() -> None:
+        for i in range(10):
+            assert not (await call_with_retry_async(_fails_async, i, retry)).ok
+
+    def sync() -> None:
+        for i in range(10):
+            assert not call_with_retry(_fails, i, retry).ok
+
+    assert not cyclic_garbage_of(ValueError, sync)
+    assert not cyclic_garbage_of(ValueError, lambda: asyncio.run(many()))
