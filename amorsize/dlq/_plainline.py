@@ -96,9 +96,11 @@ def _quoted_parts(parts: List[str] | None) -> str:
     for part in parts:
         escaped = _escaped.get(part)
         if escaped is None:
-            if len(_escaped) >= _ESCAPED_CACHE_SIZE:
-                _escaped.clear()
-            escaped = _escaped[part] = _quoted(part)[1:-1]
+            escaped = _quoted(part)[1:-1]
+            if part.startswith('  File "'):  # a frame recurs; a message (any size) rarely does
+                if len(_escaped) >= _ESCAPED_CACHE_SIZE:
+                    _escaped.clear()
+                _escaped[part] = escaped
         out.append(escaped)
     out.append('"')
     return "".join(out)

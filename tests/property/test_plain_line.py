@@ -139,3 +139,17 @@ def test_the_quick_lines_time_is_the_text_repr_gives_its_float(now_ns: int) -> N
     text = _plainline._seconds_text(now_ns)
     assert float.__repr__(float(text)) == text
     assert abs(float(text) - now_ns / 1e9) <= 1e-6 + now_ns / 1e9 * 2**-52
+
+
+def test_only_frames_are_kept_quoted_not_messages() -> None:
+    # Messages differ per item and may be large: keeping their escapes would hold up to
+    # thousands of them in every worker. Frames recur, and are what is worth keeping.
+    _plainline._escaped.clear()
+    for i in range(50):
+        try:
+            raise ValueError(f"record {i}: " + "x" * 10_000)
+        except ValueError as exc:
+            built = _plainline.failure_line(i, exc, 0, '{"attempts":1}', True, records.RECORD_VERSION)
+            assert built is not None and records.parse_line(built[0]) is not None
+    assert _plainline._escaped, "frames are kept"
+    assert all(part.startswith('  File "') for part in _plainline._escaped)
