@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copyreg
 import os
 import socket
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ class Failure:
         # Four fields through new_failure(): the default (NEWOBJ, then the instance dict,
         # after looking for __getnewargs_ex__ and __getnewargs__) cost ~4x as much, and a
         # pool pickles one per failed item.
+        if type(self) is not Failure:  # a subclass pickles as any dataclass does
+            return copyreg.__newobj__, (type(self),), dict(self.__dict__)  # type: ignore[attr-defined]
         return new_failure, (self.entry_id, self.error_type, self.error_message, self.reason)
 
     def __repr__(self) -> str:

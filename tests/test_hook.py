@@ -7,6 +7,7 @@ what a pool worker runs; tests/test_shared_dlq.py runs it inside real pools.
 from __future__ import annotations
 
 import copyreg
+import dataclasses
 import os
 import pickle
 import socket
@@ -105,6 +106,17 @@ def test_a_failure_pickled_as_before_still_loads() -> None:
     assert loaded == Failure("0123456789abcdef0123", "ValueError", "order 5: missing field 'vat_number'")
     assert type(loaded) is Failure and not loaded
     assert b"new_failure" in pickle.dumps(loaded) and pickle.loads(pickle.dumps(loaded)) == loaded
+
+
+@dataclasses.dataclass(frozen=True)
+class TaggedFailure(Failure):
+    tag: str = ""
+
+
+def test_a_failure_subclass_pickles_as_itself() -> None:
+    tagged = TaggedFailure("id", "E", "m", "exception", "t")
+    copy = pickle.loads(pickle.dumps(tagged))
+    assert type(copy) is TaggedFailure and copy == tagged and copy.tag == "t" and not copy
 
 
 def test_retry_policy_pickles() -> None:
