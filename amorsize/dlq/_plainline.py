@@ -97,7 +97,8 @@ def _quoted_parts(parts: List[str] | None) -> str:
         escaped = _escaped.get(part)
         if escaped is None:
             escaped = _quoted(part)[1:-1]
-            if part.startswith('  File "'):  # a frame recurs; a message (any size) rarely does
+            if part.startswith('  File "') or part.startswith("Traceback (most"):
+                # Frames and the header recur; a message (of any size) rarely does.
                 if len(_escaped) >= _ESCAPED_CACHE_SIZE:
                     _escaped.clear()
                 _escaped[part] = escaped
