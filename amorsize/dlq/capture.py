@@ -90,18 +90,19 @@ def _load_function(data: bytes) -> Tuple[Callable[[Any], Any], Any]:
 
 
 def _client(address: Any, authkey: bytes, timeout: float) -> Any:
-    return _kept(_clients, address, lambda: connect_proxy(address, authkey, timeout))
+    return _kept(_clients, address, connect_proxy, address, authkey, timeout)
 
 
-def _kept(table: Dict[Any, Any], address: Any, connect: Callable[[], Any]) -> Any:
-    """This process's kept connection to ``address`` in ``table``, made on first use."""
+def _kept(table: Dict[Any, Any], address: Any, make: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """This process's kept connection to ``address`` in ``table``, ``make(*args, **kwargs)``
+    on first use (a factory and its arguments, not a closure: every failure asks)."""
     connection = table.get(address)  # the usual case, without the lock (a dict read is atomic)
     if connection is not None:
         return connection
     with _clients_lock:
         connection = table.get(address)
         if connection is None:
-            connection = table[address] = connect()
+            connection = table[address] = make(*args, **kwargs)
         return connection
 
 
@@ -130,18 +131,11 @@ def _worker_meta(attempts: int, function: str) -> str | None:
 
 
 def _lane(address: Any, authkey: bytes, timeout: float) -> IngestClient:
-    lane = _lanes.get(address)  # every failure asks: no closure unless it must connect
-    if lane is not None:
-        return lane
-    return _kept(_lanes, address, lambda: IngestClient(address, authkey, timeout))
+    return _kept(_lanes, address, IngestClient, address, authkey, timeout)
 
 
 def _appender(address: Any, journal: Tuple[str, str]) -> SegmentWriter:
-    appender = _appenders.get(address)
-    if appender is not None:
-        return appender
-    inbox, fsync = journal
-    return _kept(_appenders, address, lambda: SegmentWriter(inbox, fsync=fsync))
+    return _kept(_appenders, address, SegmentWriter, journal[0], fsync=journal[1])
 
 
 class CapturedFunction:
