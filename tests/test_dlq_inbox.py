@@ -88,6 +88,16 @@ def replay_half(x: int) -> int:
 # --- helpers ---------------------------------------------------------------------------
 
 
+def _received_until_closed(conn: Connection) -> List[Any]:
+    """Everything a child sends on ``conn`` until it closes its end (or dies)."""
+    received = []
+    while True:
+        try:
+            received.append(conn.recv())
+        except EOFError:
+            return received
+
+
 def _process(queue: SharedDeadLetterQueue) -> Any:
     manager = queue._manager
     assert manager is not None
@@ -507,11 +517,7 @@ def test_a_live_managers_inbox_is_not_adopted_even_when_its_writers_are_gone(tmp
         stop_manager(dlq)
         try:
             conn.send(4)
-            while True:
-                try:
-                    ids.append(conn.recv())
-                except EOFError:
-                    break
+            ids += _received_until_closed(conn)
             child.join(30)
             assert child.exitcode == 1 and len(ids) == 5
             other = DeadLetterQueue(DLQPolicy(directory=directory))
@@ -569,12 +575,7 @@ def test_the_file_of_a_dead_worker_is_read_then_removed(tmp_path, start_method):
         child = ctx.Process(target=_record_then_die, args=(hook, 5, writer))
         child.start()
         writer.close()
-        sent = []
-        while True:
-            try:
-                sent.append(reader.recv())
-            except EOFError:
-                break
+        sent = _received_until_closed(reader)
         child.join(30)
         assert child.exitcode == 1
         *returned, seen = sent
