@@ -113,6 +113,10 @@ _VOLATILE = [
     (re.compile(r"\bpid[ =:]+\d+"), "pid <pid>"),
     (re.compile(r"'pid': \d+"), "'pid': <pid>"),
     (re.compile(r"/tmp/[\w.-]+"), "/tmp/<dir>"),
+    # `dlq list` shows the shortest unique id prefix, 12 or 13 digits depending on how
+    # close the entries' clocks were: the columns' padding and cuts move with it.
+    (re.compile(r"\S*\.\.\.(?=  | *\n| *$)"), "..."),
+    (re.compile(r"(?<=\S) {2,}"), "  "),
     # The column markers Python 3.11+ adds under a traceback line (3.10 has none).
     (re.compile(r"(\\n|\n)[ \t]*[~^]+[ \t]*(?=\\n|\n)"), ""),
 ]
