@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import docblocks
 
+from amorsize.cli.render import id_width
+
 PAGE = docblocks.ROOT / "docs" / "cli.md"
 SHOWN_DIR = "/tmp/amorsize-demo"  # the session directory, as the page shows it
 COLUMNS = "100"
@@ -36,9 +38,16 @@ Command = str | Callable[[Path], str]
 
 
 def _key_error_prefix(session: Path) -> str:
-    """The first 12 characters of the KeyError entry's id (``show`` takes a prefix)."""
-    out = _run("amorsize dlq list failed/ --error-type KeyError --json", session)[0]
-    return str(json.loads(out.splitlines()[0])["entry_id"][:12])
+    """The KeyError entry's id as ``dlq list`` shows it (``show`` takes a prefix).
+
+    The shortest prefix that tells every entry apart, as the CLI computes it: 12
+    characters were ambiguous when two entries were recorded in the same ~16 us.
+    """
+    out = _run("amorsize dlq list failed/ --json", session)[0]
+    entries = [json.loads(line) for line in out.splitlines()]
+    ids = [entry["entry_id"] for entry in entries]
+    key_error = next(entry["entry_id"] for entry in entries if entry["error_type"] == "KeyError")
+    return str(key_error[:id_width(ids)])
 
 
 TRANSCRIPTS: dict[str, list[Command]] = {
