@@ -97,7 +97,7 @@ def _quoted_parts(parts: List[str] | None) -> str:
         escaped = _escaped.get(part)
         if escaped is None:
             escaped = _quoted(part)[1:-1]
-            if part.startswith('  File "') or part.startswith("Traceback (most"):
+            if part.startswith(_RECURRING_PARTS):
                 # Frames and the header recur; a message (of any size) rarely does.
                 if len(_escaped) >= _ESCAPED_CACHE_SIZE:
                     _escaped.clear()
@@ -108,6 +108,8 @@ def _quoted_parts(parts: List[str] | None) -> str:
 
 
 _ESCAPED_CACHE_SIZE = 4096
+#: The traceback parts whose escapes are kept: frames and the header.
+_RECURRING_PARTS = ('  File "', "Traceback (most")
 _escaped: Dict[str, str] = {}
 
 

@@ -152,4 +152,4 @@ def test_only_frames_are_kept_quoted_not_messages() -> None:
             built = _plainline.failure_line(i, exc, 0, '{"attempts":1}', True, records.RECORD_VERSION)
             assert built is not None and records.parse_line(built[0]) is not None
     assert _plainline._escaped, "frames are kept"
-    assert all(part.startswith(('  File "', "Traceback (most")) for part in _plainline._escaped)
+    assert all(part.startswith(_plainline._RECURRING_PARTS) for part in _plainline._escaped)
